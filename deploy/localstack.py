@@ -1,0 +1,378 @@
+"""Starts and stops the real services the worker needs: an Apache Kafka broker and a PostgreSQL server.
+
+This is the one place that knows how. `make run` (through deploy/demo.py), `make test` (through the
+test fixtures) and a developer at a terminal (`python deploy/localstack.py up`) all use it.
+
+Which services, in this order of preference:
+1. `KAFKA_BOOTSTRAP_SERVERS` and/or `DATABASE_URL` set in the environment: used as they are, nothing
+   is started for them.
+2. A Docker engine answers and the `docker` extra is installed: testcontainers starts them.
+3. Otherwise, local processes on 127.0.0.1 with free ports: Kafka in KRaft mode (one combined
+   broker+controller) from Maven Central through deploy/kafka/pom.xml, and a throwaway PostgreSQL
+   cluster made with the binaries of the installed server package (`pg_config --bindir`).
+
+Everything started here is stopped and deleted on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEPLOY_DIR = Path(__file__).resolve().parent
+KAFKA_POM = DEPLOY_DIR / "kafka" / "pom.xml"
+KAFKA_LOG4J = DEPLOY_DIR / "kafka" / "log4j2.properties"
+KAFKA_START_TIMEOUT_S = 120.0
+POSTGRES_START_TIMEOUT_S = 60.0
+DATABASE_NAME = "backorder"
+
+
+class StackError(RuntimeError):
+    """A service could not be started; the message says which and where its log is."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    kafka_bootstrap_servers: str
+    database_url: str
+
+    def environ(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers, "DATABASE_URL": self.database_url}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------------------------- Kafka
+
+
+def _cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "backorder-worker"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def kafka_classpath() -> str:
+    """The broker's runtime classpath, resolved by Maven once and cached by the pom's content.
+
+    The jars stay in Maven's own repository (~/.m2), so a second call downloads nothing.
+    """
+    digest = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()[:16]
+    cached = _cache_dir() / f"kafka-classpath-{digest}.txt"
+    if cached.exists():
+        classpath = cached.read_text().strip()
+        if classpath and all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
+            return classpath
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is needed to fetch the Kafka broker; install it or set KAFKA_BOOTSTRAP_SERVERS")
+    out = cached.with_suffix(".tmp")
+    print(f"localstack: resolving the Kafka broker with Maven ({KAFKA_POM.name}) ...", file=sys.stderr)
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:build-classpath",
+         f"-Dmdep.outputFile={out}", "-Dmdep.includeScope=runtime"],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"Maven could not resolve the Kafka broker:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
+    out.replace(cached)
+    return cached.read_text().strip()
+
+
+class KafkaBroker:
+    """One Kafka node in KRaft mode (broker and controller in one JVM) on 127.0.0.1."""
+
+    def __init__(self, workdir: Path, heap: str = "1g") -> None:
+        self.workdir = workdir
+        self.heap = heap
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.log_path = workdir / "kafka.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _properties(self) -> str:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.workdir / "data"),
+            "num.partitions": "1",
+            # A single node: every internal topic must live with one replica.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def start(self) -> None:
+        classpath = kafka_classpath()
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("Java 17 (java) is needed to run the Kafka broker")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "server.properties"
+        config.write_text(self._properties())
+        jvm = [java, f"-Xmx{self.heap}", "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={KAFKA_LOG4J}", "-cp", classpath]
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formatted = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            capture_output=True, text=True, check=False,
+        )
+        if formatted.returncode != 0:
+            raise StackError(f"kafka storage format failed:\n{formatted.stdout}\n{formatted.stderr}")
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [*jvm, "kafka.Kafka", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        deadline = time.monotonic() + KAFKA_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise StackError(f"the Kafka broker exited with {self._proc.returncode}:\n{_log_tail(self.log_path)}")
+            try:
+                admin.list_topics(timeout=2)
+                return
+            except Exception:  # KafkaException until the broker answers
+                time.sleep(0.25)
+        self.stop()
+        raise StackError(f"the Kafka broker did not answer within {KAFKA_START_TIMEOUT_S:.0f}s:\n{_log_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc, timeout_s=30)
+            self._proc = None
+
+
+# ----------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bindir() -> Path:
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        bindir = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+        if (bindir / "initdb").exists():
+            return bindir
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    if candidates:
+        return candidates[0].parent
+    raise StackError("no PostgreSQL server binaries found (initdb); install postgresql or set DATABASE_URL")
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, trust authentication, durability off for speed.
+
+    As root (CI, containers) the server runs as the `postgres` system user, since PostgreSQL refuses
+    to run as root.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.datadir = workdir / "pgdata"
+        self.log_path = workdir / "postgres.log"
+        self.bindir = _pg_bindir()
+        self._as_postgres = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE_NAME}"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+
+    def _chown(self, path: Path) -> None:
+        if self._as_postgres:
+            shutil.chown(path, "postgres", "postgres")
+            # The server user must be able to reach its directory through a root-owned temp folder.
+            path.parent.chmod(path.parent.stat().st_mode | 0o011)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.workdir)
+        if not self.datadir.exists():
+            init = self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
+                             "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+            if init.returncode != 0:
+                raise StackError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        options = (f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        started = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log_path),
+                            "-o", options, "-w", "-t", str(int(POSTGRES_START_TIMEOUT_S)), "start")
+        if started.returncode != 0:
+            raise StackError(f"PostgreSQL did not start:\n{started.stdout}\n{_log_tail(self.log_path)}")
+        self._ensure_database()
+
+    def _ensure_database(self) -> None:
+        psql = [str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAq"]
+        exists = self._run(*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}'")
+        if exists.stdout.strip() != "1":
+            created = self._run(*psql, "-c", f"CREATE DATABASE {DATABASE_NAME}")
+            if created.returncode != 0:
+                raise StackError(f"could not create the database: {created.stderr}")
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+
+# --------------------------------------------------------------------------------------------- stack
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextlib.contextmanager
+def _containers(need_kafka: bool, need_postgres: bool) -> Iterator[tuple[str | None, str | None]]:
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    with contextlib.ExitStack() as stack:
+        bootstrap = url = None
+        if need_kafka:
+            kafka = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
+            bootstrap = kafka.get_bootstrap_server()
+        if need_postgres:
+            pg = stack.enter_context(PostgresContainer("postgres:15", dbname=DATABASE_NAME, driver=None))
+            url = pg.get_connection_url()
+        yield bootstrap, url
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path | None = None) -> Iterator[Endpoints]:
+    """Yields where Kafka and PostgreSQL answer; stops whatever it started on the way out."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    database_url = os.environ.get("DATABASE_URL")
+    with contextlib.ExitStack() as stack:
+        if (bootstrap is None or database_url is None) and docker_answers():
+            try:
+                started = stack.enter_context(_containers(bootstrap is None, database_url is None))
+                bootstrap = bootstrap or started[0]
+                database_url = database_url or started[1]
+            except ImportError:
+                print("localstack: Docker answers but the 'docker' extra is not installed; "
+                      "starting local processes", file=sys.stderr)
+        if bootstrap is None or database_url is None:
+            root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="backorder-stack-")))
+            if database_url is None:
+                postgres = PostgresServer(root / "postgres")
+                stack.callback(postgres.stop)
+                postgres.start()
+                database_url = postgres.url
+            if bootstrap is None:
+                broker = KafkaBroker(root / "kafka")
+                stack.callback(broker.stop)
+                started_at = time.monotonic()
+                broker.start()
+                print(f"localstack: Kafka broker ready at {broker.bootstrap_servers} "
+                      f"in {time.monotonic() - started_at:.1f}s", file=sys.stderr)
+                bootstrap = broker.bootstrap_servers
+        yield Endpoints(kafka_bootstrap_servers=bootstrap, database_url=database_url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Kafka and PostgreSQL, print their addresses, stop them on Ctrl-C")
+    exec_parser = sub.add_parser("exec", help="start the stack, run a command with its addresses in the "
+                                              "environment, then stop the stack")
+    exec_parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        with local_stack() as endpoints:
+            if args.command == "up":
+                for key, value in endpoints.environ().items():
+                    print(f"export {key}={value}")
+                sys.stdout.flush()
+                print("localstack: running; Ctrl-C stops and deletes everything", file=sys.stderr)
+                while not stopping:
+                    time.sleep(1)
+                return 0
+            cmd = [c for c in args.cmd if c != "--"]
+            if not cmd:
+                parser.error("exec needs a command")
+            return subprocess.run(cmd, env={**os.environ, **endpoints.environ()}, check=False).returncode
+    except KeyboardInterrupt:
+        return 130
+    except StackError as exc:
+        print(f"localstack: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
