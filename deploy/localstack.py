@@ -104,9 +104,19 @@ def kafka_classpath() -> str:
     out = cached.with_suffix(".tmp")
     print(f"localstack: resolving the Kafka broker with Maven ({KAFKA_POM.name}) ...", file=sys.stderr)
     result = subprocess.run(
-        ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:build-classpath",
-         f"-Dmdep.outputFile={out}", "-Dmdep.includeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(KAFKA_POM),
+            "dependency:build-classpath",
+            f"-Dmdep.outputFile={out}",
+            "-Dmdep.includeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise StackError(f"Maven could not resolve the Kafka broker:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
@@ -161,19 +171,31 @@ class KafkaBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "server.properties"
         config.write_text(self._properties())
-        jvm = [java, f"-Xmx{self.heap}", "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={KAFKA_LOG4J}", "-cp", classpath]
+        jvm = [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms256m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+            "-cp",
+            classpath,
+        ]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formatted = subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if formatted.returncode != 0:
             raise StackError(f"kafka storage format failed:\n{formatted.stdout}\n{formatted.stderr}")
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
             )
         self._wait_ready()
@@ -192,7 +214,9 @@ class KafkaBroker:
             except Exception:  # KafkaException until the broker answers
                 time.sleep(0.25)
         self.stop()
-        raise StackError(f"the Kafka broker did not answer within {KAFKA_START_TIMEOUT_S:.0f}s:\n{_log_tail(self.log_path)}")
+        raise StackError(
+            f"the Kafka broker did not answer within {KAFKA_START_TIMEOUT_S:.0f}s:\n{_log_tail(self.log_path)}"
+        )
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -206,7 +230,9 @@ class KafkaBroker:
 def _pg_bindir() -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config is not None:
-        bindir = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+        bindir = Path(
+            subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        )
         if (bindir / "initdb").exists():
             return bindir
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
@@ -238,8 +264,14 @@ class PostgresServer:
         command = list(args)
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-                              start_new_session=True)
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _chown(self, path: Path) -> None:
         if self._as_postgres:
@@ -251,14 +283,37 @@ class PostgresServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._chown(self.workdir)
         if not self.datadir.exists():
-            init = self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                             "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+            init = self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            )
             if init.returncode != 0:
                 raise StackError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
-        options = (f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        started = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log_path),
-                            "-o", options, "-w", "-t", str(int(POSTGRES_START_TIMEOUT_S)), "start")
+        options = (
+            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        started = self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(POSTGRES_START_TIMEOUT_S)),
+            "start",
+        )
         if started.returncode != 0:
             raise StackError(f"PostgreSQL did not start:\n{started.stdout}\n{_log_tail(self.log_path)}")
         self._ensure_database()
@@ -316,8 +371,10 @@ def local_stack(workdir: Path | None = None) -> Iterator[Endpoints]:
                 bootstrap = bootstrap or started[0]
                 database_url = database_url or started[1]
             except ImportError:
-                print("localstack: Docker answers but the 'docker' extra is not installed; "
-                      "starting local processes", file=sys.stderr)
+                print(
+                    "localstack: Docker answers but the 'docker' extra is not installed; starting local processes",
+                    file=sys.stderr,
+                )
         if bootstrap is None or database_url is None:
             root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="backorder-stack-")))
             if database_url is None:
@@ -330,8 +387,11 @@ def local_stack(workdir: Path | None = None) -> Iterator[Endpoints]:
                 stack.callback(broker.stop)
                 started_at = time.monotonic()
                 broker.start()
-                print(f"localstack: Kafka broker ready at {broker.bootstrap_servers} "
-                      f"in {time.monotonic() - started_at:.1f}s", file=sys.stderr)
+                print(
+                    f"localstack: Kafka broker ready at {broker.bootstrap_servers} "
+                    f"in {time.monotonic() - started_at:.1f}s",
+                    file=sys.stderr,
+                )
                 bootstrap = broker.bootstrap_servers
         yield Endpoints(kafka_bootstrap_servers=bootstrap, database_url=database_url)
 
@@ -340,8 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start Kafka and PostgreSQL, print their addresses, stop them on Ctrl-C")
-    exec_parser = sub.add_parser("exec", help="start the stack, run a command with its addresses in the "
-                                              "environment, then stop the stack")
+    exec_parser = sub.add_parser(
+        "exec",
+        help="start the stack, run a command with its addresses in the environment, then stop the stack",
+    )
     exec_parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 

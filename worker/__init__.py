@@ -1,0 +1,1 @@
+"""backorder-worker: keeps the backorder queue and allocates arriving stock."""

@@ -1,0 +1,144 @@
+"""Avro single-object encoding of the contract's records, with the schemas kept in `schemas/`.
+
+Wire format (Avro specification, "Single-object encoding"): `C3 01`, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary body.
+A reader finds the writer schema by fingerprint among every version in `schemas/` and resolves it
+to the newest version of the same record, its reader schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from worker.service.messages import UndecodableMessage, UnknownSchema
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+_FILE_NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>\d+)\.avsc$")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    full_name: str
+    version: int
+    fingerprint: bytes
+    parsed: Any
+    path: Path
+
+
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
+    """The 8 bytes that follow the magic: CRC-64-AVRO of the Parsing Canonical Form, little-endian."""
+    # fastavro prints the CRC-64-AVRO digest as hex in little-endian byte order, as the spec writes it.
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def _load(path: Path) -> SchemaVersion:
+    match = _FILE_NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"schema file {path.name} is not named <Record>.v<N>.avsc")
+    raw = json.loads(path.read_text())
+    parsed: Any = parse_schema(raw, named_schemas={})
+    full_name = parsed["name"]
+    if full_name.rsplit(".", 1)[-1] != match["name"]:
+        raise ValueError(f"{path.name} holds record {full_name}")
+    return SchemaVersion(full_name, int(match["version"]), schema_fingerprint(raw), parsed, path)
+
+
+def bundled_schema_dir() -> Path:
+    return Path(str(resources.files("worker") / "schemas"))
+
+
+class AvroCodec:
+    """Decodes any known version of a record; encodes with the newest version."""
+
+    def __init__(self, versions: list[SchemaVersion]) -> None:
+        self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        self._latest: dict[str, SchemaVersion] = {}
+        for v in versions:
+            if v.fingerprint in self._by_fingerprint:
+                raise ValueError(f"{v.path.name} and {self._by_fingerprint[v.fingerprint].path.name} are one schema")
+            self._by_fingerprint[v.fingerprint] = v
+            if v.full_name not in self._latest or v.version > self._latest[v.full_name].version:
+                self._latest[v.full_name] = v
+
+    @classmethod
+    def from_directory(cls, directory: Path | None = None) -> AvroCodec:
+        directory = directory or bundled_schema_dir()
+        versions = [_load(p) for p in sorted(directory.glob("*.avsc"))]
+        if not versions:
+            raise ValueError(f"no Avro schemas found in {directory}")
+        return cls(versions)
+
+    def latest(self, full_name: str) -> SchemaVersion:
+        return self._latest[full_name]
+
+    def encode(self, full_name: str, record: Mapping[str, Any]) -> bytes:
+        schema = self._latest[full_name]
+        out = io.BytesIO()
+        out.write(MAGIC)
+        out.write(schema.fingerprint)
+        schemaless_writer(out, schema.parsed, dict(record))
+        return out.getvalue()
+
+    def decode(self, value: bytes | None) -> tuple[str, Mapping[str, Any]]:
+        if value is None:
+            raise UndecodableMessage("the message has no value")
+        if len(value) < HEADER_SIZE or value[:2] != MAGIC:
+            raise UndecodableMessage(
+                f"not Avro single-object encoding (expected C3 01 and a fingerprint; got {value[:HEADER_SIZE].hex()})"
+            )
+        writer = self._by_fingerprint.get(value[2:HEADER_SIZE])
+        if writer is None:
+            raise UnknownSchema(f"no schema in schemas/ has fingerprint {value[2:HEADER_SIZE].hex()}")
+        reader = self._latest[writer.full_name]
+        body = io.BytesIO(value[HEADER_SIZE:])
+        try:
+            record = schemaless_reader(body, writer.parsed, reader.parsed)
+        except Exception as exc:  # fastavro raises several types for a truncated or corrupt body
+            raise UndecodableMessage(f"body does not match {writer.path.name}: {type(exc).__name__}: {exc}") from exc
+        if body.tell() != len(value) - HEADER_SIZE:
+            raise UndecodableMessage(f"{len(value) - HEADER_SIZE - body.tell()} bytes left after the record")
+        if not isinstance(record, dict):
+            raise UndecodableMessage(f"{writer.full_name} did not decode to a record")
+        return writer.full_name, record
+
+
+def to_record(event: Any) -> dict[str, Any]:
+    """A domain event dataclass as the dict fastavro writes (enums by value, tuples as lists)."""
+    record: dict[str, Any] = _plain(dataclasses.asdict(event))
+    return record
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class EventSerializer:
+    """Turns an outbound domain event into (topic, key, value) for the outbox."""
+
+    def __init__(self, codec: AvroCodec, topics: Mapping[type, str]) -> None:
+        self._codec = codec
+        self._topics = dict(topics)
+
+    def __call__(self, event: Any) -> tuple[str, bytes, bytes]:
+        kind = type(event)
+        value = self._codec.encode(f"backorder.{kind.__name__}", to_record(event))
+        return self._topics[kind], event.order_id.encode(), value

@@ -1,0 +1,95 @@
+"""Kafka through confluent-kafka: client configuration, topic creation, and message conversion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from worker.service.messages import InboundMessage
+from worker.settings import KafkaConfig, Settings
+
+
+def consumer_config(settings: Settings) -> KafkaConfig:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": settings.group_id,
+        "auto.offset.reset": "earliest",
+        # Offsets are stored by the loop only after the batch's transaction committed;
+        # the background commit then sends only those.
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        **settings.kafka_config,
+        **settings.kafka_consumer_config,
+    }
+
+
+def producer_config(settings: Settings) -> KafkaConfig:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        # Every message gets a final delivery report within the relay's wait, so the relay knows
+        # exactly which outbox rows Kafka has.
+        "message.timeout.ms": int(settings.relay_delivery_timeout_seconds * 1000),
+        **settings.kafka_config,
+        **settings.kafka_producer_config,
+    }
+
+
+def admin_config(settings: Settings) -> KafkaConfig:
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **settings.kafka_config}
+
+
+def all_topics(settings: Settings) -> list[str]:
+    return [
+        *settings.inbound_topics,
+        settings.topic_fulfillment_requested,
+        settings.topic_customer_notification,
+        settings.topic_backorder_status,
+        settings.topic_dead_letter,
+    ]
+
+
+def create_topics(
+    settings: Settings,
+    partitions: int,
+    replication: int,
+    names: Iterable[str] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, str]:
+    """Create the topics that do not exist yet; returns topic -> "created" or "exists"."""
+    admin = AdminClient(admin_config(settings))
+    wanted = list(names or all_topics(settings))
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    result = {name: "exists" for name in wanted if name in existing}
+    new = [
+        NewTopic(name, num_partitions=partitions, replication_factor=replication)
+        for name in wanted
+        if name not in existing
+    ]
+    if new:
+        for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
+            future.result()
+            result[name] = "created"
+    return result
+
+
+def to_inbound(message: Message) -> InboundMessage:
+    headers: Any = message.headers() or []
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("a consumed message without topic, partition or offset")
+    return InboundMessage(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=message.key(),
+        value=message.value(),
+        headers=tuple((name, value or b"") for name, value in headers),
+    )

@@ -1,0 +1,143 @@
+"""Prometheus metrics: the one place that knows prometheus_client.
+
+Counters and histograms describe this process's work. The state of the backlog (open backorders,
+outbox backlog) is read from PostgreSQL at scrape time, so every instance reports the same,
+correct figure whatever happened to the others; aggregate those with max(), not sum().
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker.adapters.postgres import StateFigures
+from worker.service.batch import MessageResult
+from worker.service.handlers import Outcome
+
+log = structlog.get_logger(__name__)
+
+_BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], StateFigures]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        ok = GaugeMetricFamily(
+            "backorder_state_query_ok", "1 if the last scrape could read the backlog state from the database"
+        )
+        try:
+            figures = self._read()
+        except Exception as exc:  # a scrape must answer even while the database is down
+            log.warning("state_query_failed", error=f"{type(exc).__name__}: {exc}")
+            ok.add_metric([], 0)
+            yield ok
+            return
+        ok.add_metric([], 1)
+        yield ok
+        yield GaugeMetricFamily(
+            "backorder_outbox_backlog", "Outbox rows not yet published to Kafka", value=figures.outbox_backlog
+        )
+        yield GaugeMetricFamily(
+            "backorder_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row",
+            value=figures.outbox_oldest_age_seconds,
+        )
+        yield GaugeMetricFamily(
+            "backorder_open_lines", "Order lines waiting for stock", value=figures.open_backorder_lines
+        )
+        yield GaugeMetricFamily(
+            "backorder_open_units", "Units ordered and waiting for stock", value=figures.open_backorder_units
+        )
+        yield CounterMetricFamily(
+            "backorder_units_received", "Units received into stock, all time", value=figures.units_received
+        )
+        yield CounterMetricFamily(
+            "backorder_units_allocated",
+            "Units allocated to order lines, all time",
+            value=figures.units_allocated,
+        )
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.events = Counter(
+            "backorder_events_consumed",
+            "Inbound events handled, by topic and outcome",
+            ["topic", "outcome"],
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "backorder_dead_letters",
+            "Messages sent to the dead-letter topic, by reason",
+            ["topic", "error_class"],
+            registry=self.registry,
+        )
+        self.batch_duration = Histogram(
+            "backorder_batch_duration_seconds",
+            "Time to handle one polled batch in its database transaction",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "backorder_batch_size_messages",
+            "Messages in one polled batch",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000),
+            registry=self.registry,
+        )
+        self.database_retries = Counter(
+            "backorder_database_retries",
+            "Batches retried because the database was unavailable",
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "backorder_outbox_published",
+            "Outbox events acknowledged by Kafka, by topic",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.publish_failures = Counter(
+            "backorder_outbox_publish_failures",
+            "Outbox events Kafka did not acknowledge (retried later)",
+            registry=self.registry,
+        )
+        self.rebalances = Counter(
+            "backorder_rebalances", "Partition assignments and revocations", ["kind"], registry=self.registry
+        )
+
+    def watch_state(self, read: Callable[[], StateFigures]) -> None:
+        self.registry.register(_StateCollector(read))
+
+    def batch_handled(self, results: Sequence[MessageResult], seconds: float) -> None:
+        self.batch_duration.observe(seconds)
+        self.batch_size.observe(len(results))
+        for result in results:
+            self.events.labels(result.message.topic, result.outcome.value).inc()
+            if result.outcome is Outcome.DEAD_LETTERED:
+                self.dead_letters.labels(result.message.topic, type(result.error).__name__).inc()
+
+    def outbox_published(self, per_topic: dict[str, int], failures: int) -> None:
+        for topic, count in per_topic.items():
+            self.published.labels(topic).inc(count)
+        if failures:
+            self.publish_failures.inc(failures)
+
+    def serve(self, host: str, port: int) -> Any:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

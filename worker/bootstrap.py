@@ -1,0 +1,156 @@
+"""The one module that knows every concrete class: builds the worker from its settings and runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Producer
+from psycopg_pool import ConnectionPool
+
+from worker.adapters import postgres
+from worker.adapters.avro import AvroCodec, EventSerializer
+from worker.adapters.kafka import consumer_config, producer_config
+from worker.adapters.metrics import Metrics
+from worker.adapters.relay import OutboxRelay
+from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
+from worker.domain.model import ShopPolicy
+from worker.entrypoints.loop import ConsumeLoop
+from worker.service.batch import MessageResult, handle_batch
+from worker.service.messages import InboundMessage
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class SchemaNotMigrated(RuntimeError):
+    pass
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def event_serializer(settings: Settings, codec: AvroCodec) -> EventSerializer:
+    return EventSerializer(
+        codec,
+        {
+            FulfillmentRequested: settings.topic_fulfillment_requested,
+            CustomerNotification: settings.topic_customer_notification,
+            BackorderStatusChanged: settings.topic_backorder_status,
+        },
+    )
+
+
+def _kafka_error(err: KafkaError) -> None:
+    log.warning("kafka_client_error", error=err.str(), code=err.code(), fatal=err.fatal())
+
+
+def run_worker(settings: Settings) -> None:
+    """Consume, allocate and publish until SIGTERM or SIGINT, then drain and stop."""
+    codec = AvroCodec.from_directory()
+    metrics = Metrics()
+    shop = ShopPolicy()
+    with contextlib.ExitStack() as resources:
+        pool = postgres.open_pool(
+            settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size
+        )
+        resources.callback(pool.close)
+        _require_schema(pool)
+        factory = postgres.PostgresUnitOfWorkFactory(
+            pool, event_serializer(settings, codec), settings.topic_dead_letter
+        )
+
+        def read_state() -> postgres.StateFigures:
+            with pool.connection(timeout=2.0) as conn:
+                return postgres.state_figures(conn)
+
+        metrics.watch_state(read_state)
+        server = metrics.serve(settings.metrics_host, settings.metrics_port)
+        resources.callback(server.shutdown)
+        log.info("metrics_listening", host=settings.metrics_host, port=server.server_port)
+
+        stop_relay = threading.Event()
+        relay: OutboxRelay | None = None
+        if settings.relay_enabled:
+            producer = Producer({**producer_config(settings), "error_cb": _kafka_error})
+            relay = OutboxRelay(
+                pool,
+                producer,
+                batch_size=settings.relay_batch_size,
+                interval_s=settings.relay_interval_seconds,
+                delivery_timeout_s=settings.relay_delivery_timeout_seconds,
+                retention=dt.timedelta(hours=settings.outbox_retention_hours),
+                on_published=metrics.outbox_published,
+            )
+            relay_thread = threading.Thread(
+                target=relay.run,
+                name="outbox-relay",
+                daemon=True,
+                args=(stop_relay,),
+                kwargs={
+                    "backoff_initial_s": settings.db_retry_initial_seconds,
+                    "backoff_max_s": settings.db_retry_max_seconds,
+                },
+            )
+            relay_thread.start()
+
+            def stop_relay_thread() -> None:
+                stop_relay.set()
+                relay.wake.set()
+                relay_thread.join(settings.shutdown_timeout_seconds)
+
+            resources.callback(stop_relay_thread)
+        else:
+            log.warning("outbox_relay_disabled", reason="BACKORDER_RELAY_ENABLED=false")
+
+        consumer = Consumer({**consumer_config(settings), "error_cb": _kafka_error})
+        resources.callback(consumer.close)
+        expected = settings.inbound_topics
+
+        def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+            return handle_batch(
+                messages,
+                decoder=codec,
+                expected_records=expected,
+                unit_of_work=factory,
+                shop=shop,
+                now=utc_now(),
+            )
+
+        loop = ConsumeLoop(
+            consumer,
+            list(expected),
+            handle,
+            batch_size=settings.batch_size,
+            batch_timeout_s=settings.batch_timeout_seconds,
+            retry_initial_s=settings.db_retry_initial_seconds,
+            retry_max_s=settings.db_retry_max_seconds,
+            on_batch=metrics.batch_handled,
+            on_store_retry=metrics.database_retries.inc,
+            on_committed=relay.wake.set if relay is not None else None,
+            on_rebalance=lambda kind: metrics.rebalances.labels(kind).inc(),
+        )
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            loop.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("worker_started", group_id=settings.group_id, relay=settings.relay_enabled)
+        loop.run()
+    log.info("worker_stopped")
+
+
+def _require_schema(pool: ConnectionPool) -> None:
+    with pool.connection(timeout=60.0) as conn:
+        pending = postgres.pending_migrations(conn)
+    if pending:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+        raise SchemaNotMigrated(f"the database lacks migrations {names}: run `backorder-worker migrate` first")

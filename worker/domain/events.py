@@ -1,0 +1,96 @@
+"""Events the worker tells the world about, one class per outbound record of the event contract.
+
+Their ids are deterministic: a UUIDv5 of what caused them, so handling the same input twice yields
+the same ids and consumers can deduplicate on `event_id`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.domain.model import LineStatus, ShippingService
+
+# Fixed forever: changing it would change every outbound event id.
+EVENT_NAMESPACE = uuid.UUID("6f1c1a52-4f0e-4bde-9a43-2f3b8d0c7e15")
+
+
+def event_id(*parts: str) -> str:
+    """A stable id for the event named by `parts` (its kind, its cause, what it is about)."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, "\x1f".join(parts)))
+
+
+class NotificationType(StrEnum):
+    BACKORDER_CONFIRMED = "BACKORDER_CONFIRMED"
+    BACKORDER_STATUS_UPDATE = "BACKORDER_STATUS_UPDATE"
+    BACKORDER_ETA_CHANGED = "BACKORDER_ETA_CHANGED"
+    BACKORDER_ALLOCATED = "BACKORDER_ALLOCATED"
+    ORDER_SHIPPED = "ORDER_SHIPPED"
+    BACKORDER_CANCELLED = "BACKORDER_CANCELLED"
+    BACKORDER_REJECTED = "BACKORDER_REJECTED"
+
+
+@dataclass(frozen=True)
+class FulfillmentLine:
+    line_id: str
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class FulfillmentRequested:
+    event_id: str
+    occurred_at: dt.datetime
+    shipment_id: str
+    order_id: str
+    customer_id: str
+    shipping_service: ShippingService
+    lines: tuple[FulfillmentLine, ...]
+    partial: bool
+    capture_payment: bool
+    caused_by_event_id: str
+
+
+@dataclass(frozen=True)
+class NotificationLine:
+    line_id: str
+    sku: str
+    product_name: str
+    quantity: int
+    status: LineStatus
+
+
+@dataclass(frozen=True)
+class CustomerNotification:
+    event_id: str
+    occurred_at: dt.datetime
+    order_id: str
+    customer_id: str
+    type: NotificationType
+    lines: tuple[NotificationLine, ...]
+    cancel_allowed: bool
+    expected_ship_date: dt.date | None = None
+    carrier: str | None = None
+    tracking_number: str | None = None
+    estimated_delivery: dt.date | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BackorderStatusChanged:
+    event_id: str
+    occurred_at: dt.datetime
+    order_id: str
+    line_id: str
+    sku: str
+    status: LineStatus
+    quantity_ordered: int
+    quantity_allocated: int
+    quantity_backordered: int
+    expected_ship_date: dt.date | None = None
+    reason: str | None = None
+
+
+OutboundEvent = FulfillmentRequested | CustomerNotification | BackorderStatusChanged

@@ -1,0 +1,1 @@
+"""Ways into the worker: the command line and the consume loop."""

@@ -1,0 +1,159 @@
+"""The consume loop: poll a batch -> handle it in one transaction -> store the offsets. Nothing more.
+
+Offsets are stored only after the batch's transaction committed; librdkafka's background commit
+then sends them, and a final synchronous commit happens on revocation and on shutdown. If the
+process dies in between, the batch is delivered again and the handlers recognise it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from worker.adapters.kafka import to_inbound
+from worker.service.batch import MessageResult
+from worker.service.handlers import Outcome
+from worker.service.messages import InboundMessage
+from worker.service.ports import StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+BatchHandler = Callable[[Sequence[InboundMessage]], list[MessageResult]]
+BatchObserver = Callable[[Sequence[MessageResult], float], None]
+
+
+class ConsumeLoop:
+    def __init__(
+        self,
+        consumer: Consumer,
+        topics: Sequence[str],
+        handle: BatchHandler,
+        *,
+        batch_size: int,
+        batch_timeout_s: float,
+        retry_initial_s: float,
+        retry_max_s: float,
+        on_batch: BatchObserver | None = None,
+        on_store_retry: Callable[[], None] | None = None,
+        on_committed: Callable[[], None] | None = None,
+        on_rebalance: Callable[[str], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._topics = list(topics)
+        self._handle = handle
+        self._batch_size = batch_size
+        self._batch_timeout_s = batch_timeout_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._on_batch = on_batch
+        self._on_store_retry = on_store_retry
+        self._on_committed = on_committed
+        self._on_rebalance = on_rebalance
+        self._running = True
+        self.last_poll_monotonic = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch and return (safe from a signal handler)."""
+        self._running = False
+
+    def run(self) -> None:
+        self._consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked)
+        log.info("consuming", topics=self._topics)
+        while self._running:
+            polled = self._consumer.consume(num_messages=self._batch_size, timeout=self._batch_timeout_s)
+            self.last_poll_monotonic = time.monotonic()
+            messages = [m for m in polled if self._usable(m)]
+            if not messages:
+                continue
+            inbound = [to_inbound(m) for m in messages]
+            results = self._handle_until_stored(inbound)
+            if results is None:
+                break  # stopped while the database was down: nothing of this batch was committed
+            self._store_offsets(inbound)
+            if self._on_committed is not None:
+                self._on_committed()
+        self._commit()
+        log.info("consumer_stopped")
+
+    def _usable(self, message: Message) -> bool:
+        err = message.error()
+        if err is None:
+            return True
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("consumer_error", error=err.str(), code=err.code())
+        return False
+
+    def _handle_until_stored(self, inbound: list[InboundMessage]) -> list[MessageResult] | None:
+        delay = self._retry_initial_s
+        paused = False
+        while True:
+            started = time.monotonic()
+            try:
+                results = self._handle(inbound)
+            except StoreUnavailable as exc:
+                log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2), batch=len(inbound))
+                if self._on_store_retry is not None:
+                    self._on_store_retry()
+                if not paused:
+                    self._consumer.pause(self._consumer.assignment())
+                    paused = True
+                if not self._wait_alive(delay):
+                    return None
+                delay = min(delay * 2, self._retry_max_s) * random.uniform(0.8, 1.0)
+                continue
+            elapsed = time.monotonic() - started
+            if paused:
+                self._consumer.resume(self._consumer.assignment())
+            if self._on_batch is not None:
+                self._on_batch(results, elapsed)
+            counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
+            log.info("batch_handled", messages=len(results), seconds=round(elapsed, 4), **counts)
+            return results
+
+    def _wait_alive(self, seconds: float) -> bool:
+        """Wait while staying in the group: poll with every partition paused; False if asked to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self._running:
+                return False
+            message = self._consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
+            self.last_poll_monotonic = time.monotonic()
+            if message is not None and message.error() is None:
+                # A partition assigned during the wait delivered: put the message back for later.
+                held = to_inbound(message)
+                self._consumer.seek(TopicPartition(held.topic, held.partition, held.offset))
+                self._consumer.pause([TopicPartition(held.topic, held.partition)])
+        return self._running
+
+    def _store_offsets(self, messages: list[InboundMessage]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic, m.partition)
+            next_offsets[key] = max(next_offsets.get(key, 0), m.offset + 1)
+        try:
+            self._consumer.store_offsets(offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()])
+        except KafkaException as exc:  # revoked meanwhile: the new owner re-reads, the handlers dedupe
+            log.warning("offset_store_failed", error=str(exc))
+
+    def _commit(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset_commit_failed", error=str(exc))
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        if self._on_rebalance is not None:
+            self._on_rebalance("assign")
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self._commit()
+        if self._on_rebalance is not None:
+            self._on_rebalance("revoke")

@@ -1,0 +1,79 @@
+"""Handling a polled batch: decode, map to commands, apply them all in one database transaction.
+
+A message that cannot be accepted is written to the dead-letter topic (through the outbox, in the
+same transaction) and the rest of the batch goes on. A database that is unavailable is not the
+message's fault: `StoreUnavailable` leaves this function and nothing of the batch is committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from worker.domain.model import ShopPolicy
+from worker.service import commands, handlers
+from worker.service.handlers import Outcome
+from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
+from worker.service.ports import Decoder, StoreUnavailable, UnitOfWorkFactory
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MessageResult:
+    message: InboundMessage
+    outcome: Outcome
+    error: RejectedMessage | None = None
+
+
+def handle_batch(
+    messages: Sequence[InboundMessage],
+    *,
+    decoder: Decoder,
+    expected_records: dict[str, str],
+    unit_of_work: UnitOfWorkFactory,
+    shop: ShopPolicy,
+    now: dt.datetime,
+) -> list[MessageResult]:
+    """Apply a batch; returns one result per message, in order. Raises StoreUnavailable."""
+    parsed: list[commands.Command | RejectedMessage] = [
+        _parse(message, decoder, expected_records) for message in messages
+    ]
+    skus = {sku for item in parsed if not isinstance(item, RejectedMessage) for sku in item.skus}
+    results: list[MessageResult] = []
+    with unit_of_work() as uow:
+        uow.lock_stock(sorted(skus))
+        for message, item in zip(messages, parsed, strict=True):
+            if not isinstance(item, RejectedMessage):
+                try:
+                    with uow.savepoint():
+                        results.append(MessageResult(message, handlers.handle(item, uow, shop, now)))
+                    continue
+                except RejectedMessage as exc:
+                    item = exc
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:  # a defect must not stop the worker or lose the event
+                    log.exception(
+                        "event_failed",
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                    )
+                    item = UnprocessableEvent(f"{type(exc).__name__}: {exc}")
+            uow.dead_letter(message, item, now)
+            results.append(MessageResult(message, Outcome.DEAD_LETTERED, item))
+    return results
+
+
+def _parse(
+    message: InboundMessage, decoder: Decoder, expected_records: dict[str, str]
+) -> commands.Command | RejectedMessage:
+    try:
+        record_name, record = decoder.decode(message.value)
+        return commands.command_for(record_name, expected_records[message.topic], record)
+    except RejectedMessage as exc:
+        return exc

@@ -1,0 +1,137 @@
+"""Commands the worker carries out, built from decoded inbound records and checked against the contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker.domain.model import (
+    CustomerTier,
+    Order,
+    OrderLine,
+    ShippingService,
+    SplitPreference,
+    StockReceipt,
+)
+from worker.service.messages import InvalidEvent, UnexpectedRecord
+
+Record = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    event_id: str
+    order: Order
+    content_hash: bytes
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset(line.sku for line in self.order.lines)
+
+
+@dataclass(frozen=True)
+class ReceiveStock:
+    event_id: str
+    receipt: StockReceipt
+    content_hash: bytes
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset({self.receipt.sku})
+
+
+Command = PlaceOrder | ReceiveStock
+
+
+def content_hash(record: Record) -> bytes:
+    """A digest of what an event says, leaving out its own id, to recognise the same fact sent twice."""
+    body = {k: v for k, v in record.items() if k != "event_id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
+
+
+def _text(record: Record, name: str) -> str:
+    value = record[name]
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidEvent(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _positive(value: int, name: str) -> int:
+    if value <= 0:
+        raise InvalidEvent(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _aware(value: dt.datetime, name: str) -> dt.datetime:
+    if value.tzinfo is None:
+        raise InvalidEvent(f"{name} must carry a time zone")
+    return value
+
+
+def place_order(record: Record) -> PlaceOrder:
+    lines = record["lines"]
+    if not lines:
+        raise InvalidEvent("order has no lines")
+    parsed: list[OrderLine] = []
+    for i, line in enumerate(lines):
+        where = f"lines[{i}]"
+        price = line["unit_price_minor"]
+        if price < 0:
+            raise InvalidEvent(f"{where}.unit_price_minor must be >= 0, got {price}")
+        parsed.append(
+            OrderLine(
+                line_id=_text(line, "line_id"),
+                sku=_text(line, "sku"),
+                product_name=line["product_name"],
+                quantity=_positive(line["quantity"], f"{where}.quantity"),
+                unit_price_minor=price,
+            )
+        )
+    line_ids = [line.line_id for line in parsed]
+    if len(set(line_ids)) != len(line_ids):
+        raise InvalidEvent(f"line_id values repeat within the order: {line_ids}")
+    currency = record["currency"]
+    if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
+        raise InvalidEvent(f"currency must be an ISO 4217 code such as USD, got {currency!r}")
+    split = record["split_preference"]
+    order = Order(
+        order_id=_text(record, "order_id"),
+        customer_id=_text(record, "customer_id"),
+        customer_tier=CustomerTier(record["customer_tier"]),
+        shipping_service=ShippingService(record["shipping_service"]),
+        need_by=record["need_by"],
+        split_preference=SplitPreference(split) if split is not None else None,
+        currency=currency,
+        placed_at=_aware(record["occurred_at"], "occurred_at"),
+        lines=tuple(parsed),
+    )
+    return PlaceOrder(event_id=_text(record, "event_id"), order=order, content_hash=content_hash(record))
+
+
+def receive_stock(record: Record) -> ReceiveStock:
+    receipt = StockReceipt(
+        receipt_id=_text(record, "receipt_id"),
+        sku=_text(record, "sku"),
+        quantity=_positive(record["quantity"], "quantity"),
+        received_at=_aware(record["occurred_at"], "occurred_at"),
+        supplier_id=record["supplier_id"],
+        purchase_order_id=record["purchase_order_id"],
+    )
+    return ReceiveStock(event_id=_text(record, "event_id"), receipt=receipt, content_hash=content_hash(record))
+
+
+BUILDERS: dict[str, Callable[[Record], Command]] = {
+    "backorder.OrderCreated": place_order,
+    "backorder.InventoryReceived": receive_stock,
+}
+
+
+def command_for(record_name: str, expected: str, record: Record) -> Command:
+    """The command a record on a topic asks for; `expected` is the record the contract puts there."""
+    if record_name != expected:
+        raise UnexpectedRecord(f"expected {expected} on this topic, got {record_name}")
+    return BUILDERS[record_name](record)
