@@ -81,6 +81,15 @@ def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> Non
 # --------------------------------------------------------------------------------------------- Kafka
 
 
+def _die_with_parent() -> None:
+    """In the broker's process, before exec: if whoever started it dies, even by SIGKILL, so does it."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     path = base / "backorder-worker"
@@ -181,9 +190,10 @@ class KafkaBroker:
             "-cp",
             classpath,
         ]
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kafka's own ids never start with "-" (the tool would read it as an option); nor do ours.
+        cluster_id = "K" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
         formatted = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)],
             capture_output=True,
             text=True,
             check=False,
@@ -197,6 +207,7 @@ class KafkaBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the broker in order
+                preexec_fn=_die_with_parent,
             )
         self._wait_ready()
 
@@ -414,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # Set both explicitly: a shell that starts us in the background may have set SIGINT to "ignore".
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         with local_stack() as endpoints:
             if args.command == "up":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import signal
 import threading
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from worker.service.messages import InboundMessage
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
+KAFKA_LOG = logging.getLogger("librdkafka")
 
 
 class SchemaNotMigrated(RuntimeError):
@@ -55,7 +57,7 @@ def run_worker(settings: Settings) -> None:
     """Consume, allocate and publish until SIGTERM or SIGINT, then drain and stop."""
     codec = AvroCodec.from_directory()
     metrics = Metrics()
-    shop = ShopPolicy()
+    shop = ShopPolicy(payment_timing=settings.payment_timing)
     with contextlib.ExitStack() as resources:
         pool = postgres.open_pool(
             settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size
@@ -78,7 +80,7 @@ def run_worker(settings: Settings) -> None:
         stop_relay = threading.Event()
         relay: OutboxRelay | None = None
         if settings.relay_enabled:
-            producer = Producer({**producer_config(settings), "error_cb": _kafka_error})
+            producer = Producer({**producer_config(settings), "error_cb": _kafka_error, "logger": KAFKA_LOG})
             relay = OutboxRelay(
                 pool,
                 producer,
@@ -109,7 +111,7 @@ def run_worker(settings: Settings) -> None:
         else:
             log.warning("outbox_relay_disabled", reason="BACKORDER_RELAY_ENABLED=false")
 
-        consumer = Consumer({**consumer_config(settings), "error_cb": _kafka_error})
+        consumer = Consumer({**consumer_config(settings), "error_cb": _kafka_error, "logger": KAFKA_LOG})
         resources.callback(consumer.close)
         expected = settings.inbound_topics
 

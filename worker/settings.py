@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.domain.model import PaymentTiming
+
 KafkaConfig = dict[str, str | int | float | bool]
 
 
@@ -40,6 +42,8 @@ class Settings(BaseSettings):
     kafka_config: KafkaConfig = Field(default_factory=dict)
     kafka_consumer_config: KafkaConfig = Field(default_factory=dict)
     kafka_producer_config: KafkaConfig = Field(default_factory=dict)
+
+    payment_timing: PaymentTiming = PaymentTiming.AT_ORDER
 
     batch_size: PositiveInt = 500
     batch_timeout_seconds: PositiveFloat = 0.5

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from itertools import groupby
 
+import structlog
+
 from worker.domain.allocation import allocate
 from worker.domain.events import (
     BackorderStatusChanged,
@@ -27,6 +29,8 @@ from worker.domain.model import Fill, LineStatus, ShippingService, ShopPolicy
 from worker.service.commands import Command, PlaceOrder, ReceiveStock
 from worker.service.messages import ConflictingDuplicate
 from worker.service.ports import UnitOfWork
+
+log = structlog.get_logger(__name__)
 
 
 class Outcome(StrEnum):
@@ -79,6 +83,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
         if got < line.quantity:
             waiting.append(NotificationLine(line.line_id, line.sku, line.product_name, line.quantity - got, status))
     if waiting:
+        log.info("backordered", order_id=order.order_id, lines=len(waiting), units=sum(w.quantity for w in waiting))
         events.append(
             CustomerNotification(
                 event_id=event_id("customer-notification", cause, NotificationType.BACKORDER_CONFIRMED),
@@ -125,6 +130,15 @@ def _allocate(uow: UnitOfWork, skus: Iterable[str], cause: str, now: dt.datetime
         if allocation.fills:
             shipments = {f.backorder.order_id: shipment_id(cause, f.backorder.order_id) for f in allocation.fills}
             uow.record_fills(sku, allocation.fills, shipments, cause, now)
+            log.info(
+                "allocated",
+                sku=sku,
+                cause=cause,
+                units=allocation.units_allocated,
+                units_left=allocation.units_left,
+                lines=len(allocation.fills),
+                first=[f"{f.backorder.order_id}/{f.backorder.line_id}:{f.quantity}" for f in allocation.fills[:10]],
+            )
             fills.extend(allocation.fills)
     return fills
 

@@ -1,0 +1,44 @@
+# The front door. `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test unit integration lint typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install the worker with its test tools (pinned in pyproject.toml)
+
+run: $(STAMP) ## start Kafka, PostgreSQL and the worker, play a demo scenario; Ctrl-C stops everything
+	$(PY) deploy/demo.py
+
+test: lint typecheck ## lint, type-check, then every test against a real Kafka and PostgreSQL it starts
+	$(PY) -m pytest
+
+unit: $(STAMP) ## only the tests that need no services
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP) ## only the tests against real Kafka and PostgreSQL
+	$(PY) -m pytest tests/integration
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check worker deploy tests
+	$(VENV)/bin/ruff format --check worker deploy tests
+
+typecheck: $(STAMP) ## mypy --strict on the worker package
+	$(VENV)/bin/mypy
+
+bench: $(STAMP) ## throughput of one worker on a local stack (prints figures)
+	$(PY) deploy/bench.py
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

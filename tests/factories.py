@@ -1,0 +1,60 @@
+"""Inbound records as the OMS and the warehouse would send them, with sensible defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+
+def at(day: str) -> dt.datetime:
+    """'2026-01-05' or '2026-01-05T10:00' as an aware UTC time."""
+    value = dt.datetime.fromisoformat(day)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def order(
+    order_id: str, placed_at: str, lines: list[tuple[str, int]] | list[dict[str, Any]], **fields: Any
+) -> dict[str, Any]:
+    """An OrderCreated record; `lines` as (sku, quantity) pairs or full line dicts."""
+    built = []
+    for i, line in enumerate(lines, start=1):
+        if isinstance(line, dict):
+            built.append(line)
+        else:
+            sku, quantity = line
+            built.append(
+                {
+                    "line_id": f"L{i}",
+                    "sku": sku,
+                    "product_name": f"Product {sku}",
+                    "quantity": quantity,
+                    "unit_price_minor": 2500,
+                }
+            )
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": at(placed_at),
+        "order_id": order_id,
+        "customer_id": f"C-{order_id}",
+        "customer_tier": "STANDARD",
+        "shipping_service": "STANDARD",
+        "need_by": None,
+        "split_preference": None,
+        "currency": "USD",
+        "lines": built,
+        **fields,
+    }
+
+
+def receipt(receipt_id: str, sku: str, quantity: int, received_at: str = "2026-01-20", **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": at(received_at),
+        "receipt_id": receipt_id,
+        "sku": sku,
+        "quantity": quantity,
+        "supplier_id": None,
+        "purchase_order_id": None,
+        **fields,
+    }

@@ -1,0 +1,311 @@
+"""Integration fixtures: one real Kafka broker and one real PostgreSQL for the session.
+
+Each test gets a world of its own (`deployment`): its own database, its own topics and consumer
+group, and worker processes started as a user would start them (`python -m worker run`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import make_conninfo
+
+from worker.adapters.avro import AvroCodec
+from worker.adapters.postgres import migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy"))
+
+import localstack  # noqa: E402
+
+TOPIC_KINDS = {
+    "order-created": "ORDER_CREATED",
+    "inventory-received": "INVENTORY_RECEIVED",
+    "fulfillment-requested": "FULFILLMENT_REQUESTED",
+    "customer-notification": "CUSTOMER_NOTIFICATION",
+    "backorder-status": "BACKORDER_STATUS",
+    "dlq": "DEAD_LETTER",
+}
+RECORD_OF = {"order-created": "backorder.OrderCreated", "inventory-received": "backorder.InventoryReceived"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[localstack.Endpoints]:
+    with localstack.local_stack() as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="session")
+def codec() -> AvroCodec:
+    return AvroCodec.from_directory()
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes | None
+    headers: dict[str, bytes]
+    value: dict[str, Any] | None
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
+        self.log_path = log_path
+        self.metrics_port = metrics_port
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for("the worker's /metrics endpoint", self._metrics_answer, timeout_s=60)
+
+    def _metrics_answer(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        try:
+            self.metrics_text()
+            return True
+        except OSError:
+            return False
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples called `name` whose labels include `labels`."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def assignment(self) -> list[str]:
+        """The partitions this worker holds now, from its log (eager rebalancing: revoke takes all)."""
+        held: list[str] = []
+        for entry in json_lines(self.log()):
+            if entry.get("event") == "partitions_assigned":
+                held = entry["partitions"]
+            elif entry.get("event") == "partitions_revoked":
+                held = []
+        return held
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout_s)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+
+class Deployment:
+    """One test's world: a database, topics and a consumer group nobody else uses."""
+
+    def __init__(self, stack: localstack.Endpoints, codec: AvroCodec, tmp_path: Path, partitions: int) -> None:
+        self.codec = codec
+        self.tmp_path = tmp_path
+        self.bootstrap = stack.kafka_bootstrap_servers
+        tag = uuid.uuid4().hex[:10]
+        self.database = f"t_{tag}"
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        self.database_url = make_conninfo(stack.database_url, dbname=self.database)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            migrate(conn)
+        self.topics = {kind: f"t{tag}.{kind}" for kind in TOPIC_KINDS}
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in self.topics.values()]
+        )
+        for future in futures.values():
+            future.result(timeout=30)
+        self.group_id = f"backorder-worker-{tag}"
+        self.workers: list[WorkerProcess] = []
+        self._producer: Producer | None = Producer({"bootstrap.servers": self.bootstrap})
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKORDER_")}
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+                "DATABASE_URL": self.database_url,
+                "BACKORDER_GROUP_ID": self.group_id,
+                "BACKORDER_METRICS_HOST": "127.0.0.1",
+                "BACKORDER_LOG_FORMAT": "json",
+                "BACKORDER_BATCH_TIMEOUT_SECONDS": "0.2",
+                "BACKORDER_DB_RETRY_INITIAL_SECONDS": "0.2",
+                "BACKORDER_DB_RETRY_MAX_SECONDS": "2",
+                "BACKORDER_KAFKA_CONSUMER_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}',
+            }
+        )
+        env.update({f"BACKORDER_TOPIC_{suffix}": self.topics[kind] for kind, suffix in TOPIC_KINDS.items()})
+        env.update(overrides)
+        return env
+
+    def start_worker(self, **overrides: str) -> WorkerProcess:
+        port = localstack.free_port()
+        env = self.env(BACKORDER_METRICS_PORT=str(port), **overrides)
+        worker = WorkerProcess(env, self.tmp_path / f"worker-{len(self.workers) + 1}.log", port)
+        self.workers.append(worker)
+        return worker
+
+    # ------------------------------------------------------------------ Kafka in and out
+
+    def produce(self, kind: str, record: dict[str, Any], key: str | None = None) -> bytes:
+        value = self.codec.encode(RECORD_OF[kind], record)
+        default_key = record.get("order_id") if kind == "order-created" else record.get("sku")
+        self.produce_raw(kind, (key or default_key or "").encode(), value)
+        return value
+
+    def produce_raw(
+        self, kind: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        assert self._producer is not None
+        self._producer.produce(self.topics[kind], key=key, value=value, headers=headers or [])
+        assert self._producer.flush(30) == 0, "the test producer could not deliver"
+
+    def read(
+        self, kind: str, *, count: int | None = None, timeout_s: float = 60.0, settle_s: float = 1.5
+    ) -> list[Received]:
+        """Everything on a topic from the beginning: until `count` arrived, or until quiet for `settle_s`."""
+        topic = self.topics[kind]
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        )
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+            partitions = metadata.topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            out: list[Received] = []
+            deadline = time.monotonic() + timeout_s
+            quiet_since = time.monotonic()
+            while time.monotonic() < deadline:
+                if count is not None and len(out) >= count:
+                    break
+                if count is None and time.monotonic() - quiet_since > settle_s:
+                    break
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error() is not None:
+                    continue
+                quiet_since = time.monotonic()
+                value = msg.value()
+                decoded = None
+                if kind != "dlq":
+                    decoded = dict(self.codec.decode(value)[1])
+                out.append(
+                    Received(
+                        topic,
+                        msg.partition() or 0,
+                        msg.offset() or 0,
+                        msg.key(),
+                        value,
+                        {k: v or b"" for k, v in (msg.headers() or [])},
+                        decoded,
+                    )
+                )
+            if count is not None:
+                assert len(out) >= count, f"expected {count} messages on {kind}, got {len(out)}"
+            return out
+        finally:
+            consumer.close()
+
+    # ------------------------------------------------------------------ database
+
+    def db(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.database_url, autocommit=True)
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with self.db() as conn:
+            return conn.execute(sql, params or None).fetchall()
+
+    def close(self) -> None:
+        self._producer = None  # released now, not after the broker has gone
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                worker.kill()
+
+
+@pytest.fixture
+def deployment(
+    stack: localstack.Endpoints, codec: AvroCodec, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    partitions = getattr(request, "param", 3)
+    world = Deployment(stack, codec, tmp_path, partitions)
+    yield world
+    world.close()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for worker in world.workers:
+            sys.stderr.write(f"--- {worker.log_path.name} (last lines)\n{worker.log()[-4000:]}\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    import json
+
+    out = []
+    for line in text.splitlines():
+        if re.match(r"^\s*\{", line):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

@@ -1,0 +1,46 @@
+"""A worker killed with SIGKILL loses nothing and allocates nothing twice."""
+
+from __future__ import annotations
+
+from tests import factories
+from tests.integration.conftest import Deployment, wait_for
+
+SKU = "CRASH-SKU"
+
+
+def test_events_committed_before_a_kill_are_published_after_restart(deployment: Deployment) -> None:
+    # The relay is off, so the kill lands after the batch committed in PostgreSQL and before any publish.
+    first = deployment.start_worker(BACKORDER_RELAY_ENABLED="false")
+    for i in range(5):
+        deployment.produce("order-created", factories.order(f"O-{i}", f"2026-02-0{i + 1}", [(SKU, 4)]))
+    wait_for("the orders to be backordered", lambda: first.metric("backorder_events_consumed_total") == 5)
+    deployment.produce("inventory-received", factories.receipt("R-1", SKU, 10))
+
+    def committed() -> bool:
+        rows = deployment.query("SELECT count(*) FROM stock_receipt")
+        return rows[0][0] == 1 and first.metric("backorder_events_consumed_total") == 6
+
+    wait_for("the batch to commit", committed)
+    in_outbox = dict(deployment.query("SELECT event_id::text, topic FROM outbox WHERE published_at IS NULL"))
+    # 5 statuses + 5 confirmations for the orders; 3 shipments, 3 statuses, 3 notices for the receipt.
+    assert len(in_outbox) == 19
+    first.kill()
+    assert deployment.read("backorder-status", settle_s=1.0) == []
+
+    second = deployment.start_worker()
+    published = []
+    for kind in ("fulfillment-requested", "customer-notification", "backorder-status"):
+        expected = sum(1 for topic in in_outbox.values() if topic == deployment.topics[kind])
+        published += deployment.read(kind, count=expected)
+    wait_for("the outbox to drain", lambda: second.metric("backorder_outbox_backlog") == 0)
+
+    ids = [m.value["event_id"] for m in published if m.value]
+    assert sorted(ids) == sorted(in_outbox)  # every committed event, with its id, exactly once
+    shipments = [m.value for m in published if m.value and m.topic == deployment.topics["fulfillment-requested"]]
+    assert sum(line["quantity"] for s in shipments for line in s["lines"]) == 10
+    [(allocated, available)] = deployment.query(
+        "SELECT allocated_total, available FROM stock_level WHERE sku = %s", SKU
+    )
+    [(allocations,)] = deployment.query("SELECT coalesce(sum(quantity), 0) FROM allocation")
+    assert (allocated, available, allocations) == (10, 0, 10)
+    assert second.terminate() == 0

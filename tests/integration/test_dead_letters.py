@@ -1,0 +1,83 @@
+"""Bad input goes to the dead-letter topic with the contract's headers; the good input around it is handled."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tests import factories
+from tests.integration.conftest import Deployment, wait_for
+
+SKU = "DLQ-SKU"
+DLQ_HEADERS = (
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.error.class",
+    "dlq.error.message",
+    "dlq.failed_at",
+)
+
+
+def test_bad_messages_are_dead_lettered_and_processing_goes_on(deployment: Deployment) -> None:
+    worker = deployment.start_worker()
+    garbage = b"\x00this is not avro"
+    zero = deployment.codec.encode("backorder.OrderCreated", factories.order("O-ZERO", "2026-01-02", [(SKU, 0)]))
+    unknown_fingerprint = b"\xc3\x01" + b"\x01" * 8 + b"\x00"
+    no_lines = factories.order("O-EMPTY", "2026-01-02", [])
+    receipt_on_order_topic = deployment.codec.encode(
+        "backorder.InventoryReceived", factories.receipt("R-WRONG", SKU, 5)
+    )
+
+    deployment.produce("order-created", factories.order("O-1", "2026-01-01", [(SKU, 2)]), key="same-partition")
+    deployment.produce_raw("order-created", b"same-partition", garbage, headers=[("trace-id", b"abc-123")])
+    deployment.produce_raw("order-created", b"same-partition", zero)
+    deployment.produce_raw("order-created", b"same-partition", unknown_fingerprint)
+    deployment.produce("order-created", no_lines, key="same-partition")
+    deployment.produce_raw("order-created", b"same-partition", receipt_on_order_topic)
+    deployment.produce("inventory-received", factories.receipt("R-BAD", SKU, -3))
+    deployment.produce("order-created", factories.order("O-2", "2026-01-03", [(SKU, 1)]), key="same-partition")
+    deployment.produce("inventory-received", factories.receipt("R-1", SKU, 3))
+
+    dead = deployment.read("dlq", count=6)
+    by_class = {m.headers["dlq.error.class"].decode(): m for m in dead}
+    assert sorted(by_class) == ["InvalidEvent", "UndecodableMessage", "UnexpectedRecord", "UnknownSchema"]
+    assert sorted(m.headers["dlq.error.class"].decode() for m in dead).count("InvalidEvent") == 3
+
+    undecodable = by_class["UndecodableMessage"]
+    assert undecodable.raw == garbage and undecodable.key == b"same-partition"
+    assert undecodable.headers["trace-id"] == b"abc-123"  # the original headers travel along
+    for header in DLQ_HEADERS:
+        assert header in undecodable.headers, header
+    assert undecodable.headers["dlq.original.topic"].decode() == deployment.topics["order-created"]
+    assert int(undecodable.headers["dlq.original.offset"]) == 1
+    dt.datetime.fromisoformat(undecodable.headers["dlq.failed_at"].decode())
+
+    messages = {m.headers["dlq.error.message"].decode() for m in dead}
+    assert any("quantity must be > 0" in text for text in messages)
+    assert any("order has no lines" in text for text in messages)
+    assert any(m.raw == zero for m in dead)
+
+    # The valid events around the bad ones were handled: both orders filled from the receipt of 3.
+    shipped = {
+        m.value["order_id"]: m.value["lines"][0]["quantity"]
+        for m in deployment.read("fulfillment-requested", count=2)
+        if m.value
+    }
+    assert shipped == {"O-1": 2, "O-2": 1}
+    wait_for("the dead-letter metric", lambda: worker.metric("backorder_dead_letters_total") == 6)
+    assert worker.proc.poll() is None
+
+
+def test_same_key_with_different_content_is_a_conflict(deployment: Deployment) -> None:
+    deployment.start_worker()
+    deployment.produce("order-created", factories.order("O-9", "2026-01-01", [(SKU, 2)]))
+    deployment.read("customer-notification", count=1)
+    deployment.produce("order-created", factories.order("O-9", "2026-01-01", [(SKU, 5)]))
+    deployment.produce("inventory-received", factories.receipt("R-9", SKU, 4))
+    deployment.produce("inventory-received", factories.receipt("R-9", SKU, 40))
+
+    dead = deployment.read("dlq", count=2)
+    assert [m.headers["dlq.error.class"] for m in dead] == [b"ConflictingDuplicate"] * 2
+    [(quantity,)] = deployment.query("SELECT quantity FROM order_line WHERE order_id = 'O-9'")
+    [(received,)] = deployment.query("SELECT received_total FROM stock_level WHERE sku = %s", SKU)
+    assert (quantity, received) == (2, 4)

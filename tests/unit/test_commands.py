@@ -1,0 +1,73 @@
+"""Inbound records are checked against the contract before anything happens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests import factories
+from worker.service.commands import command_for, content_hash, place_order, receive_stock
+from worker.service.messages import InvalidEvent, UnexpectedRecord
+
+
+def line(**overrides: Any) -> dict[str, Any]:
+    return {
+        "line_id": "L1",
+        "sku": "SKU",
+        "product_name": "Widget",
+        "quantity": 1,
+        "unit_price_minor": 100,
+        **overrides,
+    }
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([], "no lines"),
+        ([line(quantity=0)], "quantity must be > 0"),
+        ([line(quantity=-2)], "quantity must be > 0"),
+        ([line(sku="")], "sku must be a non-empty string"),
+        ([line(sku="  ")], "sku must be a non-empty string"),
+        ([line(unit_price_minor=-1)], "unit_price_minor must be >= 0"),
+        ([line(), line()], "line_id values repeat"),
+    ],
+)
+def test_an_order_the_contract_does_not_allow_is_refused(lines: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        place_order(factories.order("1", "2026-01-01", lines))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"currency": "usd"}, "currency"),
+        ({"currency": "EURO"}, "currency"),
+        ({"order_id": ""}, "order_id"),
+        ({"customer_id": ""}, "customer_id"),
+    ],
+)
+def test_order_header_fields_are_checked(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        place_order({**factories.order("1", "2026-01-01", [("SKU", 1)]), **fields})
+
+
+def test_a_receipt_needs_a_positive_quantity_and_an_sku() -> None:
+    with pytest.raises(InvalidEvent, match="quantity"):
+        receive_stock(factories.receipt("R", "SKU", 0))
+    with pytest.raises(InvalidEvent, match="sku"):
+        receive_stock(factories.receipt("R", "", 3))
+
+
+def test_the_same_fact_under_another_event_id_has_the_same_content_hash() -> None:
+    first = factories.order("1", "2026-01-01", [("SKU", 1)])
+    again = {**first, "event_id": "another"}
+    changed = {**first, "lines": [line(quantity=2)]}
+    assert content_hash(first) == content_hash(again)
+    assert content_hash(first) != content_hash(changed)
+
+
+def test_a_record_on_the_wrong_topic_is_refused() -> None:
+    with pytest.raises(UnexpectedRecord):
+        command_for("backorder.InventoryReceived", "backorder.OrderCreated", factories.receipt("R", "SKU", 1))
