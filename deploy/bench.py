@@ -126,6 +126,12 @@ def main() -> int:
 
                 handled_s = wait("every event to be handled", handled, started)
                 published_s = wait("the outbox to drain", drained, started)
+                span = conn.execute(
+                    "SELECT extract(epoch FROM max(t) - min(t)) FROM (SELECT recorded_at AS t FROM customer_order"
+                    " WHERE order_id LIKE %(run)s UNION ALL SELECT recorded_at FROM stock_receipt"
+                    " WHERE receipt_id LIKE %(run)s) AS s",
+                    {"run": f"{run}-%"},
+                ).fetchone()[0]  # type: ignore[index]
                 outbound = conn.execute(
                     "SELECT count(*) FROM outbox WHERE created_at >= now() - %s",
                     (dt.timedelta(seconds=published_s + 5),),
@@ -138,6 +144,7 @@ def main() -> int:
         f"({events / handled_s:.0f} events/s, includes start-up and the group join)"
     )
     print(f"bench: {outbound} outbound events published by {published_s:.1f}s ({outbound / published_s:.0f} events/s)")
+    print(f"bench: first to last event recorded in {span:.1f}s ({events / float(span):.0f} events/s while consuming)")
     return 0
 
 

@@ -81,3 +81,18 @@ def test_same_key_with_different_content_is_a_conflict(deployment: Deployment) -
     [(quantity,)] = deployment.query("SELECT quantity FROM order_line WHERE order_id = 'O-9'")
     [(received,)] = deployment.query("SELECT received_total FROM stock_level WHERE sku = %s", SKU)
     assert (quantity, received) == (2, 4)
+
+
+def test_an_event_the_database_cannot_apply_is_dead_lettered_alone(deployment: Deployment) -> None:
+    deployment.start_worker()
+    huge = 2_000_000_000  # two of these overflow the stock ledger's integer column
+    deployment.produce("inventory-received", factories.receipt("R-A", "BIG", huge))
+    deployment.produce("inventory-received", factories.receipt("R-B", "BIG", huge))
+    deployment.produce("inventory-received", factories.receipt("R-C", "BIG", 5))
+
+    [dead] = deployment.read("dlq", count=1)
+    assert dead.headers["dlq.error.class"] == b"UnprocessableEvent"
+    assert b"out of range" in dead.headers["dlq.error.message"]
+    wait_for("the receipt after it", lambda: deployment.query("SELECT count(*) FROM stock_receipt")[0][0] == 2)
+    assert deployment.query("SELECT receipt_id FROM stock_receipt ORDER BY 1") == [("R-A",), ("R-C",)]
+    assert deployment.query("SELECT available FROM stock_level WHERE sku = 'BIG'") == [(huge + 5,)]

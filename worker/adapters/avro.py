@@ -116,18 +116,20 @@ class AvroCodec:
 
 
 def to_record(event: Any) -> dict[str, Any]:
-    """A domain event dataclass as the dict fastavro writes (enums by value, tuples as lists)."""
-    record: dict[str, Any] = _plain(dataclasses.asdict(event))
-    return record
+    """A domain event dataclass as the dict fastavro writes (enums by value, tuples as lists).
+
+    Not dataclasses.asdict: that deep-copies every value, and this runs for every outbound event.
+    """
+    return {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_record(value)
     return value
 
 
