@@ -43,4 +43,17 @@ def test_events_committed_before_a_kill_are_published_after_restart(deployment: 
     )
     [(allocations,)] = deployment.query("SELECT coalesce(sum(quantity), 0) FROM allocation")
     assert (allocated, available, allocations) == (10, 0, 10)
+
+    # Once the second worker has handled something new (so it owns the partitions and is past whatever
+    # was redelivered), SIGTERM commits its offsets: the next worker consumes only what comes after.
+    deployment.produce("inventory-received", factories.receipt("R-2", SKU, 1))
+    wait_for(
+        "the second worker to handle R-2",
+        lambda: second.metric("backorder_events_consumed_total", outcome="processed") == 1,
+    )
     assert second.terminate() == 0
+    third = deployment.start_worker()
+    deployment.produce("inventory-received", factories.receipt("R-3", SKU, 1))
+    wait_for("the third receipt", lambda: third.metric("backorder_events_consumed_total") >= 1)
+    assert third.metric("backorder_events_consumed_total", outcome="duplicate") == 0
+    assert third.metric("backorder_events_consumed_total", outcome="processed") == 1
