@@ -89,7 +89,8 @@ def test_receipts_fill_the_oldest_backorders_first_and_ship_what_is_available(de
 
 SNAPSHOT_TABLES = {
     "stock_level": "SELECT sku, available, received_total, allocated_total, updated_at FROM stock_level",
-    "customer_order": "SELECT order_id, event_id, content_hash, recorded_at FROM customer_order",
+    "inbound_fact": "SELECT kind, natural_key, event_id, content_hash, recorded_at FROM inbound_fact",
+    "customer_order": "SELECT order_id, event_id, recorded_at FROM customer_order",
     "order_line": "SELECT order_id, line_id, quantity_allocated, status, updated_at FROM order_line",
     "stock_receipt": "SELECT receipt_id, event_id, recorded_at FROM stock_receipt",
     "allocation": "SELECT allocation_id, order_id, line_id, quantity, shipment_id, cause FROM allocation",

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from worker.domain.events import OutboundEvent
 from worker.domain.model import WAITING, Backorder, Fill, LineStatus, Order, StockReceipt
 from worker.service.messages import InboundMessage, RejectedMessage
+from worker.service.ports import Seen
 
 
 @dataclass
 class FakeState:
-    orders: dict[str, tuple[Order, bytes]] = field(default_factory=dict)
+    facts: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    orders: dict[str, Order] = field(default_factory=dict)
     line_state: dict[tuple[str, str], tuple[int, LineStatus]] = field(default_factory=dict)
-    receipts: dict[str, bytes] = field(default_factory=dict)
     available: dict[str, int] = field(default_factory=dict)
     allocations: list[tuple[str, str, str, int, str, str]] = field(default_factory=list)
     outbox: list[OutboundEvent] = field(default_factory=list)
@@ -41,20 +42,18 @@ class FakeUnitOfWork:
             self.state = before
             raise
 
-    def order_content_hash(self, order_id: str) -> bytes | None:
-        found = self.state.orders.get(order_id)
-        return found[1] if found else None
+    def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
+        known = self.state.facts.setdefault((kind, natural_key), content_hash)
+        if known is content_hash:
+            return Seen.NEW
+        return Seen.SAME if known == content_hash else Seen.DIFFERENT
 
-    def add_order(self, order: Order, event_id: str, content_hash: bytes) -> None:
-        self.state.orders[order.order_id] = (order, content_hash)
+    def add_order(self, order: Order, event_id: str) -> None:
+        self.state.orders[order.order_id] = order
         for line in order.lines:
             self.state.line_state[(order.order_id, line.line_id)] = (0, LineStatus.BACKORDERED)
 
-    def receipt_content_hash(self, receipt_id: str) -> bytes | None:
-        return self.state.receipts.get(receipt_id)
-
-    def add_receipt(self, receipt: StockReceipt, event_id: str, content_hash: bytes) -> None:
-        self.state.receipts[receipt.receipt_id] = content_hash
+    def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
         self.state.available[receipt.sku] += receipt.quantity
 
     def available(self, sku: str) -> int:
@@ -62,7 +61,7 @@ class FakeUnitOfWork:
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         out = []
-        for order, _ in self.state.orders.values():
+        for order in self.state.orders.values():
             for line in order.lines:
                 allocated, status = self.state.line_state[(order.order_id, line.line_id)]
                 if line.sku == sku and status in WAITING:
@@ -94,7 +93,7 @@ class FakeUnitOfWork:
     def open_units(self, order_ids: Iterable[str]) -> dict[str, int]:
         out = {}
         for order_id in order_ids:
-            order, _ = self.state.orders[order_id]
+            order = self.state.orders[order_id]
             out[order_id] = sum(
                 line.quantity - self.state.line_state[(order_id, line.line_id)][0]
                 for line in order.lines

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from worker.domain.events import OutboundEvent, event_id
 from worker.domain.model import WAITING, Backorder, Fill, LineStatus, Order, ShippingService, StockReceipt
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
-from worker.service.ports import StoreUnavailable
+from worker.service.ports import Seen, StoreUnavailable
 
 Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
 
@@ -142,15 +142,25 @@ class PostgresUnitOfWork:
             self._available = before
             raise
 
-    def order_content_hash(self, order_id: str) -> bytes | None:
-        row = self._conn.execute("SELECT content_hash FROM customer_order WHERE order_id = %s", (order_id,)).fetchone()
-        return bytes(row[0]) if row else None
+    def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
+        inserted = self._conn.execute(
+            """INSERT INTO inbound_fact (kind, natural_key, event_id, content_hash) VALUES (%s, %s, %s, %s)
+               ON CONFLICT DO NOTHING RETURNING 1""",
+            (kind, natural_key, event_id, content_hash),
+        ).fetchone()
+        if inserted:
+            return Seen.NEW
+        row = self._conn.execute(
+            "SELECT content_hash FROM inbound_fact WHERE kind = %s AND natural_key = %s", (kind, natural_key)
+        ).fetchone()
+        assert row is not None
+        return Seen.SAME if bytes(row[0]) == content_hash else Seen.DIFFERENT
 
-    def add_order(self, order: Order, event_id: str, content_hash: bytes) -> None:
+    def add_order(self, order: Order, event_id: str) -> None:
         self._conn.execute(
             """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, need_by,
-                   split_preference, currency, placed_at, event_id, content_hash)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                   split_preference, currency, placed_at, event_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
                 order.order_id,
                 order.customer_id,
@@ -161,7 +171,6 @@ class PostgresUnitOfWork:
                 order.currency,
                 order.placed_at,
                 event_id,
-                content_hash,
             ),
         )
         with self._conn.cursor() as cur:
@@ -184,18 +193,12 @@ class PostgresUnitOfWork:
                 ],
             )
 
-    def receipt_content_hash(self, receipt_id: str) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT content_hash FROM stock_receipt WHERE receipt_id = %s", (receipt_id,)
-        ).fetchone()
-        return bytes(row[0]) if row else None
-
-    def add_receipt(self, receipt: StockReceipt, event_id: str, content_hash: bytes) -> None:
+    def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
         self._require_locked(receipt.sku)
         self._conn.execute(
             """INSERT INTO stock_receipt (receipt_id, sku, quantity, supplier_id, purchase_order_id,
-                   received_at, event_id, content_hash)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                   received_at, event_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)""",
             (
                 receipt.receipt_id,
                 receipt.sku,
@@ -204,7 +207,6 @@ class PostgresUnitOfWork:
                 receipt.purchase_order_id,
                 receipt.received_at,
                 event_id,
-                content_hash,
             ),
         )
         row = self._conn.execute(

@@ -1,6 +1,17 @@
 -- The stock ledger, orders and their lines (the backorder queue), receipts, allocations,
 -- the outbox of events to publish, and the record of dead letters.
 
+-- Every inbound fact accepted, by its natural key: the same key again with the same content is a
+-- duplicate (ignored), with other content a conflict (dead-lettered).
+CREATE TABLE inbound_fact (
+    kind          text NOT NULL,
+    natural_key   text NOT NULL,
+    event_id      text NOT NULL,
+    content_hash  bytea NOT NULL,
+    recorded_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, natural_key)
+);
+
 CREATE TABLE stock_level (
     sku              text PRIMARY KEY,
     available        integer NOT NULL DEFAULT 0 CHECK (available >= 0),
@@ -19,7 +30,6 @@ CREATE TABLE customer_order (
     currency          text NOT NULL,
     placed_at         timestamptz NOT NULL,
     event_id          text NOT NULL,
-    content_hash      bytea NOT NULL,
     recorded_at       timestamptz NOT NULL DEFAULT now()
 );
 
@@ -50,7 +60,6 @@ CREATE TABLE stock_receipt (
     purchase_order_id  text,
     received_at        timestamptz NOT NULL,
     event_id           text NOT NULL,
-    content_hash       bytea NOT NULL,
     recorded_at        timestamptz NOT NULL DEFAULT now()
 );
 

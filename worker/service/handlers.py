@@ -28,7 +28,7 @@ from worker.domain.events import (
 from worker.domain.model import Fill, LineStatus, ShippingService, ShopPolicy
 from worker.service.commands import Command, PlaceOrder, ReceiveStock
 from worker.service.messages import ConflictingDuplicate
-from worker.service.ports import UnitOfWork
+from worker.service.ports import Seen, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +47,9 @@ def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime
 
 def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     order = command.order
-    known = uow.order_content_hash(order.order_id)
-    if known is not None:
-        if known == command.content_hash:
-            return Outcome.DUPLICATE
-        raise ConflictingDuplicate(f"order {order.order_id} was accepted before with different content")
-    uow.add_order(order, command.event_id, command.content_hash)
+    if not _first_time(uow, "order", order.order_id, command.event_id, command.content_hash):
+        return Outcome.DUPLICATE
+    uow.add_order(order, command.event_id)
     cause = f"order-created/{order.order_id}"
     fills = _allocate(uow, sorted(command.skus), cause, now)
     own_fills = [f for f in fills if f.backorder.order_id == order.order_id]
@@ -103,17 +100,22 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
 
 def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     receipt = command.receipt
-    known = uow.receipt_content_hash(receipt.receipt_id)
-    if known is not None:
-        if known == command.content_hash:
-            return Outcome.DUPLICATE
-        raise ConflictingDuplicate(f"receipt {receipt.receipt_id} was accepted before with different content")
-    uow.add_receipt(receipt, command.event_id, command.content_hash)
+    if not _first_time(uow, "receipt", receipt.receipt_id, command.event_id, command.content_hash):
+        return Outcome.DUPLICATE
+    uow.add_receipt(receipt, command.event_id)
     cause = f"inventory-received/{receipt.receipt_id}"
     fills = _allocate(uow, [receipt.sku], cause, now)
     open_units = uow.open_units({f.backorder.order_id for f in fills})
     uow.emit(_announce_fills(cause, command.event_id, fills, open_units, shop, now))
     return Outcome.PROCESSED
+
+
+def _first_time(uow: UnitOfWork, kind: str, key: str, event_id: str, content_hash: bytes) -> bool:
+    """False for a fact already accepted; a conflict if the same key now says something else."""
+    seen = uow.remember(kind, key, event_id, content_hash)
+    if seen is Seen.DIFFERENT:
+        raise ConflictingDuplicate(f"{kind} {key} was accepted before with different content")
+    return seen is Seen.NEW
 
 
 def shipment_id(cause: str, order_id: str) -> str:

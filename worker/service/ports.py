@@ -5,11 +5,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.domain.events import OutboundEvent
 from worker.domain.model import Backorder, Fill, Order, StockReceipt
 from worker.service.messages import InboundMessage, RejectedMessage
+
+
+class Seen(StrEnum):
+    NEW = "new"
+    SAME = "same"  # the same natural key with the same content: a duplicate
+    DIFFERENT = "different"  # the same natural key with other content: a conflict
 
 
 class StoreUnavailable(Exception):
@@ -33,15 +40,15 @@ class UnitOfWork(Protocol):
         """Undo one event's writes if it fails; turns data errors into UnprocessableEvent."""
         ...
 
-    def order_content_hash(self, order_id: str) -> bytes | None: ...
+    def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
+        """Record an inbound fact by its natural key, or say how it compares with the one recorded."""
+        ...
 
-    def add_order(self, order: Order, event_id: str, content_hash: bytes) -> None:
+    def add_order(self, order: Order, event_id: str) -> None:
         """Record the order with every line waiting (nothing allocated yet)."""
         ...
 
-    def receipt_content_hash(self, receipt_id: str) -> bytes | None: ...
-
-    def add_receipt(self, receipt: StockReceipt, event_id: str, content_hash: bytes) -> None:
+    def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
         """Record the receipt and add its units to the SKU's available stock."""
         ...
 
