@@ -20,7 +20,6 @@ from worker.adapters.kafka import consumer_config, producer_config
 from worker.adapters.metrics import Metrics
 from worker.adapters.relay import OutboxRelay
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
-from worker.domain.model import ShopPolicy
 from worker.entrypoints.loop import ConsumeLoop
 from worker.service.batch import MessageResult, handle_batch
 from worker.service.messages import InboundMessage
@@ -57,7 +56,7 @@ def run_worker(settings: Settings) -> None:
     """Consume, allocate and publish until SIGTERM or SIGINT, then drain and stop."""
     codec = AvroCodec.from_directory()
     metrics = Metrics()
-    shop = ShopPolicy(payment_timing=settings.payment_timing)
+    shop = settings.shop_policy()
     with contextlib.ExitStack() as resources:
         pool = postgres.open_pool(
             settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size

@@ -6,12 +6,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import datetime as dt
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.domain.model import PaymentTiming
+from worker.domain.allocation import ShipCompleteMode
+from worker.domain.model import PaymentTiming, SplitPreference
+from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
+from worker.domain.priority import DEFAULT_RANKS, Criterion, PriorityRules
 
 KafkaConfig = dict[str, str | int | float | bool]
 
@@ -31,6 +44,8 @@ class Settings(BaseSettings):
     group_id: str = "backorder-worker"
     topic_order_created: str = "order-created"
     topic_inventory_received: str = "inventory-received"
+    topic_order_cancelled: str = "order-cancelled"
+    topic_product_policy: str = "product-policy"
     topic_fulfillment_requested: str = "fulfillment-requested"
     topic_customer_notification: str = "customer-notification"
     topic_backorder_status: str = "backorder-status"
@@ -43,7 +58,20 @@ class Settings(BaseSettings):
     kafka_consumer_config: KafkaConfig = Field(default_factory=dict)
     kafka_producer_config: KafkaConfig = Field(default_factory=dict)
 
+    # The shop's backorder policy: what an SKU without a product-policy event gets.
     payment_timing: PaymentTiming = PaymentTiming.AT_ORDER
+    backorders_allowed: bool = True
+    max_backorder_qty_per_customer: NonNegativeInt | None = None
+    default_split: SplitPreference = SplitPreference.SHIP_AVAILABLE_NOW
+    refuse_backorders_without_restock: bool = False
+
+    # Priority: criteria in rank order, e.g. "need_by,expedited,vip,wholesale,standard".
+    priority_ranks: Annotated[tuple[Criterion, ...], NoDecode] = DEFAULT_RANKS
+    priority_need_by_days: NonNegativeInt = 3
+    priority_large_order_units: PositiveInt | None = None
+    starvation_days: NonNegativeFloat = 14.0  # 0: never promote
+    ship_complete_mode: ShipCompleteMode = ShipCompleteMode.HOLD
+    ship_complete_scope: ShipCompleteScope = ShipCompleteScope.LINE
 
     batch_size: PositiveInt = 500
     batch_timeout_seconds: PositiveFloat = 0.5
@@ -67,10 +95,38 @@ class Settings(BaseSettings):
 
     shutdown_timeout_seconds: PositiveFloat = 30.0
 
+    @field_validator("priority_ranks", mode="before")
+    @classmethod
+    def _split_ranks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     @property
     def inbound_topics(self) -> dict[str, str]:
         """Inbound topic name -> the Avro record the contract puts on it."""
         return {
             self.topic_order_created: "backorder.OrderCreated",
             self.topic_inventory_received: "backorder.InventoryReceived",
+            self.topic_order_cancelled: "backorder.OrderCancelled",
+            self.topic_product_policy: "backorder.ProductPolicy",
         }
+
+    def shop_policy(self) -> ShopPolicy:
+        return ShopPolicy(
+            product=ProductPolicy(
+                backorders_allowed=self.backorders_allowed,
+                max_backorder_qty_per_customer=self.max_backorder_qty_per_customer,
+                payment_timing=self.payment_timing,
+                default_split=self.default_split,
+            ),
+            priority=PriorityRules(
+                ranks=self.priority_ranks,
+                need_by_within_days=self.priority_need_by_days,
+                large_order_units=self.priority_large_order_units,
+                starvation_after=dt.timedelta(days=self.starvation_days) if self.starvation_days else None,
+            ),
+            ship_complete_mode=self.ship_complete_mode,
+            ship_complete_scope=self.ship_complete_scope,
+            refuse_without_restock=self.refuse_backorders_without_restock,
+        )

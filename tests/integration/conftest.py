@@ -269,6 +269,18 @@ class Deployment:
         with self.db() as conn:
             return conn.execute(sql, params or None).fetchall()
 
+    def stock(self, sku: str) -> tuple[int, int, int, int]:
+        """(available, received, allocated, reserved) units of an SKU."""
+        rows = self.query(
+            """SELECT s.available, s.received_total,
+                      (SELECT coalesce(sum(quantity_allocated), 0) FROM order_line l WHERE l.sku = s.sku),
+                      (SELECT coalesce(sum(quantity_reserved), 0) FROM order_line l WHERE l.sku = s.sku)
+               FROM stock_level s WHERE s.sku = %s""",
+            sku,
+        )
+        assert rows, f"no stock row for {sku}"
+        return rows[0]  # type: ignore[return-value]
+
     def close(self) -> None:
         self._producer = None  # released now, not after the broker has gone
         for worker in self.workers:

@@ -38,9 +38,7 @@ def test_events_committed_before_a_kill_are_published_after_restart(deployment: 
     assert sorted(ids) == sorted(in_outbox)  # every committed event, with its id, exactly once
     shipments = [m.value for m in published if m.value and m.topic == deployment.topics["fulfillment-requested"]]
     assert sum(line["quantity"] for s in shipments for line in s["lines"]) == 10
-    [(allocated, available)] = deployment.query(
-        "SELECT allocated_total, available FROM stock_level WHERE sku = %s", SKU
-    )
+    available, _, allocated, _ = deployment.stock(SKU)
     [(allocations,)] = deployment.query("SELECT coalesce(sum(quantity), 0) FROM allocation")
     assert (allocated, available, allocations) == (10, 0, 10)
 

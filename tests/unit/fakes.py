@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from worker.domain.allocation import Fill
 from worker.domain.events import OutboundEvent
-from worker.domain.model import WAITING, Backorder, Fill, LineStatus, Order, StockReceipt
+from worker.domain.model import (
+    WAITING,
+    Backorder,
+    Cancellation,
+    CancelReason,
+    LineStatus,
+    Order,
+    OrderLineState,
+    SplitPreference,
+    StockReceipt,
+)
+from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import Seen
 
@@ -17,10 +30,12 @@ from worker.service.ports import Seen
 @dataclass
 class FakeState:
     facts: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    orders: dict[str, Order] = field(default_factory=dict)
-    line_state: dict[tuple[str, str], tuple[int, LineStatus]] = field(default_factory=dict)
+    lines: dict[tuple[str, str], OrderLineState] = field(default_factory=dict)
+    policies: dict[str, tuple[dt.datetime, ProductPolicy]] = field(default_factory=dict)
+    pending: dict[str, list[Cancellation]] = field(default_factory=dict)
     available: dict[str, int] = field(default_factory=dict)
-    allocations: list[tuple[str, str, str, int, str, str]] = field(default_factory=list)
+    received: dict[str, int] = field(default_factory=dict)
+    decisions: list[tuple[str, str, str, int, int, str]] = field(default_factory=list)
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
 
@@ -28,6 +43,10 @@ class FakeState:
 class FakeUnitOfWork:
     def __init__(self, state: FakeState | None = None) -> None:
         self.state = state or FakeState()
+
+    def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
+        wanted = set(order_ids)
+        return {line.sku for line in self.state.lines.values() if line.order_id in wanted}
 
     def lock_stock(self, skus: Iterable[str]) -> None:
         for sku in skus:
@@ -43,63 +62,111 @@ class FakeUnitOfWork:
             raise
 
     def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
-        known = self.state.facts.setdefault((kind, natural_key), content_hash)
-        if known is content_hash:
+        known = self.state.facts.get((kind, natural_key))
+        if known is None:
+            self.state.facts[(kind, natural_key)] = content_hash
             return Seen.NEW
         return Seen.SAME if known == content_hash else Seen.DIFFERENT
 
-    def add_order(self, order: Order, event_id: str) -> None:
-        self.state.orders[order.order_id] = order
+    def policy(self, sku: str) -> ProductPolicy | None:
+        found = self.state.policies.get(sku)
+        return found[1] if found else None
+
+    def set_policy(self, sku: str, policy: ProductPolicy, decided_at: dt.datetime, event_id: str) -> bool:
+        known = self.state.policies.get(sku)
+        if known is not None and known[0] >= decided_at:
+            return False
+        self.state.policies[sku] = (decided_at, policy)
+        return True
+
+    def add_order(self, order: Order, event_id: str, splits: Mapping[str, SplitPreference]) -> None:
+        units = sum(line.quantity for line in order.lines)
         for line in order.lines:
-            self.state.line_state[(order.order_id, line.line_id)] = (0, LineStatus.BACKORDERED)
+            self.state.lines[(order.order_id, line.line_id)] = OrderLineState(
+                order_id=order.order_id,
+                line_id=line.line_id,
+                sku=line.sku,
+                product_name=line.product_name,
+                customer_id=order.customer_id,
+                customer_tier=order.customer_tier,
+                shipping_service=order.shipping_service,
+                need_by=order.need_by,
+                order_units=units,
+                split=splits[line.line_id],
+                placed_at=order.placed_at,
+                unit_price_minor=line.unit_price_minor,
+                ordered=line.quantity,
+                allocated=0,
+                reserved=0,
+                rejected=0,
+                cancelled=0,
+                status=LineStatus.BACKORDERED,
+            )
+
+    def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
+        wanted = set(order_ids)
+        return sorted(
+            (line for line in self.state.lines.values() if line.order_id in wanted),
+            key=lambda line: (line.order_id, line.line_id),
+        )
+
+    def customer_waiting(self, customer_id: str, sku: str, other_than_order: str) -> int:
+        return sum(
+            line.wanted - line.allocated
+            for line in self.state.lines.values()
+            if line.customer_id == customer_id and line.sku == sku and line.order_id != other_than_order
+        )
+
+    def reject(self, order_id: str, line_id: str, units: int, reason: str) -> None:
+        line = self.state.lines[(order_id, line_id)]
+        rejected = line.rejected + units
+        status = (
+            LineStatus.REJECTED
+            if line.ordered - rejected - line.cancelled <= line.allocated + line.reserved
+            else line.status
+        )
+        self.state.lines[(order_id, line_id)] = dataclasses.replace(
+            line, rejected=rejected, status=status, reason=reason
+        )
+
+    def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:
+        self.state.available[line.sku] += line.reserved
+        status = LineStatus.of(
+            line.wanted - units, line.allocated, rejected=line.rejected, cancelled=line.cancelled + units
+        )
+        self.state.lines[(line.order_id, line.line_id)] = dataclasses.replace(
+            line, cancelled=line.cancelled + units, reserved=0, status=status, reason=reason
+        )
+
+    def pending_cancellation(self, order_id: str) -> Cancellation | None:
+        found = self.state.pending.pop(order_id, [])
+        return found[0] if found else None
+
+    def add_pending_cancellation(self, cancellation: Cancellation, event_id: str) -> None:
+        self.state.pending.setdefault(cancellation.order_id, []).append(cancellation)
 
     def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
         self.state.available[receipt.sku] += receipt.quantity
+        self.state.received[receipt.sku] = self.state.received.get(receipt.sku, 0) + receipt.quantity
 
     def available(self, sku: str) -> int:
         return self.state.available[sku]
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
-        out = []
-        for order in self.state.orders.values():
-            for line in order.lines:
-                allocated, status = self.state.line_state[(order.order_id, line.line_id)]
-                if line.sku == sku and status in WAITING:
-                    out.append(
-                        Backorder(
-                            order.order_id,
-                            line.line_id,
-                            sku,
-                            line.product_name,
-                            order.customer_id,
-                            order.shipping_service,
-                            order.placed_at,
-                            line.quantity,
-                            allocated,
-                        )
-                    )
-        return out
+        return [line.as_backorder() for line in self.state.lines.values() if line.sku == sku and line.status in WAITING]
 
-    def record_fills(
-        self, sku: str, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime
-    ) -> None:
+    def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
         for f in fills:
             b = f.backorder
-            self.state.line_state[(b.order_id, b.line_id)] = (f.allocated_after, f.status_after)
-            self.state.allocations.append((b.order_id, b.line_id, sku, f.quantity, shipment_ids[b.order_id], cause))
-            self.state.available[sku] -= f.quantity
-        assert self.state.available[sku] >= 0
-
-    def open_units(self, order_ids: Iterable[str]) -> dict[str, int]:
-        out = {}
-        for order_id in order_ids:
-            order = self.state.orders[order_id]
-            out[order_id] = sum(
-                line.quantity - self.state.line_state[(order_id, line.line_id)][0]
-                for line in order.lines
-                if self.state.line_state[(order_id, line.line_id)][1] in WAITING
+            line = self.state.lines[(b.order_id, b.line_id)]
+            status = f.status_after
+            reason = line.reason if status in (LineStatus.REJECTED, LineStatus.CANCELLED) else f.reason
+            self.state.lines[(b.order_id, b.line_id)] = dataclasses.replace(
+                line, allocated=f.allocated_after, reserved=f.reserved_after, status=status, reason=reason
             )
-        return out
+            self.state.decisions.append((cause, b.order_id, b.line_id, f.quantity, f.ships_now, f.priority.reason))
+            self.state.available[b.sku] -= f.quantity
+            assert self.state.available[b.sku] >= 0
 
     def emit(self, events: Sequence[OutboundEvent]) -> None:
         self.state.outbox.extend(events)

@@ -1,21 +1,28 @@
-"""Handlers against an in-memory unit of work: what each story emits."""
+"""Handlers against an in-memory unit of work: what each story emits, and invariants over many stories."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import uuid
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests import factories
 from tests.unit.fakes import FakeUnitOfWork
+from worker.domain.allocation import ShipCompleteMode
 from worker.domain.events import (
     BackorderStatusChanged,
     CustomerNotification,
     FulfillmentRequested,
     NotificationType,
 )
-from worker.domain.model import LineStatus, PaymentTiming, ShopPolicy
-from worker.service.commands import place_order, receive_stock
+from worker.domain.model import LineStatus
+from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
+from worker.service import commands
 from worker.service.handlers import Outcome, handle
 from worker.service.messages import ConflictingDuplicate
 
@@ -23,15 +30,67 @@ NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SHOP = ShopPolicy()
 
 
-def of(uow: FakeUnitOfWork, kind: type) -> list:  # type: ignore[type-arg]
+def of(uow: FakeUnitOfWork, kind: type) -> list[Any]:
     return [e for e in uow.state.outbox if isinstance(e, kind)]
 
 
-def test_an_order_in_stock_ships_at_once_without_a_backorder_notice() -> None:
+def shipped(uow: FakeUnitOfWork) -> list[tuple[str, int]]:
+    return [(s.order_id, sum(line.quantity for line in s.lines)) for s in of(uow, FulfillmentRequested)]
+
+
+def world(*skus: str) -> FakeUnitOfWork:
     uow = FakeUnitOfWork()
-    uow.lock_stock(["SKU"])
-    handle(receive_stock(factories.receipt("R-1", "SKU", 10)), uow, SHOP, NOW)
-    handle(place_order(factories.order("1", "2026-01-05", [("SKU", 4)])), uow, SHOP, NOW)
+    uow.lock_stock(skus or ["SKU"])
+    return uow
+
+
+def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy = SHOP, now: dt.datetime = NOW) -> Outcome:
+    name = {
+        "lines": "backorder.OrderCreated",
+        "receipt_id": "backorder.InventoryReceived",
+        "line_ids": "backorder.OrderCancelled",
+        "backorders_allowed": "backorder.ProductPolicy",
+    }
+    kind = next(v for k, v in name.items() if k in record)
+    command = commands.command_for(kind, kind, record)
+    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
+    return handle(command, uow, shop, now)
+
+
+def cancel(order_id: str, *line_ids: str, reason: str = "CUSTOMER_REQUEST") -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": NOW,
+        "order_id": order_id,
+        "line_ids": list(line_ids),
+        "reason": reason,
+        "note": None,
+    }
+
+
+def policy(sku: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": NOW,
+        "sku": sku,
+        "backorders_allowed": True,
+        "discontinued": False,
+        "max_backorder_qty_per_customer": None,
+        "payment_timing": "AT_ORDER",
+        "default_split": "SHIP_AVAILABLE_NOW",
+        "lead_time_days": None,
+        "stale_after_days": None,
+        **fields,
+    }
+
+
+# ------------------------------------------------------------------------------------------ FIFO basics
+
+
+def test_an_order_in_stock_ships_at_once_without_a_backorder_notice() -> None:
+    uow = world()
+    run(uow, factories.receipt("R-1", "SKU", 10))
+    run(uow, factories.order("1", "2026-01-05", [("SKU", 4)]))
     [shipment] = of(uow, FulfillmentRequested)
     assert (shipment.order_id, shipment.partial, [ln.quantity for ln in shipment.lines]) == ("1", False, [4])
     assert of(uow, CustomerNotification) == []
@@ -40,10 +99,9 @@ def test_an_order_in_stock_ships_at_once_without_a_backorder_notice() -> None:
 
 
 def test_an_order_partly_in_stock_ships_what_is_there_and_confirms_the_rest() -> None:
-    uow = FakeUnitOfWork()
-    uow.lock_stock(["SKU", "OTHER"])
-    handle(receive_stock(factories.receipt("R-1", "SKU", 3)), uow, SHOP, NOW)
-    handle(place_order(factories.order("1", "2026-01-05", [("SKU", 5), ("OTHER", 2)])), uow, SHOP, NOW)
+    uow = world("SKU", "OTHER")
+    run(uow, factories.receipt("R-1", "SKU", 3))
+    run(uow, factories.order("1", "2026-01-05", [("SKU", 5), ("OTHER", 2)]))
     [shipment] = of(uow, FulfillmentRequested)
     assert shipment.partial is True and [(ln.sku, ln.quantity) for ln in shipment.lines] == [("SKU", 3)]
     [notice] = of(uow, CustomerNotification)
@@ -55,43 +113,262 @@ def test_an_order_partly_in_stock_ships_what_is_there_and_confirms_the_rest() ->
 
 
 def test_a_new_order_never_jumps_the_queue() -> None:
-    uow = FakeUnitOfWork()
-    uow.lock_stock(["SKU"])
-    handle(place_order(factories.order("old", "2026-01-01", [("SKU", 5)])), uow, SHOP, NOW)
+    uow = world()
+    run(uow, factories.order("old", "2026-01-01", [("SKU", 5)]))
     uow.state.available["SKU"] = 5  # units on hand while an older line waits: the older line comes first
-    handle(place_order(factories.order("new", "2026-01-09", [("SKU", 5)])), uow, SHOP, NOW)
-    assert [(s.order_id, s.partial) for s in of(uow, FulfillmentRequested)] == [("old", False)]
-    assert uow.state.line_state[("new", "L1")] == (0, LineStatus.BACKORDERED)
-
-
-def test_payment_at_shipment_asks_the_shipping_service_to_capture_it() -> None:
-    uow = FakeUnitOfWork()
-    uow.lock_stock(["SKU"])
-    handle(place_order(factories.order("1", "2026-01-01", [("SKU", 1)])), uow, SHOP, NOW)
-    handle(receive_stock(factories.receipt("R", "SKU", 1)), uow, ShopPolicy(PaymentTiming.AT_SHIPMENT), NOW)
-    assert [s.capture_payment for s in of(uow, FulfillmentRequested)] == [True]
+    run(uow, factories.order("new", "2026-01-09", [("SKU", 5)]))
+    assert shipped(uow) == [("old", 5)]
+    assert uow.state.lines[("new", "L1")].status is LineStatus.BACKORDERED
 
 
 def test_the_same_fact_twice_is_a_duplicate_and_different_content_a_conflict() -> None:
-    uow = FakeUnitOfWork()
-    uow.lock_stock(["SKU"])
+    uow = world()
     record = factories.order("1", "2026-01-01", [("SKU", 1)])
-    assert handle(place_order(record), uow, SHOP, NOW) is Outcome.PROCESSED
+    assert run(uow, record) is Outcome.PROCESSED
     emitted = len(uow.state.outbox)
-    assert handle(place_order({**record, "event_id": "resent"}), uow, SHOP, NOW) is Outcome.DUPLICATE
+    assert run(uow, {**record, "event_id": "resent"}) is Outcome.DUPLICATE
     assert len(uow.state.outbox) == emitted
     with pytest.raises(ConflictingDuplicate):
-        handle(place_order(factories.order("1", "2026-01-01", [("SKU", 2)])), uow, SHOP, NOW)
+        run(uow, factories.order("1", "2026-01-01", [("SKU", 2)]))
 
 
 def test_event_ids_depend_only_on_what_caused_them() -> None:
-    def run() -> list[str]:
-        uow = FakeUnitOfWork()
-        uow.lock_stock(["SKU"])
-        handle(place_order(factories.order("1", "2026-01-01", [("SKU", 3)])), uow, SHOP, NOW)
-        handle(receive_stock(factories.receipt("R", "SKU", 3)), uow, SHOP, NOW + dt.timedelta(hours=1))
+    def story() -> list[str]:
+        uow = world()
+        run(uow, factories.order("1", "2026-01-01", [("SKU", 3)]))
+        run(uow, factories.receipt("R", "SKU", 3), now=NOW + dt.timedelta(hours=1))
         return [e.event_id for e in uow.state.outbox]
 
-    first, second = run(), run()
+    first, second = story(), story()
     assert first == second
     assert len(set(first)) == len(first)
+
+
+# ------------------------------------------------------------------------------------------ priority
+
+
+@pytest.mark.parametrize(
+    "fields, why",
+    [
+        ({"customer_tier": "VIP"}, "rank 3 vip"),
+        ({"shipping_service": "EXPEDITED"}, "rank 2 expedited"),
+        ({"need_by": dt.date(2026, 1, 22)}, "rank 1 need_by"),
+    ],
+)
+def test_a_priority_order_placed_later_is_filled_first(fields: dict[str, Any], why: str) -> None:
+    uow = world()
+    run(uow, factories.order("std-1", "2026-01-10", [("SKU", 2)]))
+    run(uow, factories.order("std-2", "2026-01-11", [("SKU", 2)]))
+    run(uow, factories.order("priority", "2026-01-15", [("SKU", 2)], **fields))
+    run(uow, factories.receipt("R", "SKU", 2))
+    assert shipped(uow) == [("priority", 2)]
+    [status] = [s for s in of(uow, BackorderStatusChanged) if s.order_id == "priority" and s.quantity_allocated]
+    assert status.reason.startswith(why)
+
+
+def test_a_need_by_order_beats_expedited_and_vip() -> None:
+    uow = world()
+    run(uow, factories.order("vip", "2026-01-10", [("SKU", 1)], customer_tier="VIP"))
+    run(uow, factories.order("exp", "2026-01-11", [("SKU", 1)], shipping_service="EXPEDITED"))
+    run(uow, factories.order("need", "2026-01-15", [("SKU", 1)], need_by=dt.date(2026, 1, 21)))
+    run(uow, factories.receipt("R", "SKU", 2))
+    assert shipped(uow) == [("exp", 1), ("need", 1)]
+
+
+def test_a_standard_order_past_the_starvation_age_beats_a_new_vip() -> None:
+    uow = world()
+    run(uow, factories.order("old", "2025-12-20", [("SKU", 1)]))  # 31 days before NOW
+    run(uow, factories.order("vip", "2026-01-19", [("SKU", 1)], customer_tier="VIP"))
+    run(uow, factories.receipt("R", "SKU", 1))
+    assert shipped(uow) == [("old", 1)]
+
+
+# ------------------------------------------------------------------------------------------ split
+
+
+def test_ship_complete_waits_and_ships_together_while_available_now_ships_in_parts() -> None:
+    uow = world("A", "B")
+    run(uow, factories.receipt("RA", "A", 3))
+    run(uow, factories.receipt("RB", "B", 3))
+    run(uow, factories.order("complete", "2026-01-10", [("A", 5)], split_preference="SHIP_COMPLETE"))
+    run(uow, factories.order("now", "2026-01-10", [("B", 5)], split_preference="SHIP_AVAILABLE_NOW"))
+    assert shipped(uow) == [("now", 3)]
+    assert uow.state.lines[("complete", "L1")].reserved == 3
+    assert uow.available("A") == 0  # reserved units are not available to others
+    run(uow, factories.receipt("RA2", "A", 2))
+    run(uow, factories.receipt("RB2", "B", 2))
+    assert shipped(uow) == [("now", 3), ("complete", 5), ("now", 2)]
+
+
+def test_order_scope_holds_a_complete_line_until_the_whole_order_can_ship() -> None:
+    shop = dataclasses.replace(SHOP, ship_complete_scope=ShipCompleteScope.ORDER)
+    uow = world("A", "B")
+    run(uow, factories.receipt("RA", "A", 2), shop)
+    run(uow, factories.order("1", "2026-01-10", [("A", 2), ("B", 1)], split_preference="SHIP_COMPLETE"), shop)
+    assert shipped(uow) == []
+    assert uow.state.lines[("1", "L1")].held
+    run(uow, factories.receipt("RB", "B", 1), shop)
+    [shipment] = of(uow, FulfillmentRequested)
+    assert sorted((ln.sku, ln.quantity) for ln in shipment.lines) == [("A", 2), ("B", 1)]
+    assert shipment.partial is False
+
+
+def test_fill_mode_lets_a_later_line_use_units_the_head_cannot_complete_with() -> None:
+    shop = dataclasses.replace(SHOP, ship_complete_mode=ShipCompleteMode.FILL)
+    uow = world()
+    run(uow, factories.order("big", "2026-01-10", [("SKU", 5)], split_preference="SHIP_COMPLETE"), shop)
+    run(uow, factories.order("small", "2026-01-11", [("SKU", 2)]), shop)
+    run(uow, factories.receipt("R", "SKU", 3), shop)
+    assert shipped(uow) == [("small", 2)]
+    assert uow.available("SKU") == 1
+
+
+# ------------------------------------------------------------------------------------------ policy
+
+
+def test_a_discontinued_sku_rejects_the_short_part_and_ships_what_is_in_stock() -> None:
+    uow = world()
+    run(uow, policy("SKU", discontinued=True))
+    run(uow, factories.receipt("R", "SKU", 3))
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 5)]))
+    assert shipped(uow) == [("1", 3)]
+    [status] = of(uow, BackorderStatusChanged)
+    assert (status.status, status.quantity_allocated, status.quantity_backordered) == (LineStatus.REJECTED, 3, 0)
+    assert "2 of 5 rejected: discontinued" in status.reason
+    [notice] = of(uow, CustomerNotification)
+    assert notice.type is NotificationType.BACKORDER_REJECTED
+    assert [(ln.quantity, ln.status) for ln in notice.lines] == [(2, LineStatus.REJECTED)]
+
+
+def test_the_cap_counts_every_open_backorder_of_the_customer_for_the_sku() -> None:
+    uow = world()
+    run(uow, policy("SKU", max_backorder_qty_per_customer=5))
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 3)], customer_id="C"))
+    run(uow, factories.order("2", "2026-01-11", [("SKU", 4)], customer_id="C"))
+    line = uow.state.lines[("2", "L1")]
+    assert (line.rejected, line.wanted) == (2, 2)
+    assert "over the limit of 5 backordered per customer (3 already waiting)" in (line.reason or "")
+
+
+def test_payment_at_shipment_asks_the_shipping_service_to_capture_it() -> None:
+    uow = world()
+    run(uow, policy("SKU", payment_timing="AT_SHIPMENT"))
+    run(uow, factories.order("1", "2026-01-01", [("SKU", 1)]))
+    run(uow, factories.receipt("R", "SKU", 1))
+    assert [s.capture_payment for s in of(uow, FulfillmentRequested)] == [True]
+
+
+def test_an_older_policy_does_not_replace_a_newer_one() -> None:
+    uow = world()
+    run(uow, policy("SKU", discontinued=True))
+    run(uow, {**policy("SKU"), "occurred_at": NOW - dt.timedelta(days=1)})
+    assert uow.policy("SKU") == ProductPolicy(discontinued=True)
+
+
+# ------------------------------------------------------------------------------------------ cancellation
+
+
+def test_a_cancellation_releases_reserved_units_to_the_next_line_at_once() -> None:
+    uow = world()
+    run(uow, factories.receipt("R", "SKU", 3))
+    run(uow, factories.order("holder", "2026-01-10", [("SKU", 5)], split_preference="SHIP_COMPLETE"))
+    run(uow, factories.order("next", "2026-01-11", [("SKU", 3)]))
+    assert shipped(uow) == []
+    run(uow, cancel("holder"))
+    assert shipped(uow) == [("next", 3)]
+    cancelled = [s for s in of(uow, BackorderStatusChanged) if s.order_id == "holder"][-1]
+    assert cancelled.status is LineStatus.CANCELLED and "refund due" in (cancelled.reason or "")
+    [notice] = [n for n in of(uow, CustomerNotification) if n.type is NotificationType.BACKORDER_CANCELLED]
+    assert [(ln.quantity, ln.status) for ln in notice.lines] == [(5, LineStatus.CANCELLED)]
+
+
+def test_cancelling_an_allocated_line_is_answered_not_applied() -> None:
+    uow = world()
+    run(uow, factories.receipt("R", "SKU", 2))
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 2)]))
+    run(uow, cancel("1", "L1"))
+    answer = of(uow, BackorderStatusChanged)[-1]
+    assert (answer.status, answer.reason) == (LineStatus.ALLOCATED, "not cancelled: already allocated")
+
+
+def test_a_cancellation_before_its_order_is_kept_and_applied_when_the_order_arrives() -> None:
+    uow = world()
+    run(uow, cancel("early"))
+    [answer] = of(uow, BackorderStatusChanged)
+    assert "order not known yet" in (answer.reason or "")
+    run(uow, factories.receipt("R", "SKU", 5))
+    run(uow, factories.order("early", "2026-01-10", [("SKU", 2)]))
+    assert shipped(uow) == []
+    assert uow.state.lines[("early", "L1")].status is LineStatus.CANCELLED
+    assert uow.available("SKU") == 5
+
+
+# ------------------------------------------------------------------------------------------ invariants
+
+SKUS = ["A", "B"]
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("order"),
+            st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 6)), min_size=1, max_size=2),
+            st.sampled_from([None, "SHIP_COMPLETE", "SHIP_AVAILABLE_NOW"]),
+            st.sampled_from(["STANDARD", "VIP"]),
+            st.integers(0, 40),
+            st.sampled_from(["C1", "C2", "C3"]),
+        ),
+        st.tuples(st.just("receipt"), st.sampled_from(SKUS), st.integers(1, 12)),
+        st.tuples(st.just("cancel"), st.integers(0, 30)),
+        st.tuples(st.just("policy"), st.sampled_from(SKUS), st.booleans(), st.none() | st.integers(0, 8)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=operations, mode=st.sampled_from(ShipCompleteMode), scope=st.sampled_from(ShipCompleteScope))
+def test_units_are_never_lost_or_created_whatever_happens(
+    ops: list[tuple[Any, ...]], mode: ShipCompleteMode, scope: ShipCompleteScope
+) -> None:
+    shop = dataclasses.replace(SHOP, ship_complete_mode=mode, ship_complete_scope=scope)
+    uow = world(*SKUS)
+    placed: list[str] = []
+    for i, op in enumerate(ops):
+        now = NOW + dt.timedelta(hours=i)
+        if op[0] == "order":
+            _, lines, split, tier, age, customer = op
+            placed.append(f"O{i}")
+            record = factories.order(
+                f"O{i}",
+                (now - dt.timedelta(days=age)).isoformat(),
+                lines,
+                split_preference=split,
+                customer_tier=tier,
+                customer_id=customer,
+            )
+            run(uow, record, shop, now)
+        elif op[0] == "receipt":
+            run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop, now)
+        elif op[0] == "cancel" and placed:
+            run(uow, cancel(placed[op[1] % len(placed)]), shop, now)
+        elif op[0] == "policy":
+            run(
+                uow,
+                policy(op[1], backorders_allowed=op[2], max_backorder_qty_per_customer=op[3], occurred_at=now),
+                shop,
+                now,
+            )
+        for sku in SKUS:
+            lines_ = [line for line in uow.state.lines.values() if line.sku == sku]
+            held = sum(line.allocated + line.reserved for line in lines_)
+            # Every unit received is in exactly one place: available, reserved or allocated.
+            assert uow.state.received.get(sku, 0) == uow.available(sku) + held
+            assert uow.available(sku) >= 0
+        for line in uow.state.lines.values():
+            assert 0 <= line.allocated + line.reserved <= line.wanted <= line.ordered
+            assert (
+                line.status
+                is LineStatus.of(
+                    line.wanted, line.allocated + line.reserved, rejected=line.rejected, cancelled=line.cancelled
+                )
+                or line.held
+            )

@@ -67,9 +67,21 @@ class _StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "backorder_units_allocated",
-            "Units allocated to order lines, all time",
+            "Units allocated to order lines for shipment, all time",
             value=figures.units_allocated,
         )
+        yield GaugeMetricFamily(
+            "backorder_units_reserved", "Units held for lines that ship complete", value=figures.units_reserved
+        )
+        yield CounterMetricFamily(
+            "backorder_units_rejected", "Units refused by backorder policy, all time", value=figures.units_rejected
+        )
+        cancelled = CounterMetricFamily(
+            "backorder_cancelled_lines", "Order lines cancelled, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(figures.cancelled_lines_by_reason.items()):
+            cancelled.add_metric([reason], count)
+        yield cancelled
 
 
 class Metrics:

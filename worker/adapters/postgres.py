@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,8 +18,23 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from worker.domain.allocation import Fill
 from worker.domain.events import OutboundEvent, event_id
-from worker.domain.model import WAITING, Backorder, Fill, LineStatus, Order, ShippingService, StockReceipt
+from worker.domain.model import (
+    WAITING,
+    Backorder,
+    Cancellation,
+    CancelReason,
+    CustomerTier,
+    LineStatus,
+    Order,
+    OrderLineState,
+    PaymentTiming,
+    ShippingService,
+    SplitPreference,
+    StockReceipt,
+)
+from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
 from worker.service.ports import Seen, StoreUnavailable
 
@@ -156,11 +172,70 @@ class PostgresUnitOfWork:
         assert row is not None
         return Seen.SAME if bytes(row[0]) == content_hash else Seen.DIFFERENT
 
-    def add_order(self, order: Order, event_id: str) -> None:
+    # ---- products
+
+    def policy(self, sku: str) -> ProductPolicy | None:
+        row = self._conn.execute(
+            """SELECT backorders_allowed, discontinued, max_backorder_qty_per_customer, payment_timing, default_split,
+                      lead_time_days, stale_after_days
+               FROM product_policy WHERE sku = %s""",
+            (sku,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ProductPolicy(
+            backorders_allowed=row[0],
+            discontinued=row[1],
+            max_backorder_qty_per_customer=row[2],
+            payment_timing=PaymentTiming(row[3]),
+            default_split=SplitPreference(row[4]),
+            lead_time_days=row[5],
+            stale_after_days=row[6],
+        )
+
+    def set_policy(self, sku: str, policy: ProductPolicy, decided_at: dt.datetime, event_id: str) -> bool:
+        # The topic is compacted and may be replayed: a policy older than the one kept changes nothing.
+        kept = self._conn.execute(
+            """INSERT INTO product_policy AS p (sku, backorders_allowed, discontinued, max_backorder_qty_per_customer,
+                   payment_timing, default_split, lead_time_days, stale_after_days, decided_at, event_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (sku) DO UPDATE SET
+                   backorders_allowed = EXCLUDED.backorders_allowed, discontinued = EXCLUDED.discontinued,
+                   max_backorder_qty_per_customer = EXCLUDED.max_backorder_qty_per_customer,
+                   payment_timing = EXCLUDED.payment_timing, default_split = EXCLUDED.default_split,
+                   lead_time_days = EXCLUDED.lead_time_days, stale_after_days = EXCLUDED.stale_after_days,
+                   decided_at = EXCLUDED.decided_at, event_id = EXCLUDED.event_id, recorded_at = now()
+               WHERE (p.decided_at, p.event_id) < (EXCLUDED.decided_at, EXCLUDED.event_id)
+               RETURNING 1""",
+            (
+                sku,
+                policy.backorders_allowed,
+                policy.discontinued,
+                policy.max_backorder_qty_per_customer,
+                policy.payment_timing,
+                policy.default_split,
+                policy.lead_time_days,
+                policy.stale_after_days,
+                decided_at,
+                event_id,
+            ),
+        ).fetchone()
+        return kept is not None
+
+    # ---- orders and lines
+
+    def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(order_ids))
+        if not ids:
+            return set()
+        rows = self._conn.execute("SELECT DISTINCT sku FROM order_line WHERE order_id = ANY(%s)", (ids,)).fetchall()
+        return {row[0] for row in rows}
+
+    def add_order(self, order: Order, event_id: str, splits: Mapping[str, SplitPreference]) -> None:
         self._conn.execute(
             """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, need_by,
-                   split_preference, currency, placed_at, event_id)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                   split_preference, currency, placed_at, event_id, order_units)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
                 order.order_id,
                 order.customer_id,
@@ -171,13 +246,14 @@ class PostgresUnitOfWork:
                 order.currency,
                 order.placed_at,
                 event_id,
+                sum(line.quantity for line in order.lines),
             ),
         )
         with self._conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor,
-                       status, placed_at, updated_at)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())""",
+                       status, split, placed_at, updated_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())""",
                 [
                     (
                         order.order_id,
@@ -187,14 +263,127 @@ class PostgresUnitOfWork:
                         line.quantity,
                         line.unit_price_minor,
                         LineStatus.BACKORDERED,
+                        splits[line.line_id],
                         order.placed_at,
                     )
                     for line in order.lines
                 ],
             )
 
+    def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
+        ids = sorted(set(order_ids))
+        if not ids:
+            return []
+        return self._lines("l.order_id = ANY(%s) ORDER BY l.order_id, l.line_id", (ids,))
+
+    def waiting_lines(self, sku: str) -> Sequence[Backorder]:
+        lines = self._lines("l.sku = %s AND l.status = ANY(%s)", (sku, _WAITING))
+        return [line.as_backorder() for line in lines]
+
+    def _lines(self, where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
+        rows = self._conn.execute(
+            f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
+                       o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
+                       l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
+                       l.quantity_cancelled, l.status, l.status_reason
+                FROM order_line l JOIN customer_order o USING (order_id)
+                WHERE {where}""",
+            params,
+        ).fetchall()
+        return [
+            OrderLineState(
+                order_id=r[0],
+                line_id=r[1],
+                sku=r[2],
+                product_name=r[3],
+                customer_id=r[4],
+                customer_tier=CustomerTier(r[5]),
+                shipping_service=ShippingService(r[6]),
+                need_by=r[7],
+                order_units=r[8],
+                split=SplitPreference(r[9]),
+                placed_at=r[10],
+                unit_price_minor=r[11],
+                ordered=r[12],
+                allocated=r[13],
+                reserved=r[14],
+                rejected=r[15],
+                cancelled=r[16],
+                status=LineStatus(r[17]),
+                reason=r[18],
+            )
+            for r in rows
+        ]
+
+    def customer_waiting(self, customer_id: str, sku: str, other_than_order: str) -> int:
+        row = self._conn.execute(
+            """SELECT coalesce(sum(l.quantity - l.quantity_rejected - l.quantity_cancelled - l.quantity_allocated), 0)
+               FROM order_line l JOIN customer_order o USING (order_id)
+               WHERE o.customer_id = %s AND l.sku = %s AND l.order_id <> %s""",
+            (customer_id, sku, other_than_order),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def reject(self, order_id: str, line_id: str, units: int, reason: str) -> None:
+        self._conn.execute(
+            """UPDATE order_line SET quantity_rejected = quantity_rejected + %(units)s, status_reason = %(reason)s,
+                   status = CASE WHEN quantity - quantity_rejected - quantity_cancelled - %(units)s
+                                      <= quantity_allocated + quantity_reserved
+                                 THEN 'REJECTED' ELSE status END,
+                   updated_at = now()
+               WHERE order_id = %(order)s AND line_id = %(line)s""",
+            {"units": units, "reason": reason, "order": order_id, "line": line_id},
+        )
+
+    def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:
+        released = line.reserved
+        status = LineStatus.of(
+            line.wanted - units,
+            line.allocated + line.reserved - released,
+            rejected=line.rejected,
+            cancelled=line.cancelled + units,
+        )
+        self._conn.execute(
+            """UPDATE order_line SET quantity_cancelled = quantity_cancelled + %s, quantity_reserved = 0,
+                   status = %s, status_reason = %s, cancel_reason = %s, updated_at = %s
+               WHERE order_id = %s AND line_id = %s""",
+            (units, status, reason, code, at, line.order_id, line.line_id),
+        )
+        if released:
+            self._change_available(line.sku, released)
+
+    def pending_cancellation(self, order_id: str) -> Cancellation | None:
+        rows = self._conn.execute(
+            """DELETE FROM pending_cancellation WHERE order_id = %s
+               RETURNING line_ids, reason, note, requested_at""",
+            (order_id,),
+        ).fetchall()
+        if not rows:
+            return None
+        rows.sort(key=lambda r: r[3])
+        # Several early cancellations of one order: together they cancel every line any of them names.
+        every_line = any(not r[0] for r in rows)
+        line_ids = () if every_line else tuple(sorted({line_id for r in rows for line_id in r[0]}))
+        first = rows[0]
+        return Cancellation(order_id, line_ids, CancelReason(first[1]), first[2], first[3])
+
+    def add_pending_cancellation(self, cancellation: Cancellation, event_id: str) -> None:
+        self._conn.execute(
+            """INSERT INTO pending_cancellation (order_id, event_id, line_ids, reason, note, requested_at)
+               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (
+                cancellation.order_id,
+                event_id,
+                list(cancellation.line_ids),
+                cancellation.reason,
+                cancellation.note,
+                cancellation.requested_at,
+            ),
+        )
+
+    # ---- stock
+
     def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
-        self._require_locked(receipt.sku)
         self._conn.execute(
             """INSERT INTO stock_receipt (receipt_id, sku, quantity, supplier_id, purchase_order_id,
                    received_at, event_id)
@@ -209,96 +398,74 @@ class PostgresUnitOfWork:
                 event_id,
             ),
         )
-        row = self._conn.execute(
-            """UPDATE stock_level SET available = available + %(q)s, received_total = received_total + %(q)s,
-                   updated_at = now()
-               WHERE sku = %(sku)s RETURNING available""",
-            {"q": receipt.quantity, "sku": receipt.sku},
-        ).fetchone()
-        assert row is not None
-        self._available[receipt.sku] = row[0]
+        self._conn.execute(
+            "UPDATE stock_level SET received_total = received_total + %s WHERE sku = %s",
+            (receipt.quantity, receipt.sku),
+        )
+        self._change_available(receipt.sku, receipt.quantity)
 
     def available(self, sku: str) -> int:
         self._require_locked(sku)
         return self._available[sku]
 
-    def waiting_lines(self, sku: str) -> Sequence[Backorder]:
-        rows = self._conn.execute(
-            """SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.shipping_service,
-                      l.placed_at, l.quantity, l.quantity_allocated
-               FROM order_line l JOIN customer_order o USING (order_id)
-               WHERE l.sku = %s AND l.status = ANY(%s)
-               ORDER BY l.placed_at, l.order_id, l.line_id""",
-            (sku, _WAITING),
-        ).fetchall()
-        return [
-            Backorder(
-                order_id=r[0],
-                line_id=r[1],
-                sku=r[2],
-                product_name=r[3],
-                customer_id=r[4],
-                shipping_service=ShippingService(r[5]),
-                placed_at=r[6],
-                quantity=r[7],
-                allocated=r[8],
-            )
-            for r in rows
-        ]
-
-    def record_fills(
-        self, sku: str, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime
-    ) -> None:
-        self._require_locked(sku)
-        order_ids = [f.backorder.order_id for f in fills]
-        line_ids = [f.backorder.line_id for f in fills]
+    def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
+        b = [f.backorder for f in fills]
         self._conn.execute(
-            """UPDATE order_line l SET quantity_allocated = f.allocated, status = f.status, updated_at = %s
-               FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS f(order_id, line_id, allocated, status)
+            """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
+                   status = f.status,
+                   status_reason = CASE WHEN f.status IN ('REJECTED', 'CANCELLED') THEN l.status_reason
+                                        ELSE f.reason END,
+                   updated_at = %s
+               FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::text[])
+                    AS f(order_id, line_id, allocated, reserved, status, reason)
                WHERE l.order_id = f.order_id AND l.line_id = f.line_id""",
             (
                 at,
-                order_ids,
-                line_ids,
+                [x.order_id for x in b],
+                [x.line_id for x in b],
                 [f.allocated_after for f in fills],
+                [f.reserved_after for f in fills],
                 [str(f.status_after) for f in fills],
+                [f.reason for f in fills],
             ),
         )
         self._conn.execute(
-            """INSERT INTO allocation (order_id, line_id, sku, quantity, shipment_id, cause, allocated_at)
-               SELECT f.order_id, f.line_id, %s, f.quantity, f.shipment_id, %s, %s
-               FROM unnest(%s::text[], %s::text[], %s::int[], %s::uuid[])
-                    AS f(order_id, line_id, quantity, shipment_id)""",
+            """INSERT INTO allocation (order_id, line_id, sku, quantity, reserved, shipped, shipment_id, cause, rank,
+                   reason, allocated_at)
+               SELECT f.order_id, f.line_id, f.sku, f.quantity, f.reserved, f.shipped, f.shipment_id, %s, f.rank,
+                      f.reason, %s
+               FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::uuid[],
+                           %s::int[], %s::text[])
+                    AS f(order_id, line_id, sku, quantity, reserved, shipped, shipment_id, rank, reason)""",
             (
-                sku,
                 cause,
                 at,
-                order_ids,
-                line_ids,
+                [x.order_id for x in b],
+                [x.line_id for x in b],
+                [x.sku for x in b],
                 [f.quantity for f in fills],
-                [uuid.UUID(shipment_ids[o]) for o in order_ids],
+                [f.reserved_after for f in fills],
+                [f.ships_now for f in fills],
+                [uuid.UUID(shipment_ids[x.order_id]) if f.ships_now else None for x, f in zip(b, fills, strict=True)],
+                [f.priority.rank for f in fills],
+                [f.priority.reason for f in fills],
             ),
         )
-        units = sum(f.quantity for f in fills)
+        taken: dict[str, int] = defaultdict(int)
+        for fill in fills:
+            taken[fill.backorder.sku] += fill.quantity
+        for sku, units in sorted(taken.items()):
+            if units:
+                self._change_available(sku, -units)
+
+    def _change_available(self, sku: str, delta: int) -> None:
+        self._require_locked(sku)
         row = self._conn.execute(
-            """UPDATE stock_level SET available = available - %(u)s, allocated_total = allocated_total + %(u)s,
-                   updated_at = now()
-               WHERE sku = %(sku)s RETURNING available""",
-            {"u": units, "sku": sku},
+            "UPDATE stock_level SET available = available + %s, updated_at = now() WHERE sku = %s RETURNING available",
+            (delta, sku),
         ).fetchone()
         assert row is not None
         self._available[sku] = row[0]
-
-    def open_units(self, order_ids: Iterable[str]) -> dict[str, int]:
-        ids = sorted(set(order_ids))
-        if not ids:
-            return {}
-        rows = self._conn.execute(
-            """SELECT order_id, coalesce(sum(quantity - quantity_allocated) FILTER (WHERE status = ANY(%s)), 0)
-               FROM order_line WHERE order_id = ANY(%s) GROUP BY order_id""",
-            (_WAITING, ids),
-        ).fetchall()
-        return {order_id: int(units) for order_id, units in rows}
 
     def emit(self, events: Sequence[OutboundEvent]) -> None:
         rows: list[tuple[str, str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
@@ -420,19 +587,38 @@ class StateFigures:
     open_backorder_units: int
     units_received: int
     units_allocated: int
+    units_reserved: int
+    units_rejected: int
+    cancelled_lines_by_reason: dict[str, int]
 
 
 def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
-    row = conn.execute(
-        """SELECT
-             (SELECT count(*) FROM outbox WHERE published_at IS NULL),
-             (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)
-                FROM outbox WHERE published_at IS NULL),
-             count(*), coalesce(sum(quantity - quantity_allocated), 0),
-             (SELECT coalesce(sum(received_total), 0) FROM stock_level),
-             (SELECT coalesce(sum(allocated_total), 0) FROM stock_level)
-           FROM order_line WHERE status = ANY(%s)""",
-        (_WAITING,),
+    outbox = conn.execute(
+        """SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
+           FROM outbox WHERE published_at IS NULL"""
     ).fetchone()
-    assert row is not None
-    return StateFigures(int(row[0]), float(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5]))
+    lines = conn.execute(
+        """SELECT count(*) FILTER (WHERE status = ANY(%(waiting)s)),
+                  coalesce(sum(quantity - quantity_allocated - quantity_reserved - quantity_rejected
+                               - quantity_cancelled) FILTER (WHERE status = ANY(%(waiting)s)), 0),
+                  coalesce(sum(quantity_allocated), 0), coalesce(sum(quantity_reserved), 0),
+                  coalesce(sum(quantity_rejected), 0),
+                  (SELECT coalesce(sum(received_total), 0) FROM stock_level)
+           FROM order_line""",
+        {"waiting": _WAITING},
+    ).fetchone()
+    cancelled = conn.execute(
+        "SELECT cancel_reason, count(*) FROM order_line WHERE cancel_reason IS NOT NULL GROUP BY cancel_reason"
+    ).fetchall()
+    assert outbox is not None and lines is not None
+    return StateFigures(
+        outbox_backlog=int(outbox[0]),
+        outbox_oldest_age_seconds=float(outbox[1]),
+        open_backorder_lines=int(lines[0]),
+        open_backorder_units=int(lines[1]),
+        units_allocated=int(lines[2]),
+        units_reserved=int(lines[3]),
+        units_rejected=int(lines[4]),
+        units_received=int(lines[5]),
+        cancelled_lines_by_reason={reason: int(count) for reason, count in cancelled},
+    )

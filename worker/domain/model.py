@@ -28,6 +28,14 @@ class PaymentTiming(StrEnum):
     AT_SHIPMENT = "AT_SHIPMENT"
 
 
+class CancelReason(StrEnum):
+    CUSTOMER_REQUEST = "CUSTOMER_REQUEST"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    FRAUD_SUSPECTED = "FRAUD_SUSPECTED"
+    MERCHANT = "MERCHANT"
+    OTHER = "OTHER"
+
+
 class LineStatus(StrEnum):
     ALLOCATED = "ALLOCATED"
     PARTIALLY_ALLOCATED = "PARTIALLY_ALLOCATED"
@@ -37,11 +45,16 @@ class LineStatus(StrEnum):
     SHIPPED = "SHIPPED"
 
     @classmethod
-    def of(cls, ordered: int, allocated: int) -> LineStatus:
-        """The status of a line that is still live, from how much of it has stock."""
-        if allocated >= ordered:
-            return cls.ALLOCATED
-        return cls.PARTIALLY_ALLOCATED if allocated > 0 else cls.BACKORDERED
+    def of(cls, wanted: int, set_aside: int, *, rejected: int = 0, cancelled: int = 0) -> LineStatus:
+        """A line's status from its units: `wanted` is what is still to be served after rejections and
+        cancellations, `set_aside` what it holds (allocated for shipment or reserved)."""
+        if set_aside < wanted:
+            return cls.PARTIALLY_ALLOCATED if set_aside > 0 else cls.BACKORDERED
+        if cancelled > 0:
+            return cls.CANCELLED
+        if rejected > 0:
+            return cls.REJECTED
+        return cls.ALLOCATED
 
 
 #: Lines in these states wait in their SKU's backorder queue.
@@ -71,6 +84,15 @@ class Order:
 
 
 @dataclass(frozen=True)
+class Cancellation:
+    order_id: str
+    line_ids: tuple[str, ...]  # empty: every open line of the order
+    reason: CancelReason
+    note: str | None
+    requested_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class StockReceipt:
     receipt_id: str
     sku: str
@@ -82,21 +104,34 @@ class StockReceipt:
 
 @dataclass(frozen=True)
 class Backorder:
-    """An order line of one SKU that still waits for some or all of its units."""
+    """An order line of one SKU that still waits for some or all of its units.
+
+    `quantity` is what the line still wants in all (ordered, less what was rejected or cancelled);
+    `allocated` of it is on its way to the customer, `reserved` is held for it until it can ship
+    complete.
+    """
 
     order_id: str
     line_id: str
     sku: str
     product_name: str
     customer_id: str
+    customer_tier: CustomerTier
     shipping_service: ShippingService
+    need_by: dt.date | None
+    order_units: int  # units of the whole order: "large order" ranking
+    split: SplitPreference
     placed_at: dt.datetime
     quantity: int
-    allocated: int
+    allocated: int = 0
+    reserved: int = 0
+    unit_price_minor: int = 0
+    rejected: int = 0  # units of the line refused by policy (not part of `quantity`)
+    cancelled: int = 0  # units of the line cancelled (not part of `quantity`)
 
     @property
     def open_quantity(self) -> int:
-        return self.quantity - self.allocated
+        return self.quantity - self.allocated - self.reserved
 
     @property
     def fifo_key(self) -> tuple[dt.datetime, str, str]:
@@ -105,27 +140,59 @@ class Backorder:
 
 
 @dataclass(frozen=True)
-class Fill:
-    """Units given to one waiting line by one allocation."""
+class OrderLineState:
+    """Everything known about one order line: what was ordered and where its units are."""
 
-    backorder: Backorder
-    quantity: int
+    order_id: str
+    line_id: str
+    sku: str
+    product_name: str
+    customer_id: str
+    customer_tier: CustomerTier
+    shipping_service: ShippingService
+    need_by: dt.date | None
+    order_units: int
+    split: SplitPreference
+    placed_at: dt.datetime
+    unit_price_minor: int
+    ordered: int
+    allocated: int
+    reserved: int
+    rejected: int
+    cancelled: int
+    status: LineStatus
+    reason: str | None = None  # why the line is in its status, as last told to the OMS
 
     @property
-    def allocated_after(self) -> int:
-        return self.backorder.allocated + self.quantity
+    def wanted(self) -> int:
+        return self.ordered - self.rejected - self.cancelled
 
     @property
-    def status_after(self) -> LineStatus:
-        return LineStatus.of(self.backorder.quantity, self.allocated_after)
-
-
-@dataclass(frozen=True)
-class ShopPolicy:
-    """The shop's defaults, from configuration."""
-
-    payment_timing: PaymentTiming = PaymentTiming.AT_ORDER
+    def open_quantity(self) -> int:
+        return self.wanted - self.allocated - self.reserved
 
     @property
-    def capture_payment_at_shipment(self) -> bool:
-        return self.payment_timing is PaymentTiming.AT_SHIPMENT
+    def held(self) -> bool:
+        """Complete, but its units are reserved until the rest of its order can ship."""
+        return self.reserved > 0 and self.open_quantity == 0
+
+    def as_backorder(self) -> Backorder:
+        return Backorder(
+            order_id=self.order_id,
+            line_id=self.line_id,
+            sku=self.sku,
+            product_name=self.product_name,
+            customer_id=self.customer_id,
+            customer_tier=self.customer_tier,
+            shipping_service=self.shipping_service,
+            need_by=self.need_by,
+            order_units=self.order_units,
+            split=self.split,
+            placed_at=self.placed_at,
+            quantity=self.wanted,
+            allocated=self.allocated,
+            reserved=self.reserved,
+            unit_price_minor=self.unit_price_minor,
+            rejected=self.rejected,
+            cancelled=self.cancelled,
+        )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.domain.model import ShopPolicy
+from worker.domain.policy import ShopPolicy
 from worker.service import commands, handlers
 from worker.service.handlers import Outcome
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
@@ -42,10 +42,12 @@ def handle_batch(
     parsed: list[commands.Command | RejectedMessage] = [
         _parse(message, decoder, expected_records) for message in messages
     ]
-    skus = {sku for item in parsed if not isinstance(item, RejectedMessage) for sku in item.skus}
+    commands_ = [item for item in parsed if not isinstance(item, RejectedMessage)]
+    skus = {sku for command in commands_ for sku in command.skus}
+    orders = {order_id for command in commands_ for order_id in command.orders}
     results: list[MessageResult] = []
     with unit_of_work() as uow:
-        uow.lock_stock(sorted(skus))
+        uow.lock_stock(sorted(skus | uow.skus_of_orders(orders)))
         for message, item in zip(messages, parsed, strict=True):
             if not isinstance(item, RejectedMessage):
                 try:

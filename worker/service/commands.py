@@ -10,13 +10,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.domain.model import (
+    Cancellation,
+    CancelReason,
     CustomerTier,
     Order,
     OrderLine,
+    PaymentTiming,
     ShippingService,
     SplitPreference,
     StockReceipt,
 )
+from worker.domain.policy import ProductPolicy
 from worker.service.messages import InvalidEvent, UnexpectedRecord
 
 Record = Mapping[str, Any]
@@ -30,7 +34,13 @@ class PlaceOrder:
 
     @property
     def skus(self) -> frozenset[str]:
+        """The SKUs whose stock the command may take or give back: locked before it runs."""
         return frozenset(line.sku for line in self.order.lines)
+
+    @property
+    def orders(self) -> frozenset[str]:
+        """Orders whose SKUs must be locked too (looked up before the locks are taken)."""
+        return frozenset()
 
 
 @dataclass(frozen=True)
@@ -43,8 +53,44 @@ class ReceiveStock:
     def skus(self) -> frozenset[str]:
         return frozenset({self.receipt.sku})
 
+    @property
+    def orders(self) -> frozenset[str]:
+        return frozenset()
 
-Command = PlaceOrder | ReceiveStock
+
+@dataclass(frozen=True)
+class CancelOrder:
+    event_id: str
+    cancellation: Cancellation
+    content_hash: bytes
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def orders(self) -> frozenset[str]:
+        return frozenset({self.cancellation.order_id})
+
+
+@dataclass(frozen=True)
+class SetProductPolicy:
+    event_id: str
+    sku: str
+    policy: ProductPolicy
+    decided_at: dt.datetime
+    content_hash: bytes
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def orders(self) -> frozenset[str]:
+        return frozenset()
+
+
+Command = PlaceOrder | ReceiveStock | CancelOrder | SetProductPolicy
 
 
 def content_hash(record: Record) -> bytes:
@@ -63,6 +109,12 @@ def _text(record: Record, name: str) -> str:
 def _positive(value: int, name: str) -> int:
     if value <= 0:
         raise InvalidEvent(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _non_negative(value: int, name: str) -> int:
+    if value < 0:
+        raise InvalidEvent(f"{name} must be >= 0, got {value}")
     return value
 
 
@@ -124,9 +176,53 @@ def receive_stock(record: Record) -> ReceiveStock:
     return ReceiveStock(event_id=_text(record, "event_id"), receipt=receipt, content_hash=content_hash(record))
 
 
+def cancel_order(record: Record) -> CancelOrder:
+    line_ids = tuple(record["line_ids"])
+    if any(not isinstance(line_id, str) or not line_id.strip() for line_id in line_ids):
+        raise InvalidEvent(f"line_ids must be non-empty strings, got {list(line_ids)}")
+    cancellation = Cancellation(
+        order_id=_text(record, "order_id"),
+        line_ids=line_ids,
+        reason=CancelReason(record["reason"]),
+        note=record["note"],
+        requested_at=_aware(record["occurred_at"], "occurred_at"),
+    )
+    return CancelOrder(event_id=_text(record, "event_id"), cancellation=cancellation, content_hash=content_hash(record))
+
+
+def _optional_positive(record: Record, name: str) -> int | None:
+    value = record[name]
+    return None if value is None else _positive(value, name)
+
+
+def set_product_policy(record: Record) -> SetProductPolicy:
+    policy = ProductPolicy(
+        backorders_allowed=record["backorders_allowed"],
+        discontinued=record["discontinued"],
+        max_backorder_qty_per_customer=(
+            None
+            if record["max_backorder_qty_per_customer"] is None
+            else _non_negative(record["max_backorder_qty_per_customer"], "max_backorder_qty_per_customer")
+        ),
+        payment_timing=PaymentTiming(record["payment_timing"]),
+        default_split=SplitPreference(record["default_split"]),
+        lead_time_days=_optional_positive(record, "lead_time_days"),
+        stale_after_days=_optional_positive(record, "stale_after_days"),
+    )
+    return SetProductPolicy(
+        event_id=_text(record, "event_id"),
+        sku=_text(record, "sku"),
+        policy=policy,
+        decided_at=_aware(record["occurred_at"], "occurred_at"),
+        content_hash=content_hash(record),
+    )
+
+
 BUILDERS: dict[str, Callable[[Record], Command]] = {
     "backorder.OrderCreated": place_order,
     "backorder.InventoryReceived": receive_stock,
+    "backorder.OrderCancelled": cancel_order,
+    "backorder.ProductPolicy": set_product_policy,
 }
 
 

@@ -2,19 +2,22 @@
 
 A handler either applies its command completely or, for a fact it has seen before, does nothing
 (`Outcome.DUPLICATE`). Every event it emits gets an id derived from the command's natural key, so
-the same fact handled twice can never produce two different events.
+the same fact handled twice can never produce two different events. Events describe the lines'
+state after the command, read back from the unit of work, so they always agree with the database.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from itertools import groupby
 
 import structlog
 
-from worker.domain.allocation import allocate
+from worker.domain.allocation import Fill, allocate
 from worker.domain.events import (
     BackorderStatusChanged,
     CustomerNotification,
@@ -25,8 +28,10 @@ from worker.domain.events import (
     OutboundEvent,
     event_id,
 )
-from worker.domain.model import Fill, LineStatus, ShippingService, ShopPolicy
-from worker.service.commands import Command, PlaceOrder, ReceiveStock
+from worker.domain.model import Cancellation, LineStatus, OrderLineState, PaymentTiming, SplitPreference
+from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy, Verdict, judge_shortfall
+from worker.domain.priority import priority
+from worker.service.commands import CancelOrder, Command, PlaceOrder, ReceiveStock, SetProductPolicy
 from worker.service.messages import ConflictingDuplicate
 from worker.service.ports import Seen, UnitOfWork
 
@@ -42,58 +47,86 @@ class Outcome(StrEnum):
 def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     if isinstance(command, PlaceOrder):
         return place_order(command, uow, shop, now)
-    return receive_stock(command, uow, shop, now)
+    if isinstance(command, ReceiveStock):
+        return receive_stock(command, uow, shop, now)
+    if isinstance(command, CancelOrder):
+        return cancel_order(command, uow, shop, now)
+    return set_product_policy(command, uow)
+
+
+# ------------------------------------------------------------------------------------------ commands
 
 
 def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     order = command.order
     if not _first_time(uow, "order", order.order_id, command.event_id, command.content_hash):
         return Outcome.DUPLICATE
-    uow.add_order(order, command.event_id)
+    skus = sorted(command.skus)
+    policies = {sku: _policy(uow, shop, sku) for sku in skus}
+    splits = {line.line_id: order.split_preference or policies[line.sku].default_split for line in order.lines}
+    uow.add_order(order, command.event_id, splits)
     cause = f"order-created/{order.order_id}"
-    fills = _allocate(uow, sorted(command.skus), cause, now)
-    own_fills = [f for f in fills if f.backorder.order_id == order.order_id]
-    earlier_fills = [f for f in fills if f.backorder.order_id != order.order_id]
-    open_units = uow.open_units({order.order_id} | {f.backorder.order_id for f in fills})
-
-    allocated = {f.backorder.line_id: f.quantity for f in own_fills}
     events: list[OutboundEvent] = []
-    if own_fills:
-        events.append(
-            _fulfillment(
-                cause,
-                command.event_id,
-                order.order_id,
-                order.customer_id,
-                order.shipping_service,
-                own_fills,
-                open_units,
-                shop,
-                now,
-            )
-        )
-    waiting: list[NotificationLine] = []
-    for line in order.lines:
-        got = allocated.get(line.line_id, 0)
-        status = LineStatus.of(line.quantity, got)
-        events.append(_status(cause, order.order_id, line.line_id, line.sku, line.quantity, got, now))
-        if got < line.quantity:
-            waiting.append(NotificationLine(line.line_id, line.sku, line.product_name, line.quantity - got, status))
+
+    pending = uow.pending_cancellation(order.order_id)
+    if pending is not None:  # the cancellation came first: apply it before anything is allocated
+        events += _cancel(uow, pending, cause, shop, now)
+
+    rejected: dict[str, Verdict] = {}
+    for sku in skus:
+        rejected |= _judge_shortfalls(uow, command, sku, policies[sku], shop, now)
+    fills = _allocate(uow, skus, cause, shop, now)
+
+    own = [f for f in fills if f.backorder.order_id == order.order_id]
+    others = [f for f in fills if f.backorder.order_id != order.order_id]
+    states = _by_order(uow.order_lines({order.order_id} | {f.backorder.order_id for f in fills}))
+    lines = states[order.order_id]
+    if any(f.ships_now for f in own):
+        events.append(_fulfillment(cause, command.event_id, lines, own, uow, shop, now))
+    events += [_status(cause, line, now) for line in lines if line.status is not LineStatus.CANCELLED]
+    waiting = [line for line in lines if line.open_quantity > 0 or line.held]
     if waiting:
-        log.info("backordered", order_id=order.order_id, lines=len(waiting), units=sum(w.quantity for w in waiting))
+        log.info(
+            "backordered",
+            order_id=order.order_id,
+            lines=len(waiting),
+            units=sum(line.wanted - line.allocated for line in waiting),
+        )
         events.append(
-            CustomerNotification(
-                event_id=event_id("customer-notification", cause, NotificationType.BACKORDER_CONFIRMED),
-                occurred_at=now,
-                order_id=order.order_id,
-                customer_id=order.customer_id,
-                type=NotificationType.BACKORDER_CONFIRMED,
-                lines=tuple(waiting),
+            _notification(
+                cause,
+                NotificationType.BACKORDER_CONFIRMED,
+                lines[0],
+                [
+                    NotificationLine(
+                        line.line_id, line.sku, line.product_name, line.wanted - line.allocated, line.status
+                    )
+                    for line in waiting
+                ],
                 cancel_allowed=True,
+                now=now,
             )
         )
-    # Units on hand go to older waiting lines first; normally there are none when stock is on hand.
-    events.extend(_announce_fills(cause, command.event_id, earlier_fills, open_units, shop, now))
+    if rejected:
+        events.append(
+            _notification(
+                cause,
+                NotificationType.BACKORDER_REJECTED,
+                lines[0],
+                [
+                    NotificationLine(
+                        line.line_id, line.sku, line.product_name, rejected[line.line_id].rejected, LineStatus.REJECTED
+                    )
+                    for line in lines
+                    if line.line_id in rejected
+                ],
+                cancel_allowed=bool(waiting),
+                now=now,
+                reason="; ".join(sorted({v.reason for v in rejected.values() if v.reason})),
+            )
+        )
+    # Units on hand go to older or higher-ranked waiting lines first; normally there are none.
+    events += _announce_fills(cause, command.event_id, others, states, uow, shop, now)
     uow.emit(events)
     return Outcome.PROCESSED
 
@@ -104,10 +137,56 @@ def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now:
         return Outcome.DUPLICATE
     uow.add_receipt(receipt, command.event_id)
     cause = f"inventory-received/{receipt.receipt_id}"
-    fills = _allocate(uow, [receipt.sku], cause, now)
-    open_units = uow.open_units({f.backorder.order_id for f in fills})
-    uow.emit(_announce_fills(cause, command.event_id, fills, open_units, shop, now))
+    fills = _allocate(uow, [receipt.sku], cause, shop, now)
+    states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
+    uow.emit(_announce_fills(cause, command.event_id, fills, states, uow, shop, now))
     return Outcome.PROCESSED
+
+
+def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
+    # A cancellation has no natural key of its own: the same event again is the duplicate.
+    if not _first_time(uow, "cancellation", command.event_id, command.event_id, command.content_hash):
+        return Outcome.DUPLICATE
+    cancellation = command.cancellation
+    cause = f"order-cancelled/{command.event_id}"
+    if not uow.order_lines([cancellation.order_id]):
+        uow.add_pending_cancellation(cancellation, command.event_id)
+        targets = cancellation.line_ids or ("",)
+        uow.emit(
+            [
+                _answer(
+                    cause,
+                    cancellation.order_id,
+                    line_id,
+                    now,
+                    "order not known yet: the cancellation is kept and applied when the order arrives",
+                )
+                for line_id in targets
+            ]
+        )
+        return Outcome.PROCESSED
+    events = _cancel(uow, cancellation, cause, shop, now)
+    released = uow.skus_of_orders([cancellation.order_id])
+    fills = _allocate(uow, sorted(released), cause, shop, now, orders_changed=[cancellation.order_id])
+    states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
+    events += _announce_fills(cause, command.event_id, fills, states, uow, shop, now)
+    uow.emit(events)
+    return Outcome.PROCESSED
+
+
+def set_product_policy(command: SetProductPolicy, uow: UnitOfWork) -> Outcome:
+    if not _first_time(uow, "policy", command.event_id, command.event_id, command.content_hash):
+        return Outcome.DUPLICATE
+    kept = uow.set_policy(command.sku, command.policy, command.decided_at, command.event_id)
+    log.info("product_policy", sku=command.sku, kept=kept, **dataclasses.asdict(command.policy))
+    return Outcome.PROCESSED
+
+
+# ------------------------------------------------------------------------------------------ the rules
+
+
+def _policy(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> ProductPolicy:
+    return uow.policy(sku) or shop.product
 
 
 def _first_time(uow: UnitOfWork, kind: str, key: str, event_id: str, content_hash: bytes) -> bool:
@@ -118,122 +197,317 @@ def _first_time(uow: UnitOfWork, kind: str, key: str, event_id: str, content_has
     return seen is Seen.NEW
 
 
+def _judge_shortfalls(
+    uow: UnitOfWork, command: PlaceOrder, sku: str, policy: ProductPolicy, shop: ShopPolicy, now: dt.datetime
+) -> dict[str, Verdict]:
+    """Reject what the product's policy does not let wait. The part stock on hand covers is what a dry
+    run of the allocation would give each new line; a ship-complete line that cannot wait whole is
+    rejected whole."""
+    order = command.order
+    dry = allocate(
+        uow.waiting_lines(sku), uow.available(sku), rules=shop.priority, mode=shop.ship_complete_mode, now=now
+    )
+    got = {f.backorder.line_id: f.quantity for f in dry.fills if f.backorder.order_id == order.order_id}
+    lines = {line.line_id: line for line in uow.order_lines([order.order_id]) if line.sku == sku}
+    waiting = uow.customer_waiting(order.customer_id, sku, other_than_order=order.order_id)
+    verdicts: dict[str, Verdict] = {}
+    for line in order.lines:
+        state = lines.get(line.line_id)
+        if state is None or state.wanted == 0:
+            continue
+        short = state.wanted - got.get(line.line_id, 0)
+        verdict = judge_shortfall(
+            short, policy=policy, customer_waiting=waiting, refuse_without_restock=shop.refuse_without_restock
+        )
+        if verdict.rejected and state.split is SplitPreference.SHIP_COMPLETE:
+            verdict = Verdict(0, state.wanted, f"{verdict.reason}; the line ships complete or not at all")
+        waiting += verdict.accepted
+        if verdict.rejected:
+            uow.reject(
+                order.order_id,
+                line.line_id,
+                verdict.rejected,
+                f"{verdict.rejected} of {line.quantity} rejected: {verdict.reason}",
+            )
+            verdicts[line.line_id] = verdict
+    return verdicts
+
+
 def shipment_id(cause: str, order_id: str) -> str:
     return event_id("shipment", cause, order_id)
 
 
-def _allocate(uow: UnitOfWork, skus: Iterable[str], cause: str, now: dt.datetime) -> list[Fill]:
+def _allocate(
+    uow: UnitOfWork,
+    skus: Iterable[str],
+    cause: str,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    orders_changed: Iterable[str] = (),
+) -> list[Fill]:
+    """Allocate what the SKUs have on hand and record it. `orders_changed`: orders whose lines changed
+    otherwise (a cancellation), which may now ship complete."""
     fills: list[Fill] = []
     for sku in skus:
         units = uow.available(sku)
         if units == 0:
             continue
-        allocation = allocate(uow.waiting_lines(sku), units)
+        allocation = allocate(uow.waiting_lines(sku), units, rules=shop.priority, mode=shop.ship_complete_mode, now=now)
         if allocation.fills:
-            shipments = {f.backorder.order_id: shipment_id(cause, f.backorder.order_id) for f in allocation.fills}
-            uow.record_fills(sku, allocation.fills, shipments, cause, now)
             log.info(
                 "allocated",
                 sku=sku,
                 cause=cause,
-                units=allocation.units_allocated,
+                units=allocation.units_given,
                 units_left=allocation.units_left,
                 lines=len(allocation.fills),
                 first=[f"{f.backorder.order_id}/{f.backorder.line_id}:{f.quantity}" for f in allocation.fills[:10]],
             )
             fills.extend(allocation.fills)
+    if shop.ship_complete_scope is ShipCompleteScope.ORDER:
+        fills = _hold_incomplete_orders(uow, fills)
+        to_check = {f.backorder.order_id for f in fills} | set(orders_changed)
+        fills += _release_completed_orders(uow, to_check, fills, shop, now, cause)
+    if fills:
+        uow.record_fills(
+            fills, {f.backorder.order_id: shipment_id(cause, f.backorder.order_id) for f in fills}, cause, now
+        )
     return fills
+
+
+def _covered(line: OrderLineState, fills: dict[tuple[str, str], Fill]) -> bool:
+    fill = fills.get((line.order_id, line.line_id))
+    return line.allocated + line.reserved + (fill.quantity if fill else 0) >= line.wanted
+
+
+def _hold_incomplete_orders(uow: UnitOfWork, fills: list[Fill]) -> list[Fill]:
+    """Order scope: a ship-complete line that is complete waits until its order's other ship-complete
+    lines are complete too."""
+    completing = {
+        f.backorder.order_id for f in fills if f.backorder.split is SplitPreference.SHIP_COMPLETE and f.completes
+    }
+    if not completing:
+        return fills
+    by_line = {(f.backorder.order_id, f.backorder.line_id): f for f in fills}
+    incomplete = {
+        order_id
+        for order_id, lines in _by_order(uow.order_lines(completing)).items()
+        if not all(_covered(line, by_line) for line in lines if line.split is SplitPreference.SHIP_COMPLETE)
+    }
+    return [
+        dataclasses.replace(f, holds_complete=True)
+        if f.backorder.order_id in incomplete and f.backorder.split is SplitPreference.SHIP_COMPLETE and f.completes
+        else f
+        for f in fills
+    ]
+
+
+def _release_completed_orders(
+    uow: UnitOfWork, order_ids: Iterable[str], fills: Sequence[Fill], shop: ShopPolicy, now: dt.datetime, cause: str
+) -> list[Fill]:
+    """Order scope: once every ship-complete line of an order is complete, its held lines ship. A held
+    line is released by a fill of no new units."""
+    if shop.ship_complete_scope is not ShipCompleteScope.ORDER:
+        return []
+    by_line = {(f.backorder.order_id, f.backorder.line_id): f for f in fills}
+    releases = []
+    for lines in _by_order(uow.order_lines(order_ids)).values():
+        complete = [line for line in lines if line.split is SplitPreference.SHIP_COMPLETE]
+        if not all(_covered(line, by_line) for line in complete):
+            continue
+        for line in complete:
+            if line.held and (line.order_id, line.line_id) not in by_line:
+                backorder = line.as_backorder()
+                releases.append(Fill(backorder, 0, priority(backorder, shop.priority, now)))
+    if releases:
+        log.info(
+            "held_lines_released",
+            cause=cause,
+            lines=[f"{f.backorder.order_id}/{f.backorder.line_id}" for f in releases],
+        )
+    return releases
+
+
+def _cancel(
+    uow: UnitOfWork, cancellation: Cancellation, cause: str, shop: ShopPolicy, now: dt.datetime
+) -> list[OutboundEvent]:
+    """Cancel what has not left yet of the named lines (all lines if none named); answer the rest."""
+    lines = uow.order_lines([cancellation.order_id])
+    known = {line.line_id: line for line in lines}
+    targets = cancellation.line_ids or tuple(known)
+    events: list[OutboundEvent] = []
+    cancelled: list[tuple[OrderLineState, int]] = []
+    refund = False
+    for line_id in targets:
+        line = known.get(line_id)
+        if line is None:
+            events.append(_answer(cause, cancellation.order_id, line_id, now, "not cancelled: no such line"))
+            continue
+        units = line.wanted - line.allocated  # waiting or reserved; what is allocated is on its way
+        if units <= 0:
+            if cancellation.line_ids:  # asked for by name: say why nothing happened
+                events.append(_status(cause, line, now, reason=f"not cancelled: already {line.status.value.lower()}"))
+            continue
+        needs_refund = _policy(uow, shop, line.sku).payment_timing is PaymentTiming.AT_ORDER
+        refund |= needs_refund
+        reason = cancellation.reason.value + (f": {cancellation.note}" if cancellation.note else "")
+        reason += "; refund due" if needs_refund else "; no payment taken"
+        uow.cancel(line, units, cancellation.reason, reason, now)
+        cancelled.append((line, units))
+    if not cancelled:
+        return events
+    log.info(
+        "cancelled",
+        order_id=cancellation.order_id,
+        reason=cancellation.reason.value,
+        lines=[f"{line.line_id}:{units}" for line, units in cancelled],
+    )
+    after = {line.line_id: line for line in uow.order_lines([cancellation.order_id])}
+    events += [_status(cause, after[line.line_id], now) for line, _ in cancelled]
+    events.append(
+        _notification(
+            cause,
+            NotificationType.BACKORDER_CANCELLED,
+            lines[0],
+            [
+                NotificationLine(line.line_id, line.sku, line.product_name, units, LineStatus.CANCELLED)
+                for line, units in cancelled
+            ],
+            cancel_allowed=any(line.open_quantity > 0 for line in after.values()),
+            now=now,
+            reason=cancellation.reason.value + ("; refund due" if refund else "; no payment taken"),
+        )
+    )
+    return events
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+def _by_order(lines: Iterable[OrderLineState]) -> dict[str, list[OrderLineState]]:
+    out: dict[str, list[OrderLineState]] = defaultdict(list)
+    for line in lines:
+        out[line.order_id].append(line)
+    return out
 
 
 def _announce_fills(
     cause: str,
     caused_by: str,
     fills: Sequence[Fill],
-    open_units: dict[str, int],
+    states: dict[str, list[OrderLineState]],
+    uow: UnitOfWork,
     shop: ShopPolicy,
     now: dt.datetime,
 ) -> list[OutboundEvent]:
-    """For each order that waited: one shipment, a status per filled line, and the good news."""
+    """For each order that got units: its shipment, a status per line that changed, and the good news."""
     events: list[OutboundEvent] = []
     ordered = sorted(fills, key=lambda f: (f.backorder.order_id, f.backorder.line_id))
     for order_id, group in groupby(ordered, key=lambda f: f.backorder.order_id):
         order_fills = list(group)
-        first = order_fills[0].backorder
-        events.append(
-            _fulfillment(
-                cause,
-                caused_by,
-                order_id,
-                first.customer_id,
-                first.shipping_service,
-                order_fills,
-                open_units,
-                shop,
-                now,
+        lines = states[order_id]
+        by_id = {line.line_id: line for line in lines}
+        shipping = [f for f in order_fills if f.ships_now]
+        if shipping:
+            events.append(_fulfillment(cause, caused_by, lines, shipping, uow, shop, now))
+        events += [_status(cause, by_id[f.backorder.line_id], now) for f in order_fills]
+        if shipping:
+            events.append(
+                _notification(
+                    cause,
+                    NotificationType.BACKORDER_ALLOCATED,
+                    lines[0],
+                    [
+                        NotificationLine(
+                            f.backorder.line_id,
+                            f.backorder.sku,
+                            f.backorder.product_name,
+                            f.ships_now,
+                            by_id[f.backorder.line_id].status,
+                        )
+                        for f in shipping
+                    ],
+                    cancel_allowed=any(line.open_quantity > 0 for line in lines),
+                    now=now,
+                )
             )
-        )
-        for f in order_fills:
-            b = f.backorder
-            events.append(_status(cause, order_id, b.line_id, b.sku, b.quantity, f.allocated_after, now))
-        events.append(
-            CustomerNotification(
-                event_id=event_id("customer-notification", cause, order_id, NotificationType.BACKORDER_ALLOCATED),
-                occurred_at=now,
-                order_id=order_id,
-                customer_id=first.customer_id,
-                type=NotificationType.BACKORDER_ALLOCATED,
-                lines=tuple(
-                    NotificationLine(
-                        f.backorder.line_id,
-                        f.backorder.sku,
-                        f.backorder.product_name,
-                        f.quantity,
-                        f.status_after,
-                    )
-                    for f in order_fills
-                ),
-                cancel_allowed=open_units.get(order_id, 0) > 0,
-            )
-        )
     return events
 
 
 def _fulfillment(
     cause: str,
     caused_by: str,
-    order_id: str,
-    customer_id: str,
-    service: ShippingService,
+    lines: Sequence[OrderLineState],
     fills: Sequence[Fill],
-    open_units: dict[str, int],
+    uow: UnitOfWork,
     shop: ShopPolicy,
     now: dt.datetime,
 ) -> FulfillmentRequested:
+    first = lines[0]
+    timing = {_policy(uow, shop, f.backorder.sku).payment_timing for f in fills if f.ships_now}
     return FulfillmentRequested(
-        event_id=event_id("fulfillment-requested", cause, order_id),
+        event_id=event_id("fulfillment-requested", cause, first.order_id),
         occurred_at=now,
-        shipment_id=shipment_id(cause, order_id),
-        order_id=order_id,
-        customer_id=customer_id,
-        shipping_service=service,
-        lines=tuple(FulfillmentLine(f.backorder.line_id, f.backorder.sku, f.quantity) for f in fills),
-        partial=open_units.get(order_id, 0) > 0,
-        capture_payment=shop.capture_payment_at_shipment,
+        shipment_id=shipment_id(cause, first.order_id),
+        order_id=first.order_id,
+        customer_id=first.customer_id,
+        shipping_service=first.shipping_service,
+        lines=tuple(FulfillmentLine(f.backorder.line_id, f.backorder.sku, f.ships_now) for f in fills if f.ships_now),
+        partial=any(line.open_quantity > 0 or line.held for line in lines),
+        capture_payment=PaymentTiming.AT_SHIPMENT in timing,
         caused_by_event_id=caused_by,
     )
 
 
-def _status(
-    cause: str, order_id: str, line_id: str, sku: str, ordered: int, allocated: int, now: dt.datetime
-) -> BackorderStatusChanged:
+def _notification(
+    cause: str,
+    kind: NotificationType,
+    line: OrderLineState,
+    lines: Sequence[NotificationLine],
+    *,
+    cancel_allowed: bool,
+    now: dt.datetime,
+    reason: str | None = None,
+) -> CustomerNotification:
+    return CustomerNotification(
+        event_id=event_id("customer-notification", cause, line.order_id, kind),
+        occurred_at=now,
+        order_id=line.order_id,
+        customer_id=line.customer_id,
+        type=kind,
+        lines=tuple(lines),
+        cancel_allowed=cancel_allowed,
+        reason=reason,
+    )
+
+
+def _status(cause: str, line: OrderLineState, now: dt.datetime, reason: str | None = None) -> BackorderStatusChanged:
+    set_aside = line.allocated + line.reserved
+    return BackorderStatusChanged(
+        event_id=event_id("backorder-status", cause, line.order_id, line.line_id),
+        occurred_at=now,
+        order_id=line.order_id,
+        line_id=line.line_id,
+        sku=line.sku,
+        status=line.status,
+        quantity_ordered=line.ordered,
+        quantity_allocated=set_aside,
+        quantity_backordered=max(0, line.wanted - set_aside),
+        reason=reason if reason is not None else line.reason,
+    )
+
+
+def _answer(cause: str, order_id: str, line_id: str, now: dt.datetime, reason: str) -> BackorderStatusChanged:
+    """The reply to a cancellation that changed nothing for a line the worker does not know."""
     return BackorderStatusChanged(
         event_id=event_id("backorder-status", cause, order_id, line_id),
         occurred_at=now,
         order_id=order_id,
         line_id=line_id,
-        sku=sku,
-        status=LineStatus.of(ordered, allocated),
-        quantity_ordered=ordered,
-        quantity_allocated=allocated,
-        quantity_backordered=ordered - allocated,
+        sku="",
+        status=LineStatus.CANCELLED,
+        quantity_ordered=0,
+        quantity_allocated=0,
+        quantity_backordered=0,
+        reason=reason,
     )

@@ -8,8 +8,18 @@ from contextlib import AbstractContextManager
 from enum import StrEnum
 from typing import Any, Protocol
 
+from worker.domain.allocation import Fill
 from worker.domain.events import OutboundEvent
-from worker.domain.model import Backorder, Fill, Order, StockReceipt
+from worker.domain.model import (
+    Backorder,
+    Cancellation,
+    CancelReason,
+    Order,
+    OrderLineState,
+    SplitPreference,
+    StockReceipt,
+)
+from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage
 
 
@@ -32,6 +42,10 @@ class Decoder(Protocol):
 class UnitOfWork(Protocol):
     """One database transaction around a batch. Every method runs inside it."""
 
+    def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
+        """The SKUs of these orders' lines (read before the stock locks are taken)."""
+        ...
+
     def lock_stock(self, skus: Iterable[str]) -> None:
         """Lock the stock rows of these SKUs (in a fixed order, so concurrent workers cannot deadlock)."""
         ...
@@ -44,9 +58,43 @@ class UnitOfWork(Protocol):
         """Record an inbound fact by its natural key, or say how it compares with the one recorded."""
         ...
 
-    def add_order(self, order: Order, event_id: str) -> None:
-        """Record the order with every line waiting (nothing allocated yet)."""
+    # ---- products
+
+    def policy(self, sku: str) -> ProductPolicy | None:
+        """The SKU's own policy, if the product-policy topic ever sent one."""
         ...
+
+    def set_policy(self, sku: str, policy: ProductPolicy, decided_at: dt.datetime, event_id: str) -> bool:
+        """Keep the policy unless a later one (by decided_at) is already kept; True if it was kept."""
+        ...
+
+    # ---- orders and lines
+
+    def add_order(self, order: Order, event_id: str, splits: Mapping[str, SplitPreference]) -> None:
+        """Record the order with every line waiting (nothing allocated yet); splits by line_id."""
+        ...
+
+    def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
+        """Every line of these orders, by order and line id."""
+        ...
+
+    def customer_waiting(self, customer_id: str, sku: str, other_than_order: str) -> int:
+        """Units of the SKU the customer has ordered in other orders and not yet received."""
+        ...
+
+    def reject(self, order_id: str, line_id: str, units: int, reason: str) -> None: ...
+
+    def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:
+        """Cancel `units` of the line that are not on their way; its reserved units go back to stock."""
+        ...
+
+    def pending_cancellation(self, order_id: str) -> Cancellation | None:
+        """A cancellation that arrived before its order, if any (and forget it)."""
+        ...
+
+    def add_pending_cancellation(self, cancellation: Cancellation, event_id: str) -> None: ...
+
+    # ---- stock
 
     def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
         """Record the receipt and add its units to the SKU's available stock."""
@@ -56,15 +104,11 @@ class UnitOfWork(Protocol):
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]: ...
 
-    def record_fills(
-        self, sku: str, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime
-    ) -> None:
-        """Move the filled units from the SKU's available stock to the lines; shipment_ids by order_id."""
+    def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
+        """Apply the fills: units leave the SKUs' available stock for the lines; shipment_ids by order_id."""
         ...
 
-    def open_units(self, order_ids: Iterable[str]) -> dict[str, int]:
-        """Units still waiting per order (0 for an order with nothing waiting)."""
-        ...
+    # ---- out
 
     def emit(self, events: Sequence[OutboundEvent]) -> None:
         """Add events to the outbox; they are published after the transaction commits."""
@@ -79,7 +123,3 @@ class UnitOfWorkFactory(Protocol):
     def __call__(self) -> AbstractContextManager[UnitOfWork]:
         """A unit of work that commits when the block ends normally and rolls back otherwise."""
         ...
-
-
-class Clock(Protocol):
-    def __call__(self) -> dt.datetime: ...

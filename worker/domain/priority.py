@@ -1,0 +1,107 @@
+"""Priority: the rank of a waiting line, from its order and its age, and the reason for it.
+
+A line's rank is the place in the shop's list of criteria (`PriorityRules.ranks`) of the first
+criterion it meets; `standard` is met by every line that meets no other listed criterion, so the
+shop can rank wholesale above or below the rest just by where it lists it. A line that has waited
+longer than `starvation_after` is promoted to rank 0, above every criterion, so a stream of VIP
+orders cannot keep a standard order waiting forever. Within a rank, the oldest order goes first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.domain.model import Backorder, CustomerTier, ShippingService
+
+
+class Criterion(StrEnum):
+    NEED_BY = "need_by"  # a need-by date within `need_by_within_days` (or past)
+    EXPEDITED = "expedited"  # the customer paid for expedited shipping
+    VIP = "vip"  # a VIP customer
+    WHOLESALE = "wholesale"  # a wholesale customer, or an order of at least `large_order_units`
+    STANDARD = "standard"  # everything else
+
+
+DEFAULT_RANKS = (Criterion.NEED_BY, Criterion.EXPEDITED, Criterion.VIP, Criterion.WHOLESALE, Criterion.STANDARD)
+STARVED_RANK = 0
+
+
+@dataclass(frozen=True)
+class PriorityRules:
+    ranks: tuple[Criterion, ...] = DEFAULT_RANKS
+    need_by_within_days: int = 3
+    large_order_units: int | None = None
+    starvation_after: dt.timedelta | None = dt.timedelta(days=14)
+
+    def __post_init__(self) -> None:
+        if len(set(self.ranks)) != len(self.ranks):
+            raise ValueError(f"a criterion is listed twice in {list(self.ranks)}")
+
+
+@dataclass(frozen=True)
+class Priority:
+    rank: int
+    criterion: str  # a Criterion value, or "starved"
+    why: str  # e.g. "need_by 2026-02-10 within 3 days"
+    waited: str  # e.g. "waited 4 days"
+
+    @property
+    def reason(self) -> str:
+        """The long form, recorded with every decision: "rank 1: need_by 2026-02-10 within 3 days; waited 4 days"."""
+        return f"rank {self.rank}: {self.why}; {self.waited}"
+
+    @property
+    def short(self) -> str:
+        """The form carried in `backorder-status.reason`: "rank 1 need_by; waited 4 days"."""
+        return f"rank {self.rank} {self.criterion}; {self.waited}"
+
+
+def _waited(age: dt.timedelta) -> str:
+    if age >= dt.timedelta(days=1):
+        return f"waited {age.days} day{'s' if age.days != 1 else ''}"
+    hours = int(age.total_seconds() // 3600)
+    return f"waited {hours} hour{'s' if hours != 1 else ''}"
+
+
+def _why(criterion: Criterion, line: Backorder, rules: PriorityRules, today: dt.date) -> str | None:
+    if criterion is Criterion.NEED_BY:
+        if line.need_by is not None and line.need_by <= today + dt.timedelta(days=rules.need_by_within_days):
+            return f"need_by {line.need_by.isoformat()} within {rules.need_by_within_days} days"
+    elif criterion is Criterion.EXPEDITED:
+        if line.shipping_service is ShippingService.EXPEDITED:
+            return "expedited shipping"
+    elif criterion is Criterion.VIP:
+        if line.customer_tier is CustomerTier.VIP:
+            return "VIP customer"
+    elif criterion is Criterion.WHOLESALE:
+        if line.customer_tier is CustomerTier.WHOLESALE:
+            return "wholesale customer"
+        if rules.large_order_units is not None and line.order_units >= rules.large_order_units:
+            return f"large order ({line.order_units} units)"
+    return None
+
+
+def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priority:
+    age = max(now - line.placed_at, dt.timedelta(0))
+    if rules.starvation_after is not None and age > rules.starvation_after:
+        return Priority(STARVED_RANK, "starved", f"promoted after {rules.starvation_after.days} days", _waited(age))
+    today = now.date()
+    for rank, criterion in enumerate(rules.ranks, start=1):
+        if criterion is Criterion.STANDARD:
+            continue
+        why = _why(criterion, line, rules, today)
+        if why is not None:
+            return Priority(rank, criterion.value, why, _waited(age))
+    rank = rules.ranks.index(Criterion.STANDARD) + 1 if Criterion.STANDARD in rules.ranks else len(rules.ranks) + 1
+    return Priority(rank, Criterion.STANDARD.value, "standard", _waited(age))
+
+
+def in_priority_order(
+    queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
+) -> list[tuple[Backorder, Priority]]:
+    """The queue in the order it is served: by rank, then oldest first (ties by order and line id)."""
+    ranked = [(line, priority(line, rules, now)) for line in queue]
+    return sorted(ranked, key=lambda pair: (pair[1].rank, pair[0].fifo_key))
