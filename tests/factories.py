@@ -58,3 +58,36 @@ def receipt(receipt_id: str, sku: str, quantity: int, received_at: str = "2026-0
         "purchase_order_id": None,
         **fields,
     }
+
+
+def cancellation(
+    order_id: str,
+    *line_ids: str,
+    reason: str = "CUSTOMER_REQUEST",
+    note: str | None = None,
+    cancelled_at: str = "2026-01-21",
+) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": at(cancelled_at),
+        "order_id": order_id,
+        "line_ids": list(line_ids),
+        "reason": reason,
+        "note": note,
+    }
+
+
+def policy(sku: str, decided_at: str = "2026-01-01", **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": at(decided_at),
+        "sku": sku,
+        "backorders_allowed": True,
+        "discontinued": False,
+        "max_backorder_qty_per_customer": None,
+        "payment_timing": "AT_ORDER",
+        "default_split": "SHIP_AVAILABLE_NOW",
+        "lead_time_days": None,
+        "stale_after_days": None,
+        **fields,
+    }

@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
 
 import structlog
@@ -46,6 +46,19 @@ def event_serializer(settings: Settings, codec: AvroCodec) -> EventSerializer:
             BackorderStatusChanged: settings.topic_backorder_status,
         },
     )
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[postgres.PostgresUnitOfWorkFactory]:
+    """Units of work on the configured database, for the operator commands."""
+    pool = postgres.open_pool(settings.database_url.get_secret_value(), 1, 1, name="backorder-worker-cli")
+    try:
+        _require_schema(pool)
+        yield postgres.PostgresUnitOfWorkFactory(
+            pool, event_serializer(settings, AvroCodec.from_directory()), settings.topic_dead_letter
+        )
+    finally:
+        pool.close()
 
 
 def _kafka_error(err: KafkaError) -> None:

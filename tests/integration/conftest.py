@@ -38,12 +38,19 @@ import localstack  # noqa: E402
 TOPIC_KINDS = {
     "order-created": "ORDER_CREATED",
     "inventory-received": "INVENTORY_RECEIVED",
+    "order-cancelled": "ORDER_CANCELLED",
+    "product-policy": "PRODUCT_POLICY",
     "fulfillment-requested": "FULFILLMENT_REQUESTED",
     "customer-notification": "CUSTOMER_NOTIFICATION",
     "backorder-status": "BACKORDER_STATUS",
     "dlq": "DEAD_LETTER",
 }
-RECORD_OF = {"order-created": "backorder.OrderCreated", "inventory-received": "backorder.InventoryReceived"}
+RECORD_OF = {
+    "order-created": "backorder.OrderCreated",
+    "inventory-received": "backorder.InventoryReceived",
+    "order-cancelled": "backorder.OrderCancelled",
+    "product-policy": "backorder.ProductPolicy",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -204,7 +211,7 @@ class Deployment:
 
     def produce(self, kind: str, record: dict[str, Any], key: str | None = None) -> bytes:
         value = self.codec.encode(RECORD_OF[kind], record)
-        default_key = record.get("order_id") if kind == "order-created" else record.get("sku")
+        default_key = record.get("order_id") or record.get("sku")
         self.produce_raw(kind, (key or default_key or "").encode(), value)
         return value
 
@@ -268,6 +275,20 @@ class Deployment:
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with self.db() as conn:
             return conn.execute(sql, params or None).fetchall()
+
+    def cli(self, *args: str) -> str:
+        """Run `backorder-worker ARGS` against this world; its standard output."""
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            env=self.env(BACKORDER_LOG_LEVEL="WARNING"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, f"backorder-worker {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
 
     def stock(self, sku: str) -> tuple[int, int, int, int]:
         """(available, received, allocated, reserved) units of an SKU."""

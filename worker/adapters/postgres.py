@@ -36,7 +36,7 @@ from worker.domain.model import (
 )
 from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
-from worker.service.ports import Seen, StoreUnavailable
+from worker.service.ports import Decision, Seen, StoreUnavailable
 
 Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
 
@@ -467,6 +467,20 @@ class PostgresUnitOfWork:
         assert row is not None
         self._available[sku] = row[0]
 
+    def decisions(
+        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
+    ) -> list[Decision]:
+        rows = self._conn.execute(
+            """SELECT allocated_at, cause, order_id, line_id, sku, quantity, reserved, shipped, rank, reason
+               FROM allocation
+               WHERE (%(order)s::text IS NULL OR order_id = %(order)s)
+                 AND (%(sku)s::text IS NULL OR sku = %(sku)s)
+                 AND (%(cause)s::text IS NULL OR cause = %(cause)s)
+               ORDER BY allocation_id""",
+            {"order": order_id, "sku": sku, "cause": cause},
+        ).fetchall()
+        return [Decision(*row) for row in rows]
+
     def emit(self, events: Sequence[OutboundEvent]) -> None:
         rows: list[tuple[str, str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []
         for event in events:
@@ -524,9 +538,10 @@ class PostgresUnitOfWorkFactory:
         self._dead_letter_topic = dead_letter_topic
 
     @contextmanager
-    def __call__(self) -> Iterator[PostgresUnitOfWork]:
+    def __call__(self, *, rollback: bool = False) -> Iterator[PostgresUnitOfWork]:
+        """A unit of work that commits at the end of the block (or, with rollback=True, never does)."""
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._pool.connection() as conn, conn.transaction(force_rollback=rollback):
                 yield PostgresUnitOfWork(conn, self._serialize, self._dead_letter_topic)
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc

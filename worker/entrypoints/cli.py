@@ -1,16 +1,19 @@
-"""The `backorder-worker` command: migrate, topics, run, settings."""
+"""The `backorder-worker` command: migrate, topics, run, settings, and the operators' queue, simulate, decisions."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
+from collections.abc import Sequence
 
 import psycopg
 import structlog
 from pydantic import ValidationError
 
 from worker.entrypoints.logs import configure_logging
+from worker.service.ports import Decision
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,6 +51,91 @@ def _run(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.bootstrap import open_store, utc_now
+    from worker.service.views import queue
+
+    now = utc_now()
+    with open_store(settings) as store, store(rollback=True) as uow:
+        entries = queue(uow, args.sku, settings.shop_policy(), now)
+    rows = [
+        (
+            str(e.position),
+            e.order_id,
+            e.line_id,
+            str(e.rank),
+            _age(e.waited),
+            str(e.wants),
+            str(e.reserved),
+            f"{e.value_minor / 100:.2f}",
+            e.split,
+            e.reason,
+        )
+        for e in entries
+    ]
+    _table(["#", "order", "line", "rank", "age", "wants", "reserved", "value", "split", "reason"], rows)
+    print(
+        f"{len(entries)} lines waiting for {args.sku}: {sum(e.wants for e in entries)} units, "
+        f"{sum(e.value_minor for e in entries) / 100:.2f} in value"
+    )
+    return 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.bootstrap import open_store, utc_now
+    from worker.service.views import simulate_receipt
+
+    if args.receive <= 0:
+        print("backorder-worker: --receive must be > 0", file=sys.stderr)
+        return 2
+    with open_store(settings) as store, store(rollback=True) as uow:
+        decisions = simulate_receipt(uow, args.sku, args.receive, settings.shop_policy(), utc_now())
+    _print_decisions(decisions)
+    given = sum(d.quantity for d in decisions)
+    print(
+        f"a receipt of {args.receive} {args.sku} would give {given} units to {len(decisions)} lines and leave "
+        f"{args.receive - given} available (nothing was changed)"
+    )
+    return 0
+
+
+def _decisions(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.bootstrap import open_store
+
+    with open_store(settings) as store, store(rollback=True) as uow:
+        decisions = uow.decisions(order_id=args.order, sku=args.sku)
+    _print_decisions(decisions)
+    return 0
+
+
+def _print_decisions(decisions: list[Decision]) -> None:
+    rows = [
+        (
+            d.at.strftime("%Y-%m-%d %H:%M") if d.at else "",
+            d.order_id,
+            d.line_id,
+            d.sku,
+            str(d.quantity),
+            str(d.shipped),
+            str(d.reserved),
+            d.reason or "",
+            d.cause,
+        )
+        for d in decisions
+    ]
+    _table(["when", "order", "line", "sku", "given", "shipped", "reserved", "reason", "cause"], rows)
+
+
+def _age(age: dt.timedelta) -> str:
+    return f"{age.days}d" if age.days else f"{int(age.total_seconds() // 3600)}h"
+
+
+def _table(header: list[str], rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    for row in [tuple(header), *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     print(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
     return 0
@@ -71,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("run", help="consume, allocate, publish through the outbox, serve /metrics")
     sub.add_parser("settings", help="print the effective settings (secrets masked) as JSON")
+    queue = sub.add_parser("queue", help="print an SKU's backorder queue in allocation order")
+    queue.add_argument("--sku", required=True)
+    simulate = sub.add_parser("simulate", help="print what a receipt would allocate, changing nothing")
+    simulate.add_argument("--sku", required=True)
+    simulate.add_argument("--receive", type=int, required=True, metavar="UNITS")
+    decisions = sub.add_parser("decisions", help="print the recorded allocation decisions of an order or SKU")
+    which = decisions.add_mutually_exclusive_group(required=True)
+    which.add_argument("--order")
+    which.add_argument("--sku")
     args = parser.parse_args(argv)
 
     try:
@@ -79,5 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backorder-worker: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    commands = {"migrate": _migrate, "topics": _topics, "run": _run, "settings": _settings}
+    commands = {
+        "migrate": _migrate,
+        "topics": _topics,
+        "run": _run,
+        "settings": _settings,
+        "queue": _queue,
+        "simulate": _simulate,
+        "decisions": _decisions,
+    }
     return commands[args.command](settings, args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -27,6 +28,22 @@ class Seen(StrEnum):
     NEW = "new"
     SAME = "same"  # the same natural key with the same content: a duplicate
     DIFFERENT = "different"  # the same natural key with other content: a conflict
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One recorded allocation: units given to a line, of them reserved, units shipped, and why."""
+
+    at: dt.datetime
+    cause: str
+    order_id: str
+    line_id: str
+    sku: str
+    quantity: int
+    reserved: int
+    shipped: int
+    rank: int | None
+    reason: str | None
 
 
 class StoreUnavailable(Exception):
@@ -106,6 +123,12 @@ class UnitOfWork(Protocol):
 
     def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
         """Apply the fills: units leave the SKUs' available stock for the lines; shipment_ids by order_id."""
+        ...
+
+    def decisions(
+        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
+    ) -> list[Decision]:
+        """Allocation decisions, oldest first, filtered by whichever of order, SKU and cause is given."""
         ...
 
     # ---- out
