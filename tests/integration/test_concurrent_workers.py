@@ -13,9 +13,11 @@ from tests.integration.conftest import Deployment, wait_for
 SKUS = ["SKU-A", "SKU-B", "SKU-C", "SKU-D"]
 ORDERS = 80
 RECEIPTS = 24
+PARTITIONS = 4
+INBOUND_TOPICS = 4  # order-created, inventory-received, order-cancelled, product-policy
 
 
-@pytest.mark.parametrize("deployment", [4], indirect=True)
+@pytest.mark.parametrize("deployment", [PARTITIONS], indirect=True)
 def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -> None:
     rng = random.Random(20260105)
     events: list[tuple[str, dict[str, object]]] = []
@@ -37,9 +39,11 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
     first = deployment.start_worker(BACKORDER_BATCH_SIZE="7")
     second = deployment.start_worker(BACKORDER_BATCH_SIZE="7")
     wait_for(
-        "both workers to share the 8 partitions",
+        "both workers to share every inbound partition",
         lambda: (
-            first.assignment() and second.assignment() and len(set(first.assignment()) | set(second.assignment())) == 8
+            first.assignment()
+            and second.assignment()
+            and len(set(first.assignment()) | set(second.assignment())) == INBOUND_TOPICS * PARTITIONS
         ),
     )
     for kind, record in events[: len(events) // 2]:

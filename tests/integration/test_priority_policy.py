@@ -141,6 +141,7 @@ def test_a_cancellation_releases_reserved_units_to_the_next_line_at_once(deploym
     deployment.produce(
         "order-created", factories.order("holder", days_ago(2), [("HELD", 5)], split_preference="SHIP_COMPLETE")
     )
+    wait_confirmed(deployment, 1)  # the holder has reserved all 3 units before the next order arrives
     deployment.produce("order-created", factories.order("next", days_ago(1), [("HELD", 3)]))
     wait_confirmed(deployment, 2)
     cancel = factories.cancellation("holder", reason="PAYMENT_FAILED")

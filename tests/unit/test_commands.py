@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from tests import factories
-from worker.service.commands import command_for, content_hash, place_order, receive_stock
+from worker.service.commands import (
+    cancel_order,
+    command_for,
+    content_hash,
+    place_order,
+    receive_stock,
+    set_product_policy,
+)
 from worker.service.messages import InvalidEvent, UnexpectedRecord
 
 
@@ -71,3 +78,25 @@ def test_the_same_fact_under_another_event_id_has_the_same_content_hash() -> Non
 def test_a_record_on_the_wrong_topic_is_refused() -> None:
     with pytest.raises(UnexpectedRecord):
         command_for("backorder.InventoryReceived", "backorder.OrderCreated", factories.receipt("R", "SKU", 1))
+
+
+def test_a_cancellation_names_lines_by_non_empty_ids() -> None:
+    command = cancel_order(factories.cancellation("1", "L1", "L2", reason="FRAUD_SUSPECTED", note="chargeback"))
+    assert command.cancellation.line_ids == ("L1", "L2")
+    assert command.orders == frozenset({"1"})
+    with pytest.raises(InvalidEvent, match="line_ids"):
+        cancel_order(factories.cancellation("1", ""))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"max_backorder_qty_per_customer": -1}, "max_backorder_qty_per_customer must be >= 0"),
+        ({"lead_time_days": 0}, "lead_time_days must be > 0"),
+        ({"stale_after_days": -3}, "stale_after_days must be > 0"),
+        ({"sku": ""}, "sku"),
+    ],
+)
+def test_a_product_policy_is_checked(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        set_product_policy({**factories.policy("SKU"), **fields})
