@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import uuid
 from typing import Any
 
 import pytest
@@ -57,31 +56,8 @@ def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy = SHOP, no
     return handle(command, uow, shop, now)
 
 
-def cancel(order_id: str, *line_ids: str, reason: str = "CUSTOMER_REQUEST") -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "occurred_at": NOW,
-        "order_id": order_id,
-        "line_ids": list(line_ids),
-        "reason": reason,
-        "note": None,
-    }
-
-
-def policy(sku: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "occurred_at": NOW,
-        "sku": sku,
-        "backorders_allowed": True,
-        "discontinued": False,
-        "max_backorder_qty_per_customer": None,
-        "payment_timing": "AT_ORDER",
-        "default_split": "SHIP_AVAILABLE_NOW",
-        "lead_time_days": None,
-        "stale_after_days": None,
-        **fields,
-    }
+cancel = factories.cancellation
+policy = factories.policy
 
 
 # ------------------------------------------------------------------------------------------ FIFO basics
@@ -261,7 +237,7 @@ def test_payment_at_shipment_asks_the_shipping_service_to_capture_it() -> None:
 def test_an_older_policy_does_not_replace_a_newer_one() -> None:
     uow = world()
     run(uow, policy("SKU", discontinued=True))
-    run(uow, {**policy("SKU"), "occurred_at": NOW - dt.timedelta(days=1)})
+    run(uow, policy("SKU", "2025-12-31"))
     assert uow.policy("SKU") == ProductPolicy(discontinued=True)
 
 

@@ -26,16 +26,11 @@ from worker.service.messages import InvalidEvent, UnexpectedRecord
 Record = Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class PlaceOrder:
-    event_id: str
-    order: Order
-    content_hash: bytes
-
+class _LocksNothing:
     @property
     def skus(self) -> frozenset[str]:
         """The SKUs whose stock the command may take or give back: locked before it runs."""
-        return frozenset(line.sku for line in self.order.lines)
+        return frozenset()
 
     @property
     def orders(self) -> frozenset[str]:
@@ -44,7 +39,18 @@ class PlaceOrder:
 
 
 @dataclass(frozen=True)
-class ReceiveStock:
+class PlaceOrder(_LocksNothing):
+    event_id: str
+    order: Order
+    content_hash: bytes
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset(line.sku for line in self.order.lines)
+
+
+@dataclass(frozen=True)
+class ReceiveStock(_LocksNothing):
     event_id: str
     receipt: StockReceipt
     content_hash: bytes
@@ -53,20 +59,12 @@ class ReceiveStock:
     def skus(self) -> frozenset[str]:
         return frozenset({self.receipt.sku})
 
-    @property
-    def orders(self) -> frozenset[str]:
-        return frozenset()
-
 
 @dataclass(frozen=True)
-class CancelOrder:
+class CancelOrder(_LocksNothing):
     event_id: str
     cancellation: Cancellation
     content_hash: bytes
-
-    @property
-    def skus(self) -> frozenset[str]:
-        return frozenset()
 
     @property
     def orders(self) -> frozenset[str]:
@@ -74,20 +72,12 @@ class CancelOrder:
 
 
 @dataclass(frozen=True)
-class SetProductPolicy:
+class SetProductPolicy(_LocksNothing):
     event_id: str
     sku: str
     policy: ProductPolicy
     decided_at: dt.datetime
     content_hash: bytes
-
-    @property
-    def skus(self) -> frozenset[str]:
-        return frozenset()
-
-    @property
-    def orders(self) -> frozenset[str]:
-        return frozenset()
 
 
 Command = PlaceOrder | ReceiveStock | CancelOrder | SetProductPolicy
