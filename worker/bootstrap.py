@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
 import structlog
@@ -20,9 +20,12 @@ from worker.adapters.kafka import consumer_config, producer_config
 from worker.adapters.metrics import Metrics
 from worker.adapters.relay import OutboxRelay
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
+from worker.domain.policy import ShopPolicy
 from worker.entrypoints.loop import ConsumeLoop
 from worker.service.batch import MessageResult, handle_batch
+from worker.service.handlers import sweep_once
 from worker.service.messages import InboundMessage
+from worker.service.ports import StoreUnavailable
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -123,6 +126,28 @@ def run_worker(settings: Settings) -> None:
         else:
             log.warning("outbox_relay_disabled", reason="BACKORDER_RELAY_ENABLED=false")
 
+        if settings.sweep_interval_seconds > 0:
+            stop_sweeps = threading.Event()
+            sweeper = threading.Thread(
+                target=_sweep_forever,
+                name="sweep",
+                daemon=True,
+                args=(
+                    stop_sweeps,
+                    factory,
+                    shop,
+                    settings.sweep_interval_seconds,
+                    relay.wake.set if relay is not None else None,
+                ),
+            )
+            sweeper.start()
+
+            def stop_sweeper() -> None:
+                stop_sweeps.set()
+                sweeper.join(settings.shutdown_timeout_seconds)
+
+            resources.callback(stop_sweeper)
+
         consumer = Consumer({**consumer_config(settings), "error_cb": _kafka_error, "logger": KAFKA_LOG})
         resources.callback(consumer.close)
         expected = settings.inbound_topics
@@ -160,6 +185,29 @@ def run_worker(settings: Settings) -> None:
         log.info("worker_started", group_id=settings.group_id, relay=settings.relay_enabled)
         loop.run()
     log.info("worker_stopped")
+
+
+def _sweep_forever(
+    stop: threading.Event,
+    factory: postgres.PostgresUnitOfWorkFactory,
+    shop: ShopPolicy,
+    interval_s: float,
+    on_events: Callable[[], None] | None,
+) -> None:
+    """The time-driven work (status updates, stale backorders), one instance at a time across the group."""
+    while not stop.wait(interval_s):
+        try:
+            sent = sweep_once(factory, shop, utc_now(), wait=False)
+        except StoreUnavailable as exc:
+            log.warning("sweep_postponed", error=str(exc))
+            continue
+        except Exception:  # the next sweep may succeed; the consumer must go on meanwhile
+            log.exception("sweep_failed")
+            continue
+        if sent:
+            log.info("swept", events=sent)
+            if on_events is not None:
+                on_events()
 
 
 def _require_schema(pool: ConnectionPool) -> None:

@@ -22,9 +22,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.domain.allocation import ShipCompleteMode
+from worker.domain.eta import EtaRules
 from worker.domain.model import PaymentTiming, SplitPreference
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
 from worker.domain.priority import DEFAULT_RANKS, Criterion, PriorityRules
+from worker.domain.timeline import Cadence
 
 KafkaConfig = dict[str, str | int | float | bool]
 
@@ -46,6 +48,8 @@ class Settings(BaseSettings):
     topic_inventory_received: str = "inventory-received"
     topic_order_cancelled: str = "order-cancelled"
     topic_product_policy: str = "product-policy"
+    topic_restock_expected: str = "restock-expected"
+    topic_shipment_dispatched: str = "shipment-dispatched"
     topic_fulfillment_requested: str = "fulfillment-requested"
     topic_customer_notification: str = "customer-notification"
     topic_backorder_status: str = "backorder-status"
@@ -73,6 +77,16 @@ class Settings(BaseSettings):
     ship_complete_mode: ShipCompleteMode = ShipCompleteMode.HOLD
     ship_complete_scope: ShipCompleteScope = ShipCompleteScope.LINE
 
+    # Expected ship dates and the customer timeline.
+    lead_time_days: PositiveInt | None = None
+    stale_after_days: PositiveInt | None = None
+    eta_handling_days: NonNegativeInt = 1
+    supplier_margin_days: NonNegativeInt = 2
+    eta_change_days: NonNegativeInt = 3
+    status_update_days: Annotated[tuple[PositiveInt, ...], NoDecode] = (7, 14)
+    status_update_every_days: PositiveInt = 7
+    sweep_interval_seconds: NonNegativeFloat = 300.0  # 0: this instance never sweeps on its own
+
     batch_size: PositiveInt = 500
     batch_timeout_seconds: PositiveFloat = 0.5
 
@@ -95,9 +109,9 @@ class Settings(BaseSettings):
 
     shutdown_timeout_seconds: PositiveFloat = 30.0
 
-    @field_validator("priority_ranks", mode="before")
+    @field_validator("priority_ranks", "status_update_days", mode="before")
     @classmethod
-    def _split_ranks(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -110,6 +124,8 @@ class Settings(BaseSettings):
             self.topic_inventory_received: "backorder.InventoryReceived",
             self.topic_order_cancelled: "backorder.OrderCancelled",
             self.topic_product_policy: "backorder.ProductPolicy",
+            self.topic_restock_expected: "backorder.RestockExpected",
+            self.topic_shipment_dispatched: "backorder.ShipmentDispatched",
         }
 
     def shop_policy(self) -> ShopPolicy:
@@ -119,6 +135,8 @@ class Settings(BaseSettings):
                 max_backorder_qty_per_customer=self.max_backorder_qty_per_customer,
                 payment_timing=self.payment_timing,
                 default_split=self.default_split,
+                lead_time_days=self.lead_time_days,
+                stale_after_days=self.stale_after_days,
             ),
             priority=PriorityRules(
                 ranks=self.priority_ranks,
@@ -129,4 +147,10 @@ class Settings(BaseSettings):
             ship_complete_mode=self.ship_complete_mode,
             ship_complete_scope=self.ship_complete_scope,
             refuse_without_restock=self.refuse_backorders_without_restock,
+            eta=EtaRules(
+                handling_days=self.eta_handling_days,
+                default_supplier_margin_days=self.supplier_margin_days,
+                later_by_days=self.eta_change_days,
+            ),
+            cadence=Cadence(days=self.status_update_days, every_days=self.status_update_every_days),
         )

@@ -40,6 +40,8 @@ TOPIC_KINDS = {
     "inventory-received": "INVENTORY_RECEIVED",
     "order-cancelled": "ORDER_CANCELLED",
     "product-policy": "PRODUCT_POLICY",
+    "restock-expected": "RESTOCK_EXPECTED",
+    "shipment-dispatched": "SHIPMENT_DISPATCHED",
     "fulfillment-requested": "FULFILLMENT_REQUESTED",
     "customer-notification": "CUSTOMER_NOTIFICATION",
     "backorder-status": "BACKORDER_STATUS",
@@ -50,6 +52,8 @@ RECORD_OF = {
     "inventory-received": "backorder.InventoryReceived",
     "order-cancelled": "backorder.OrderCancelled",
     "product-policy": "backorder.ProductPolicy",
+    "restock-expected": "backorder.RestockExpected",
+    "shipment-dispatched": "backorder.ShipmentDispatched",
 }
 
 

@@ -14,7 +14,8 @@ SKUS = ["SKU-A", "SKU-B", "SKU-C", "SKU-D"]
 ORDERS = 80
 RECEIPTS = 24
 PARTITIONS = 4
-INBOUND_TOPICS = 4  # order-created, inventory-received, order-cancelled, product-policy
+INBOUND_TOPICS = 6  # order-created, inventory-received, order-cancelled, product-policy, restock-expected,
+# shipment-dispatched
 
 
 @pytest.mark.parametrize("deployment", [PARTITIONS], indirect=True)

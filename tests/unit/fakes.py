@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from worker.domain.allocation import Fill
+from worker.domain.eta import Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent
 from worker.domain.model import (
     WAITING,
@@ -36,6 +37,10 @@ class FakeState:
     available: dict[str, int] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
     decisions: list[tuple[str, str, str, int, int, str]] = field(default_factory=list)
+    restocks: dict[tuple[str, str], tuple[dt.datetime, ExpectedReceipt]] = field(default_factory=dict)
+    lateness: dict[str, list[int]] = field(default_factory=dict)
+    told: dict[str, dt.date | None] = field(default_factory=dict)
+    updates: set[tuple[str, int]] = field(default_factory=set)
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
 
@@ -167,6 +172,71 @@ class FakeUnitOfWork:
             self.state.decisions.append((cause, b.order_id, b.line_id, f.quantity, f.ships_now, f.priority.reason))
             self.state.available[b.sku] -= f.quantity
             assert self.state.available[b.sku] >= 0
+
+    def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
+        known = self.state.restocks.get((restock.purchase_order_id, sku))
+        if known is not None and known[0] >= decided_at:
+            return False
+        self.state.restocks[(restock.purchase_order_id, sku)] = (decided_at, restock)
+        return True
+
+    def consume_restock(self, receipt: StockReceipt) -> None:
+        key = (receipt.purchase_order_id or "", receipt.sku)
+        if key not in self.state.restocks:
+            return
+        decided_at, restock = self.state.restocks[key]
+        self.state.restocks[key] = (
+            decided_at,
+            dataclasses.replace(restock, quantity=max(0, restock.quantity - receipt.quantity)),
+        )
+        late = (receipt.received_at.date() - restock.expected_date).days
+        self.state.lateness.setdefault(restock.supplier_id, []).append(late)
+
+    def expected_supply(self, sku: str) -> list[ExpectedReceipt]:
+        return [r for (_, s), (_, r) in self.state.restocks.items() if s == sku and r.quantity > 0]
+
+    def supplier_lateness(self, supplier_ids: Iterable[str]) -> dict[str, list[int]]:
+        return {s: self.state.lateness[s][-10:] for s in supplier_ids if s in self.state.lateness}
+
+    def set_expected_dates(self, etas: Mapping[tuple[str, str], Eta]) -> set[str]:
+        changed = set()
+        for key, eta in etas.items():
+            line = self.state.lines[key]
+            if line.expected_ship_date != eta.date:
+                self.state.lines[key] = dataclasses.replace(line, expected_ship_date=eta.date)
+                changed.add(line.order_id)
+        return changed
+
+    def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]:
+        return {order_id: self.state.told.get(order_id) for order_id in order_ids}
+
+    def tell_eta(self, order_id: str, date: dt.date | None) -> None:
+        self.state.told[order_id] = date
+
+    def all_waiting_lines(self) -> list[OrderLineState]:
+        return sorted(
+            (line for line in self.state.lines.values() if line.waiting), key=lambda line: (line.order_id, line.line_id)
+        )
+
+    def claim_status_update(self, order_id: str, step: int) -> bool:
+        if (order_id, step) in self.state.updates:
+            return False
+        self.state.updates.add((order_id, step))
+        return True
+
+    def lock_sweep(self, wait: bool) -> bool:
+        return True
+
+    def ship(
+        self,
+        shipment_id: str,
+        order_id: str,
+        carrier: str,
+        tracking_number: str,
+        estimated_delivery: dt.date | None,
+        at: dt.datetime,
+    ) -> dict[str, int]:
+        raise NotImplementedError("shipments are tested against PostgreSQL")
 
     def emit(self, events: Sequence[OutboundEvent]) -> None:
         self.state.outbox.extend(events)

@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker.domain.allocation import Fill
+from worker.domain.eta import Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent, event_id
 from worker.domain.model import (
     WAITING,
@@ -43,6 +44,8 @@ Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
 # Keys for pg_advisory locks; any fixed numbers do, as long as nothing else uses them.
 MIGRATION_LOCK = 7_310_001
 RELAY_LOCK = 7_310_002
+SWEEP_LOCK = 7_310_003
+LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many receipts
 
 _WAITING = sorted(str(s) for s in WAITING)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -285,7 +288,7 @@ class PostgresUnitOfWork:
             f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
                        o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
                        l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
-                       l.quantity_cancelled, l.status, l.status_reason
+                       l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped
                 FROM order_line l JOIN customer_order o USING (order_id)
                 WHERE {where}""",
             params,
@@ -311,6 +314,8 @@ class PostgresUnitOfWork:
                 cancelled=r[16],
                 status=LineStatus(r[17]),
                 reason=r[18],
+                expected_ship_date=r[19],
+                shipped=r[20],
             )
             for r in rows
         ]
@@ -480,6 +485,161 @@ class PostgresUnitOfWork:
             {"order": order_id, "sku": sku, "cause": cause},
         ).fetchall()
         return [Decision(*row) for row in rows]
+
+    # ---- expected supply, dates, timeline, shipments
+
+    def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
+        kept = self._conn.execute(
+            """INSERT INTO expected_restock AS r (purchase_order_id, sku, supplier_id, quantity, expected_date,
+                   decided_at, event_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (purchase_order_id, sku) DO UPDATE SET
+                   supplier_id = EXCLUDED.supplier_id, quantity = EXCLUDED.quantity,
+                   expected_date = EXCLUDED.expected_date, decided_at = EXCLUDED.decided_at,
+                   event_id = EXCLUDED.event_id, updated_at = now()
+               WHERE (r.decided_at, r.event_id) < (EXCLUDED.decided_at, EXCLUDED.event_id)
+               RETURNING 1""",
+            (
+                restock.purchase_order_id,
+                sku,
+                restock.supplier_id,
+                restock.quantity,
+                restock.expected_date,
+                decided_at,
+                event_id,
+            ),
+        ).fetchone()
+        return kept is not None
+
+    def consume_restock(self, receipt: StockReceipt) -> None:
+        row = self._conn.execute(
+            """UPDATE expected_restock SET quantity = greatest(0, quantity - %s), updated_at = now()
+               WHERE purchase_order_id = %s AND sku = %s RETURNING supplier_id, expected_date""",
+            (receipt.quantity, receipt.purchase_order_id, receipt.sku),
+        ).fetchone()
+        if row is None:
+            return  # a purchase order the worker was never told about: nothing to learn
+        supplier_id, expected = row
+        received_on = receipt.received_at.date()
+        self._conn.execute(
+            """INSERT INTO supplier_delivery (receipt_id, supplier_id, purchase_order_id, sku, expected_date,
+                   received_on, days_late)
+               VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (
+                receipt.receipt_id,
+                supplier_id,
+                receipt.purchase_order_id,
+                receipt.sku,
+                expected,
+                received_on,
+                (received_on - expected).days,
+            ),
+        )
+
+    def expected_supply(self, sku: str) -> list[ExpectedReceipt]:
+        rows = self._conn.execute(
+            """SELECT purchase_order_id, supplier_id, quantity, expected_date FROM expected_restock
+               WHERE sku = %s AND quantity > 0 ORDER BY expected_date, purchase_order_id""",
+            (sku,),
+        ).fetchall()
+        return [ExpectedReceipt(*row) for row in rows]
+
+    def supplier_lateness(self, supplier_ids: Iterable[str]) -> dict[str, list[int]]:
+        ids = sorted(set(supplier_ids))
+        if not ids:
+            return {}
+        rows = self._conn.execute(
+            """SELECT supplier_id, days_late FROM (
+                   SELECT supplier_id, days_late,
+                          row_number() OVER (PARTITION BY supplier_id ORDER BY received_on DESC, receipt_id) AS n
+                   FROM supplier_delivery WHERE supplier_id = ANY(%s)) AS recent
+               WHERE n <= %s""",
+            (ids, LATENESS_HISTORY),
+        ).fetchall()
+        out: dict[str, list[int]] = defaultdict(list)
+        for supplier_id, days in rows:
+            out[supplier_id].append(days)
+        return dict(out)
+
+    def set_expected_dates(self, etas: Mapping[tuple[str, str], Eta]) -> set[str]:
+        if not etas:
+            return set()
+        keys = list(etas)
+        rows = self._conn.execute(
+            """UPDATE order_line l SET expected_ship_date = f.expected, eta_basis = f.basis
+               FROM unnest(%s::text[], %s::text[], %s::date[], %s::text[]) AS f(order_id, line_id, expected, basis)
+               WHERE l.order_id = f.order_id AND l.line_id = f.line_id
+                 AND (l.expected_ship_date IS DISTINCT FROM f.expected OR l.eta_basis IS DISTINCT FROM f.basis)
+               RETURNING l.order_id, l.expected_ship_date IS DISTINCT FROM f.expected""",
+            ([k[0] for k in keys], [k[1] for k in keys], [etas[k].date for k in keys], [etas[k].basis for k in keys]),
+        ).fetchall()
+        return {order_id for order_id, _ in rows}
+
+    def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]:
+        rows = self._conn.execute(
+            "SELECT order_id, eta_told FROM customer_order WHERE order_id = ANY(%s)", (sorted(set(order_ids)),)
+        ).fetchall()
+        return dict(rows)
+
+    def tell_eta(self, order_id: str, date: dt.date | None) -> None:
+        self._conn.execute("UPDATE customer_order SET eta_told = %s WHERE order_id = %s", (date, order_id))
+
+    def all_waiting_lines(self) -> list[OrderLineState]:
+        return self._lines(
+            "(l.status = ANY(%s) OR l.quantity_reserved > 0) ORDER BY l.order_id, l.line_id", (_WAITING,)
+        )
+
+    def claim_status_update(self, order_id: str, step: int) -> bool:
+        row = self._conn.execute(
+            "INSERT INTO status_update (order_id, step) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+            (order_id, step),
+        ).fetchone()
+        return row is not None
+
+    def lock_sweep(self, wait: bool) -> bool:
+        if wait:
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SWEEP_LOCK,))
+            return True
+        row = self._conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (SWEEP_LOCK,)).fetchone()
+        return bool(row and row[0])
+
+    def ship(
+        self,
+        shipment_id: str,
+        order_id: str,
+        carrier: str,
+        tracking_number: str,
+        estimated_delivery: dt.date | None,
+        at: dt.datetime,
+    ) -> dict[str, int]:
+        units = dict(
+            self._conn.execute(
+                """SELECT line_id, sum(shipped) FROM allocation WHERE shipment_id = %s AND order_id = %s
+               GROUP BY line_id HAVING sum(shipped) > 0""",
+                (uuid.UUID(shipment_id), order_id),
+            ).fetchall()
+        )
+        if not units:
+            return {}
+        self._conn.execute(
+            """INSERT INTO shipment_dispatch (shipment_id, order_id, carrier, tracking_number, estimated_delivery,
+                   dispatched_at) VALUES (%s, %s, %s, %s, %s, %s)""",
+            (uuid.UUID(shipment_id), order_id, carrier, tracking_number, estimated_delivery, at),
+        )
+        self._conn.execute(
+            """UPDATE order_line l SET quantity_shipped = l.quantity_shipped + f.units,
+                   status = CASE WHEN l.quantity_shipped + f.units
+                                      >= l.quantity - l.quantity_rejected - l.quantity_cancelled
+                                 THEN 'SHIPPED' ELSE l.status END,
+                   shipped_at = CASE WHEN l.quantity_shipped + f.units
+                                          >= l.quantity - l.quantity_rejected - l.quantity_cancelled
+                                     THEN %s ELSE l.shipped_at END,
+                   updated_at = now()
+               FROM unnest(%s::text[], %s::int[]) AS f(line_id, units)
+               WHERE l.order_id = %s AND l.line_id = f.line_id""",
+            (at, list(units), [int(u) for u in units.values()], order_id),
+        )
+        return {line_id: int(u) for line_id, u in units.items()}
 
     def emit(self, events: Sequence[OutboundEvent]) -> None:
         rows: list[tuple[str, str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]] = []

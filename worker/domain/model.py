@@ -34,6 +34,7 @@ class CancelReason(StrEnum):
     FRAUD_SUSPECTED = "FRAUD_SUSPECTED"
     MERCHANT = "MERCHANT"
     OTHER = "OTHER"
+    STALE = "STALE"  # the worker's own: waited past the product's stale_after_days (not in the contract)
 
 
 class LineStatus(StrEnum):
@@ -162,6 +163,8 @@ class OrderLineState:
     cancelled: int
     status: LineStatus
     reason: str | None = None  # why the line is in its status, as last told to the OMS
+    expected_ship_date: dt.date | None = None
+    shipped: int = 0
 
     @property
     def wanted(self) -> int:
@@ -170,6 +173,11 @@ class OrderLineState:
     @property
     def open_quantity(self) -> int:
         return self.wanted - self.allocated - self.reserved
+
+    @property
+    def waiting(self) -> bool:
+        """Not all of it is on its way yet: it waits for units, or holds them until it can ship complete."""
+        return self.open_quantity > 0 or self.held
 
     @property
     def held(self) -> bool:

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from worker.domain.allocation import ShipCompleteMode
+from worker.domain.eta import EtaRules
 from worker.domain.model import PaymentTiming, SplitPreference
 from worker.domain.priority import PriorityRules
+from worker.domain.timeline import Cadence
 
 
 class ShipCompleteScope(StrEnum):
@@ -34,8 +36,10 @@ class ShopPolicy:
     priority: PriorityRules = field(default_factory=PriorityRules)
     ship_complete_mode: ShipCompleteMode = ShipCompleteMode.HOLD
     ship_complete_scope: ShipCompleteScope = ShipCompleteScope.LINE
-    # Hook for the ETA work: refuse a backorder when it is known that no restock is coming.
+    # Refuse a backorder when no restock is expected and the product has no lead time.
     refuse_without_restock: bool = False
+    eta: EtaRules = field(default_factory=EtaRules)
+    cadence: Cadence = field(default_factory=Cadence)
 
 
 @dataclass(frozen=True)

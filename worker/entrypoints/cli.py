@@ -136,6 +136,27 @@ def _table(header: list[str], rows: Sequence[tuple[str, ...]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+def _sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.bootstrap import open_store, utc_now
+    from worker.service.handlers import sweep_once
+
+    as_of = args.as_of or utc_now()
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=dt.UTC)
+    with open_store(settings) as store:
+        sent = sweep_once(store, settings.shop_policy(), as_of, wait=True)
+    log.info("swept", as_of=as_of.isoformat(), events=sent)
+    return 0
+
+
+def _preview(_settings: Settings, args: argparse.Namespace) -> int:
+    from worker.domain.events import NotificationType
+    from worker.entrypoints.preview import render, sample
+
+    print(render(sample(NotificationType(args.type))))
+    return 0
+
+
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     print(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
     return 0
@@ -168,6 +189,26 @@ def main(argv: list[str] | None = None) -> int:
     which = decisions.add_mutually_exclusive_group(required=True)
     which.add_argument("--order")
     which.add_argument("--sku")
+    sweep = sub.add_parser("sweep", help="send the status updates due and cancel stale backorders, now or as of a time")
+    sweep.add_argument(
+        "--as-of",
+        type=dt.datetime.fromisoformat,
+        metavar="TIMESTAMP",
+        help="ISO 8601 time to sweep as of (UTC if no zone); default now",
+    )
+    preview = sub.add_parser("preview", help="render a sample customer notification as the plain-text e-mail")
+    preview.add_argument(
+        "type",
+        choices=[
+            "BACKORDER_CONFIRMED",
+            "BACKORDER_STATUS_UPDATE",
+            "BACKORDER_ETA_CHANGED",
+            "BACKORDER_ALLOCATED",
+            "ORDER_SHIPPED",
+            "BACKORDER_CANCELLED",
+            "BACKORDER_REJECTED",
+        ],
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -184,5 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue": _queue,
         "simulate": _simulate,
         "decisions": _decisions,
+        "sweep": _sweep,
+        "preview": _preview,
     }
     return commands[args.command](settings, args)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.domain.eta import ExpectedReceipt
 from worker.domain.model import (
     Cancellation,
     CancelReason,
@@ -80,7 +82,32 @@ class SetProductPolicy(_LocksNothing):
     content_hash: bytes
 
 
-Command = PlaceOrder | ReceiveStock | CancelOrder | SetProductPolicy
+@dataclass(frozen=True)
+class ExpectRestock(_LocksNothing):
+    event_id: str
+    sku: str
+    restock: ExpectedReceipt  # quantity 0: the purchase order line was withdrawn
+    decided_at: dt.datetime
+    content_hash: bytes
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset({self.sku})
+
+
+@dataclass(frozen=True)
+class DispatchShipment(_LocksNothing):
+    event_id: str
+    shipment_id: str
+    order_id: str
+    carrier: str
+    tracking_number: str
+    estimated_delivery: dt.date | None
+    dispatched_at: dt.datetime
+    content_hash: bytes
+
+
+Command = PlaceOrder | ReceiveStock | CancelOrder | SetProductPolicy | ExpectRestock | DispatchShipment
 
 
 def content_hash(record: Record) -> bytes:
@@ -208,11 +235,47 @@ def set_product_policy(record: Record) -> SetProductPolicy:
     )
 
 
+def expect_restock(record: Record) -> ExpectRestock:
+    restock = ExpectedReceipt(
+        purchase_order_id=_text(record, "purchase_order_id"),
+        supplier_id=_text(record, "supplier_id"),
+        quantity=_non_negative(record["quantity"], "quantity"),
+        expected_date=record["expected_date"],
+    )
+    return ExpectRestock(
+        event_id=_text(record, "event_id"),
+        sku=_text(record, "sku"),
+        restock=restock,
+        decided_at=_aware(record["occurred_at"], "occurred_at"),
+        content_hash=content_hash(record),
+    )
+
+
+def dispatch_shipment(record: Record) -> DispatchShipment:
+    shipment = _text(record, "shipment_id")
+    try:
+        uuid.UUID(shipment)
+    except ValueError:
+        raise InvalidEvent(f"shipment_id must be a shipment id from fulfillment-requested, got {shipment!r}") from None
+    return DispatchShipment(
+        event_id=_text(record, "event_id"),
+        shipment_id=shipment,
+        order_id=_text(record, "order_id"),
+        carrier=_text(record, "carrier"),
+        tracking_number=_text(record, "tracking_number"),
+        estimated_delivery=record["estimated_delivery"],
+        dispatched_at=_aware(record["occurred_at"], "occurred_at"),
+        content_hash=content_hash(record),
+    )
+
+
 BUILDERS: dict[str, Callable[[Record], Command]] = {
     "backorder.OrderCreated": place_order,
     "backorder.InventoryReceived": receive_stock,
     "backorder.OrderCancelled": cancel_order,
     "backorder.ProductPolicy": set_product_policy,
+    "backorder.RestockExpected": expect_restock,
+    "backorder.ShipmentDispatched": dispatch_shipment,
 }
 
 

@@ -18,6 +18,7 @@ from itertools import groupby
 import structlog
 
 from worker.domain.allocation import Fill, allocate
+from worker.domain.eta import expected_ship_dates, is_news, supplier_margin
 from worker.domain.events import (
     BackorderStatusChanged,
     CustomerNotification,
@@ -28,12 +29,20 @@ from worker.domain.events import (
     OutboundEvent,
     event_id,
 )
-from worker.domain.model import Cancellation, LineStatus, OrderLineState, PaymentTiming, SplitPreference
+from worker.domain.model import Cancellation, CancelReason, LineStatus, OrderLineState, PaymentTiming, SplitPreference
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy, Verdict, judge_shortfall
-from worker.domain.priority import priority
-from worker.service.commands import CancelOrder, Command, PlaceOrder, ReceiveStock, SetProductPolicy
-from worker.service.messages import ConflictingDuplicate
-from worker.service.ports import Seen, UnitOfWork
+from worker.domain.priority import in_priority_order, priority
+from worker.service.commands import (
+    CancelOrder,
+    Command,
+    DispatchShipment,
+    ExpectRestock,
+    PlaceOrder,
+    ReceiveStock,
+    SetProductPolicy,
+)
+from worker.service.messages import ConflictingDuplicate, InvalidEvent
+from worker.service.ports import Seen, UnitOfWork, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +60,10 @@ def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime
         return receive_stock(command, uow, shop, now)
     if isinstance(command, CancelOrder):
         return cancel_order(command, uow, shop, now)
+    if isinstance(command, ExpectRestock):
+        return expect_restock(command, uow, shop, now)
+    if isinstance(command, DispatchShipment):
+        return dispatch_shipment(command, uow, shop, now)
     return set_product_policy(command, uow)
 
 
@@ -76,6 +89,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     for sku in skus:
         rejected |= _judge_shortfalls(uow, command, sku, policies[sku], shop, now)
     fills = _allocate(uow, skus, cause, shop, now)
+    eta_news = _refresh_etas(uow, skus, cause, shop, now, quiet={order.order_id})
 
     own = [f for f in fills if f.backorder.order_id == order.order_id]
     others = [f for f in fills if f.backorder.order_id != order.order_id]
@@ -84,27 +98,27 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     if any(f.ships_now for f in own):
         events.append(_fulfillment(cause, command.event_id, lines, own, uow, shop, now))
     events += [_status(cause, line, now) for line in lines if line.status is not LineStatus.CANCELLED]
-    waiting = [line for line in lines if line.open_quantity > 0 or line.held]
+    waiting = [line for line in lines if line.waiting]
     if waiting:
+        expected = _order_eta(waiting)
+        uow.tell_eta(order.order_id, expected)
         log.info(
             "backordered",
             order_id=order.order_id,
             lines=len(waiting),
             units=sum(line.wanted - line.allocated for line in waiting),
+            expected_ship_date=str(expected),
         )
         events.append(
             _notification(
                 cause,
                 NotificationType.BACKORDER_CONFIRMED,
                 lines[0],
-                [
-                    NotificationLine(
-                        line.line_id, line.sku, line.product_name, line.wanted - line.allocated, line.status
-                    )
-                    for line in waiting
-                ],
+                _waiting_lines(waiting),
                 cancel_allowed=True,
                 now=now,
+                expected_ship_date=expected,
+                reason=None if expected else "expected ship date unknown: no restock is scheduled yet",
             )
         )
     if rejected:
@@ -127,7 +141,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
         )
     # Units on hand go to older or higher-ranked waiting lines first; normally there are none.
     events += _announce_fills(cause, command.event_id, others, states, uow, shop, now)
-    uow.emit(events)
+    uow.emit(events + eta_news)
     return Outcome.PROCESSED
 
 
@@ -136,10 +150,13 @@ def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now:
     if not _first_time(uow, "receipt", receipt.receipt_id, command.event_id, command.content_hash):
         return Outcome.DUPLICATE
     uow.add_receipt(receipt, command.event_id)
+    if receipt.purchase_order_id is not None:
+        uow.consume_restock(receipt)
     cause = f"inventory-received/{receipt.receipt_id}"
     fills = _allocate(uow, [receipt.sku], cause, shop, now)
+    eta_news = _refresh_etas(uow, [receipt.sku], cause, shop, now)
     states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
-    uow.emit(_announce_fills(cause, command.event_id, fills, states, uow, shop, now))
+    uow.emit(_announce_fills(cause, command.event_id, fills, states, uow, shop, now) + eta_news)
     return Outcome.PROCESSED
 
 
@@ -165,13 +182,123 @@ def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: d
             ]
         )
         return Outcome.PROCESSED
+    uow.emit(_cancel_and_reallocate(uow, cancellation, cause, command.event_id, shop, now))
+    return Outcome.PROCESSED
+
+
+def _cancel_and_reallocate(
+    uow: UnitOfWork, cancellation: Cancellation, cause: str, caused_by: str, shop: ShopPolicy, now: dt.datetime
+) -> list[OutboundEvent]:
+    """Cancel, give what the cancellation freed to the next lines at once, and update expected dates."""
     events = _cancel(uow, cancellation, cause, shop, now)
-    released = uow.skus_of_orders([cancellation.order_id])
-    fills = _allocate(uow, sorted(released), cause, shop, now, orders_changed=[cancellation.order_id])
+    released = sorted(uow.skus_of_orders([cancellation.order_id]))
+    fills = _allocate(uow, released, cause, shop, now, orders_changed=[cancellation.order_id])
     states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
-    events += _announce_fills(cause, command.event_id, fills, states, uow, shop, now)
+    events += _announce_fills(cause, caused_by, fills, states, uow, shop, now)
+    return events + _refresh_etas(uow, released, cause, shop, now)
+
+
+def expect_restock(command: ExpectRestock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
+    # A purchase-order line is replaced by later events: the same event again is the duplicate.
+    if not _first_time(uow, "restock", command.event_id, command.event_id, command.content_hash):
+        return Outcome.DUPLICATE
+    if uow.expect_restock(command.sku, command.restock, command.decided_at, command.event_id):
+        uow.emit(_refresh_etas(uow, [command.sku], f"restock-expected/{command.event_id}", shop, now))
+    return Outcome.PROCESSED
+
+
+def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
+    if not _first_time(uow, "shipment", command.shipment_id, command.event_id, command.content_hash):
+        return Outcome.DUPLICATE
+    shipped = uow.ship(
+        command.shipment_id,
+        command.order_id,
+        command.carrier,
+        command.tracking_number,
+        command.estimated_delivery,
+        command.dispatched_at,
+    )
+    if not shipped:
+        raise InvalidEvent(f"shipment {command.shipment_id} of order {command.order_id} was never requested")
+    cause = f"shipment-dispatched/{command.shipment_id}"
+    lines = uow.order_lines([command.order_id])
+    events: list[OutboundEvent] = [_status(cause, line, now) for line in lines if line.line_id in shipped]
+    events.append(
+        CustomerNotification(
+            event_id=event_id("customer-notification", cause, command.order_id, NotificationType.ORDER_SHIPPED),
+            occurred_at=now,
+            order_id=command.order_id,
+            customer_id=lines[0].customer_id,
+            type=NotificationType.ORDER_SHIPPED,
+            lines=tuple(
+                NotificationLine(line.line_id, line.sku, line.product_name, shipped[line.line_id], line.status)
+                for line in lines
+                if line.line_id in shipped
+            ),
+            cancel_allowed=any(line.open_quantity > 0 for line in lines),
+            carrier=command.carrier,
+            tracking_number=command.tracking_number,
+            estimated_delivery=command.estimated_delivery,
+        )
+    )
+    log.info("shipped", order_id=command.order_id, shipment_id=command.shipment_id, units=sum(shipped.values()))
     uow.emit(events)
     return Outcome.PROCESSED
+
+
+def sweep_once(unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, as_of: dt.datetime, *, wait: bool) -> int | None:
+    """One sweep in its own transaction; the number of events it sent, or None if another sweep was running
+    and `wait` is false."""
+    with unit_of_work() as uow:
+        if not uow.lock_sweep(wait):
+            return None
+        return len(sweep(uow, shop, as_of))
+
+
+def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[OutboundEvent]:
+    """The time-driven work at `as_of`: cancel stale backorders, then send the status updates due.
+
+    The caller holds the sweep lock (one sweep at a time); a status update is claimed per order and
+    step in the database, so none is ever sent twice.
+    """
+    events: list[OutboundEvent] = []
+    stale: dict[str, list[OrderLineState]] = defaultdict(list)
+    limits: dict[str, int | None] = {}
+    for line in uow.all_waiting_lines():
+        if line.sku not in limits:
+            limits[line.sku] = _policy(uow, shop, line.sku).stale_after_days
+        limit = limits[line.sku]
+        if limit is not None and as_of - line.placed_at > dt.timedelta(days=limit):
+            stale[line.order_id].append(line)
+    if stale:
+        uow.lock_stock(uow.skus_of_orders(stale))
+    for order_id, lines in sorted(stale.items()):
+        days = max(limits[line.sku] or 0 for line in lines)
+        cancellation = Cancellation(
+            order_id, tuple(line.line_id for line in lines), CancelReason.STALE, f"waited more than {days} days", as_of
+        )
+        cause = f"stale/{order_id}/{as_of.date().isoformat()}"
+        events += _cancel_and_reallocate(uow, cancellation, cause, cause, shop, as_of)
+    for order_id, lines in _by_order(uow.all_waiting_lines()).items():
+        due = shop.cadence.due_step(as_of - lines[0].placed_at)
+        if due is None or not uow.claim_status_update(order_id, due[0]):
+            continue
+        expected = _order_eta(lines)
+        events.append(
+            _notification(
+                f"status-update/{order_id}/{due[0]}",
+                NotificationType.BACKORDER_STATUS_UPDATE,
+                lines[0],
+                _waiting_lines(lines),
+                cancel_allowed=True,
+                now=as_of,
+                expected_ship_date=expected,
+                reason=f"day {due[1]}: still awaiting inventory"
+                + (f"; expected to ship {expected.isoformat()}" if expected else "; expected ship date unknown"),
+            )
+        )
+    uow.emit(events)
+    return events
 
 
 def set_product_policy(command: SetProductPolicy, uow: UnitOfWork) -> Outcome:
@@ -210,6 +337,7 @@ def _judge_shortfalls(
     got = {f.backorder.line_id: f.quantity for f in dry.fills if f.backorder.order_id == order.order_id}
     lines = {line.line_id: line for line in uow.order_lines([order.order_id]) if line.sku == sku}
     waiting = uow.customer_waiting(order.customer_id, sku, other_than_order=order.order_id)
+    restock_expected = bool(uow.expected_supply(sku)) or policy.lead_time_days is not None
     verdicts: dict[str, Verdict] = {}
     for line in order.lines:
         state = lines.get(line.line_id)
@@ -217,7 +345,11 @@ def _judge_shortfalls(
             continue
         short = state.wanted - got.get(line.line_id, 0)
         verdict = judge_shortfall(
-            short, policy=policy, customer_waiting=waiting, refuse_without_restock=shop.refuse_without_restock
+            short,
+            policy=policy,
+            customer_waiting=waiting,
+            restock_expected=restock_expected,
+            refuse_without_restock=shop.refuse_without_restock,
         )
         if verdict.rejected and state.split is SplitPreference.SHIP_COMPLETE:
             verdict = Verdict(0, state.wanted, f"{verdict.reason}; the line ships complete or not at all")
@@ -468,6 +600,7 @@ def _notification(
     cancel_allowed: bool,
     now: dt.datetime,
     reason: str | None = None,
+    expected_ship_date: dt.date | None = None,
 ) -> CustomerNotification:
     return CustomerNotification(
         event_id=event_id("customer-notification", cause, line.order_id, kind),
@@ -478,7 +611,76 @@ def _notification(
         lines=tuple(lines),
         cancel_allowed=cancel_allowed,
         reason=reason,
+        expected_ship_date=expected_ship_date,
     )
+
+
+def _waiting_lines(lines: Iterable[OrderLineState]) -> list[NotificationLine]:
+    """The lines still to come, with the units still to come."""
+    return [
+        NotificationLine(line.line_id, line.sku, line.product_name, line.wanted - line.allocated, line.status)
+        for line in lines
+        if line.waiting
+    ]
+
+
+def _order_eta(lines: Iterable[OrderLineState]) -> dt.date | None:
+    """When the order's waiting lines will all have shipped: the latest of their dates, unknown if any is."""
+    dates = [line.expected_ship_date for line in lines if line.waiting]
+    if not dates or any(d is None for d in dates):
+        return None
+    return max(d for d in dates if d is not None)
+
+
+def _refresh_etas(
+    uow: UnitOfWork, skus: Iterable[str], cause: str, shop: ShopPolicy, now: dt.datetime, quiet: Iterable[str] = ()
+) -> list[OutboundEvent]:
+    """Recompute the expected ship dates of the SKUs' queues; tell the customers for whom it is news
+    (except the `quiet` orders, which are being told otherwise)."""
+    changed: set[str] = set()
+    for sku in sorted(set(skus)):
+        queue = [line for line, _ in in_priority_order(uow.waiting_lines(sku), shop.priority, now)]
+        if not queue:
+            continue
+        supply = uow.expected_supply(sku)
+        lateness = uow.supplier_lateness({r.supplier_id for r in supply})
+        margins = {supplier: supplier_margin(days, shop.eta) for supplier, days in lateness.items()}
+        etas = expected_ship_dates(
+            queue,
+            supply,
+            on_hand=uow.available(sku),
+            margins=margins,
+            lead_time_days=_policy(uow, shop, sku).lead_time_days,
+            today=now.date(),
+            rules=shop.eta,
+        )
+        changed |= uow.set_expected_dates(etas)
+    changed -= set(quiet)
+    if not changed:
+        return []
+    told = uow.eta_told(changed)
+    events: list[OutboundEvent] = []
+    for order_id, lines in sorted(_by_order(uow.order_lines(changed)).items()):
+        waiting = [line for line in lines if line.waiting]
+        new = _order_eta(waiting)
+        before = told.get(order_id)
+        if not waiting or not is_news(before, new, shop.eta):
+            continue
+        assert new is not None
+        uow.tell_eta(order_id, new)
+        events.append(
+            _notification(
+                cause,
+                NotificationType.BACKORDER_ETA_CHANGED,
+                lines[0],
+                _waiting_lines(waiting),
+                cancel_allowed=True,
+                now=now,
+                expected_ship_date=new,
+                reason=f"expected ship date {before.isoformat() if before else 'unknown'} -> {new.isoformat()}",
+            )
+        )
+    return events
 
 
 def _status(cause: str, line: OrderLineState, now: dt.datetime, reason: str | None = None) -> BackorderStatusChanged:
@@ -493,6 +695,7 @@ def _status(cause: str, line: OrderLineState, now: dt.datetime, reason: str | No
         quantity_ordered=line.ordered,
         quantity_allocated=set_aside,
         quantity_backordered=max(0, line.wanted - set_aside),
+        expected_ship_date=line.expected_ship_date if line.waiting else None,
         reason=reason if reason is not None else line.reason,
     )
 

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.domain.allocation import Fill
+from worker.domain.eta import Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent
 from worker.domain.model import (
     Backorder,
@@ -129,6 +130,54 @@ class UnitOfWork(Protocol):
         self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
     ) -> list[Decision]:
         """Allocation decisions, oldest first, filtered by whichever of order, SKU and cause is given."""
+        ...
+
+    # ---- expected supply, dates, timeline, shipments
+
+    def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
+        """Keep this purchase-order line unless a later one (by decided_at) is kept; True if kept."""
+        ...
+
+    def consume_restock(self, receipt: StockReceipt) -> None:
+        """A receipt naming a purchase order: it no longer needs to come, and its supplier's lateness is noted."""
+        ...
+
+    def expected_supply(self, sku: str) -> list[ExpectedReceipt]: ...
+
+    def supplier_lateness(self, supplier_ids: Iterable[str]) -> dict[str, list[int]]:
+        """Days late of each supplier's recent receipts (negative: early)."""
+        ...
+
+    def set_expected_dates(self, etas: Mapping[tuple[str, str], Eta]) -> set[str]:
+        """Store the lines' expected ship dates; the orders whose dates changed."""
+        ...
+
+    def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]: ...
+
+    def tell_eta(self, order_id: str, date: dt.date | None) -> None: ...
+
+    def all_waiting_lines(self) -> list[OrderLineState]:
+        """Every line that waits for units or holds them, for the time-driven sweep."""
+        ...
+
+    def claim_status_update(self, order_id: str, step: int) -> bool:
+        """True the first time this step of this order is claimed, ever."""
+        ...
+
+    def lock_sweep(self, wait: bool) -> bool:
+        """One sweep at a time across the group, until the end of the transaction; False if busy."""
+        ...
+
+    def ship(
+        self,
+        shipment_id: str,
+        order_id: str,
+        carrier: str,
+        tracking_number: str,
+        estimated_delivery: dt.date | None,
+        at: dt.datetime,
+    ) -> dict[str, int]:
+        """Mark the shipment's units shipped; units per line_id (empty for a shipment never requested)."""
         ...
 
     # ---- out

@@ -1,0 +1,132 @@
+"""Expected ship dates from the supply on its way, the status-update cadence, and when a date is news."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from tests import factories
+from tests.unit.fakes import FakeUnitOfWork
+from tests.unit.test_allocation import backorder
+from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
+from worker.domain.events import CustomerNotification, NotificationType
+from worker.domain.policy import ShopPolicy
+from worker.domain.timeline import Cadence
+from worker.service import commands
+from worker.service.handlers import handle, sweep
+
+TODAY = dt.date(2026, 2, 1)
+RULES = EtaRules(handling_days=1, default_supplier_margin_days=2)
+FEB_20 = ExpectedReceipt("PO-1", "acme", 30, dt.date(2026, 2, 20))
+MAR_5 = ExpectedReceipt("PO-2", "acme", 50, dt.date(2026, 3, 5))
+
+
+def dates(queue: list[Any], supply: list[ExpectedReceipt], **kw: Any) -> list[dt.date | None]:
+    etas = expected_ship_dates(
+        queue,
+        supply,
+        on_hand=kw.pop("on_hand", 0),
+        margins=kw.pop("margins", {}),
+        lead_time_days=kw.pop("lead_time_days", None),
+        today=TODAY,
+        rules=RULES,
+    )
+    return [etas[(line.order_id, line.line_id)].date for line in queue]
+
+
+def test_the_first_30_units_ship_after_the_feb_20_receipt_and_the_next_30_after_mar_5() -> None:
+    queue = [backorder(f"O-{i}", i, 10) for i in range(6)]  # 60 units, in allocation order
+    assert dates(queue, [MAR_5, FEB_20]) == [dt.date(2026, 2, 23)] * 3 + [dt.date(2026, 3, 8)] * 3  # +1 +2
+
+
+def test_a_line_that_straddles_two_receipts_ships_after_the_second() -> None:
+    queue = [backorder("A", 0, 25), backorder("B", 1, 10)]
+    assert dates(queue, [FEB_20, MAR_5]) == [dt.date(2026, 2, 23), dt.date(2026, 3, 8)]
+
+
+def test_a_supplier_that_came_5_days_late_twice_moves_its_dates_later() -> None:
+    margin = supplier_margin([5, 5], RULES)
+    assert margin == 5
+    assert dates([backorder("A", 0, 10)], [FEB_20], margins={"acme": margin}) == [dt.date(2026, 2, 26)]
+    assert supplier_margin([], RULES) == 2 and supplier_margin([-3, 1], RULES) == 1  # early counts as on time
+
+
+def test_past_the_supply_the_lead_time_gives_the_date_and_without_it_the_date_is_unknown() -> None:
+    queue = [backorder("A", 0, 30), backorder("B", 1, 5)]
+    assert dates(queue, [FEB_20], lead_time_days=21) == [dt.date(2026, 2, 23), dt.date(2026, 2, 23)]
+    assert dates(queue, [FEB_20]) == [dt.date(2026, 2, 23), None]
+    assert dates([backorder("C", 0, 4)], [], on_hand=4) == [dt.date(2026, 2, 2)]
+
+
+def test_news_is_later_by_more_than_the_allowed_days_or_earlier_into_a_nearer_week() -> None:
+    told = dt.date(2026, 2, 18)  # a Wednesday
+    assert not is_news(told, told + dt.timedelta(days=3), RULES)
+    assert is_news(told, told + dt.timedelta(days=4), RULES)
+    assert not is_news(told, dt.date(2026, 2, 16), RULES)  # earlier, same week
+    assert is_news(told, dt.date(2026, 2, 13), RULES)  # earlier, the week before
+    assert is_news(None, told, RULES) and not is_news(told, None, RULES)
+
+
+@pytest.mark.parametrize(
+    "days, step", [(6, None), (7, (1, 7)), (13, (1, 7)), (14, (2, 14)), (20, (2, 14)), (21, (3, 21)), (35, (5, 35))]
+)
+def test_the_cadence_is_day_7_day_14_then_every_7_days(days: int, step: tuple[int, int] | None) -> None:
+    assert Cadence().due_step(dt.timedelta(days=days, hours=5)) == step
+
+
+# ------------------------------------------------------------------------------------------ handlers
+
+NOW = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC)
+SHOP = ShopPolicy(eta=RULES)
+
+
+def run(uow: FakeUnitOfWork, name: str, record: dict[str, Any], now: dt.datetime = NOW) -> None:
+    command = commands.command_for(name, name, record)
+    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
+    handle(command, uow, SHOP, now)
+
+
+def restock(po: str, quantity: int, expected: dt.date, decided: str = "2026-02-01T00:00") -> dict[str, Any]:
+    return {
+        "event_id": f"{po}-{quantity}-{decided}",
+        "occurred_at": factories.at(decided),
+        "purchase_order_id": po,
+        "sku": "SKU",
+        "supplier_id": "acme",
+        "quantity": quantity,
+        "expected_date": expected,
+    }
+
+
+def notices(uow: FakeUnitOfWork, kind: NotificationType) -> list[CustomerNotification]:
+    return [e for e in uow.state.outbox if isinstance(e, CustomerNotification) and e.type is kind]
+
+
+def test_a_withdrawn_purchase_order_moves_dates_and_tells_each_affected_order_once() -> None:
+    uow = FakeUnitOfWork()
+    uow.lock_stock(["SKU"])
+    run(uow, "backorder.RestockExpected", restock("PO-1", 30, dt.date(2026, 2, 20)))
+    run(uow, "backorder.RestockExpected", restock("PO-2", 50, dt.date(2026, 3, 5)))
+    for i in range(6):
+        run(uow, "backorder.OrderCreated", factories.order(f"O-{i}", f"2026-01-{10 + i}", [("SKU", 10)]))
+    confirmed = {n.order_id: n.expected_ship_date for n in notices(uow, NotificationType.BACKORDER_CONFIRMED)}
+    assert confirmed == {f"O-{i}": dt.date(2026, 2, 23) if i < 3 else dt.date(2026, 3, 8) for i in range(6)}
+
+    run(uow, "backorder.RestockExpected", restock("PO-1", 0, dt.date(2026, 2, 20), "2026-02-01T01:00"))
+    changed = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
+    assert sorted(n.order_id for n in changed) == ["O-0", "O-1", "O-2"]  # the others keep their date
+    assert {n.expected_ship_date for n in changed} == {dt.date(2026, 3, 8)}
+    run(uow, "backorder.RestockExpected", restock("PO-1", 0, dt.date(2026, 2, 20), "2026-02-01T02:00"))
+    assert len(notices(uow, NotificationType.BACKORDER_ETA_CHANGED)) == 3  # nothing new: no second notice
+
+
+def test_status_updates_are_sent_once_per_step() -> None:
+    uow = FakeUnitOfWork()
+    uow.lock_stock(["SKU"])
+    run(uow, "backorder.OrderCreated", factories.order("O", "2026-02-01T12:00", [("SKU", 1)]))
+    for day in (3, 7, 7, 8, 14, 14, 21):
+        sweep(uow, SHOP, NOW + dt.timedelta(days=day))
+    updates = notices(uow, NotificationType.BACKORDER_STATUS_UPDATE)
+    assert [n.reason.split(":")[0] for n in updates if n.reason] == ["day 7", "day 14", "day 21"]
