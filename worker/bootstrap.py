@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
@@ -16,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from worker.adapters import postgres
 from worker.adapters.avro import AvroCodec, EventSerializer
+from worker.adapters.http import HttpEndpoints
 from worker.adapters.kafka import consumer_config, producer_config
 from worker.adapters.metrics import Metrics
 from worker.adapters.relay import OutboxRelay
@@ -88,9 +90,6 @@ def run_worker(settings: Settings) -> None:
                 return postgres.state_figures(conn)
 
         metrics.watch_state(read_state)
-        server = metrics.serve(settings.metrics_host, settings.metrics_port)
-        resources.callback(server.shutdown)
-        log.info("metrics_listening", host=settings.metrics_host, port=server.server_port)
 
         stop_relay = threading.Event()
         relay: OutboxRelay | None = None
@@ -174,6 +173,29 @@ def run_worker(settings: Settings) -> None:
             on_store_retry=metrics.database_retries.inc,
             on_committed=relay.wake.set if relay is not None else None,
             on_rebalance=lambda kind: metrics.rebalances.labels(kind).inc(),
+        )
+
+        def live() -> tuple[bool, str]:
+            idle = time.monotonic() - loop.last_poll_monotonic
+            return idle < settings.liveness_seconds, f"last poll {idle:.1f}s ago"
+
+        def ready() -> tuple[bool, str]:
+            try:
+                with pool.connection(timeout=1.0) as conn:
+                    conn.execute("SELECT 1")
+            except Exception as exc:  # any failure means: not ready
+                return False, f"database: {type(exc).__name__}"
+            if not loop.assigned:
+                return False, "no partitions assigned"
+            return True, f"{len(loop.assigned)} partitions assigned"
+
+        endpoints = HttpEndpoints(
+            settings.metrics_host, settings.metrics_port, metrics.registry, live=live, ready=ready
+        )
+        endpoints.start()
+        resources.callback(endpoints.stop)
+        log.info(
+            "http_listening", host=settings.metrics_host, port=endpoints.port, paths=["/metrics", "/healthz", "/readyz"]
         )
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:

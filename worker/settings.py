@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     shutdown_timeout_seconds: PositiveFloat = 30.0
+    liveness_seconds: PositiveFloat = 120.0  # /healthz fails when the consume loop has not polled for this long
 
     @field_validator("priority_ranks", "status_update_days", mode="before")
     @classmethod

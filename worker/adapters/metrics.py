@@ -8,7 +8,6 @@ correct figure whatever happened to the others; aggregate those with max(), not 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import structlog
 from prometheus_client import (
@@ -17,7 +16,6 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -149,7 +147,3 @@ class Metrics:
             self.published.labels(topic).inc(count)
         if failures:
             self.publish_failures.inc(failures)
-
-    def serve(self, host: str, port: int) -> Any:
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server

@@ -55,6 +55,7 @@ class ConsumeLoop:
         self._on_rebalance = on_rebalance
         self._running = True
         self.last_poll_monotonic = time.monotonic()
+        self.assigned: set[tuple[str, int]] = set()
 
     def stop(self) -> None:
         """Ask the loop to finish the current batch and return (safe from a signal handler)."""
@@ -149,11 +150,13 @@ class ConsumeLoop:
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
         if self._on_rebalance is not None:
             self._on_rebalance("assign")
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self.assigned -= {(p.topic, p.partition) for p in partitions}
         self._commit()
         if self._on_rebalance is not None:
             self._on_rebalance("revoke")
