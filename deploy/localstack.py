@@ -235,6 +235,92 @@ class KafkaBroker:
             self._proc = None
 
 
+# ----------------------------------------------------------------------------------------- Prometheus
+
+
+def prometheus_bindir() -> Path:
+    """Where `prometheus` and `promtool` of Debian's `prometheus` package are, fetched once and unpacked
+    into the cache: the package is not installed, so no service is set up or started."""
+    path = shutil.which("promtool")
+    if path is not None and shutil.which("prometheus") is not None:
+        return Path(path).parent
+    target = _cache_dir() / "prometheus"
+    bindir = target / "usr" / "bin"
+    if (bindir / "promtool").exists() and (bindir / "prometheus").exists():
+        return bindir
+    with tempfile.TemporaryDirectory(prefix="backorder-prometheus-") as tmp:
+        fetched = subprocess.run(
+            ["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True, check=False
+        )
+        if fetched.returncode != 0 and os.geteuid() == 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
+            fetched = subprocess.run(
+                ["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True, check=False
+            )
+        debs = list(Path(tmp).glob("prometheus_*.deb"))
+        if fetched.returncode != 0 or not debs:
+            raise StackError(f"could not fetch Debian's prometheus package: {fetched.stderr.strip()}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(target)], check=True)
+    return bindir
+
+
+class PrometheusServer:
+    """A Prometheus server on 127.0.0.1 that scrapes the given targets every second."""
+
+    def __init__(self, workdir: Path, targets: list[str], rules: list[Path] | None = None) -> None:
+        self.workdir = workdir
+        self.targets = targets
+        self.rules = rules or []
+        self.port = free_port()
+        self.log_path = workdir / "prometheus.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        rule_files = "".join(f"  - {rule}\n" for rule in self.rules)
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            + (f"rule_files:\n{rule_files}" if rule_files else "")
+            + "scrape_configs:\n  - job_name: backorder-worker\n    static_configs:\n"
+            + f"      - targets: [{', '.join(repr(t) for t in self.targets)}]\n"
+        )
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    str(prometheus_bindir() / "prometheus"),
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise StackError(f"Prometheus exited with {self._proc.returncode}:\n{_log_tail(self.log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise StackError(f"Prometheus did not listen within 60s:\n{_log_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc)
+            self._proc = None
+
+
 # ----------------------------------------------------------------------------------------- PostgreSQL
 
 

@@ -90,6 +90,7 @@ def run_worker(settings: Settings) -> None:
                 return postgres.state_figures(conn)
 
         metrics.watch_state(read_state)
+        metrics.watch_pool(pool.get_stats)
 
         stop_relay = threading.Event()
         relay: OutboxRelay | None = None
@@ -147,7 +148,14 @@ def run_worker(settings: Settings) -> None:
 
             resources.callback(stop_sweeper)
 
-        consumer = Consumer({**consumer_config(settings), "error_cb": _kafka_error, "logger": KAFKA_LOG})
+        consumer = Consumer(
+            {
+                **consumer_config(settings),
+                "error_cb": _kafka_error,
+                "logger": KAFKA_LOG,
+                "stats_cb": metrics.consumer_statistics,
+            }
+        )
         resources.callback(consumer.close)
         expected = settings.inbound_topics
 

@@ -20,6 +20,7 @@ from worker.domain.model import (
     LineStatus,
     Order,
     OrderLineState,
+    OrderOutcome,
     SplitPreference,
     StockReceipt,
 )
@@ -41,6 +42,7 @@ class FakeState:
     lateness: dict[str, list[int]] = field(default_factory=dict)
     told: dict[str, dt.date | None] = field(default_factory=dict)
     updates: set[tuple[str, int]] = field(default_factory=set)
+    outcomes: dict[str, OrderOutcome] = field(default_factory=dict)
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
 
@@ -107,6 +109,9 @@ class FakeUnitOfWork:
                 cancelled=0,
                 status=LineStatus.BACKORDERED,
             )
+
+    def record_outcome(self, order_id: str, outcome: OrderOutcome, backordered_lines: Iterable[str]) -> None:
+        self.state.outcomes[order_id] = outcome
 
     def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
         wanted = set(order_ids)

@@ -23,6 +23,7 @@ def consumer_config(settings: Settings) -> KafkaConfig:
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
+        "statistics.interval.ms": 15000,  # consumer lag per partition, for the metrics
         **settings.kafka_config,
         **settings.kafka_consumer_config,
     }

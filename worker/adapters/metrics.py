@@ -7,20 +7,23 @@ correct figure whatever happened to the others; aggregate those with max(), not 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from worker.adapters.postgres import StateFigures
+from worker.domain.model import CancelReason, OrderOutcome
 from worker.service.batch import MessageResult
 from worker.service.handlers import Outcome
 
@@ -74,11 +77,62 @@ class _StateCollector(Collector):
         yield CounterMetricFamily(
             "backorder_units_rejected", "Units refused by backorder policy, all time", value=figures.units_rejected
         )
+        orders = CounterMetricFamily(
+            "backorder_orders", "Orders placed, by how they fared when placed", labels=["outcome"]
+        )
+        for outcome in OrderOutcome:
+            orders.add_metric([outcome.value], figures.orders_by_outcome.get(outcome.value, 0))
+        yield orders
+        yield CounterMetricFamily(
+            "backorder_backordered_lines",
+            "Order lines that had to wait for stock when placed",
+            value=figures.backordered_lines,
+        )
+        yield GaugeMetricFamily(
+            "backorder_open_orders", "Orders with lines waiting for stock", value=figures.open_backorder_orders
+        )
+        value = GaugeMetricFamily(
+            "backorder_open_value_minor",
+            "Value of the units waiting for stock, in the currency's minor unit",
+            labels=["currency"],
+        )
+        for currency, amount in sorted(figures.open_value_minor_by_currency.items()):
+            value.add_metric([currency], amount)
+        yield value
+        yield GaugeMetricFamily(
+            "backorder_oldest_open_age_seconds",
+            "Age of the oldest order line waiting for stock",
+            value=figures.oldest_open_age_seconds,
+        )
+        yield GaugeMetricFamily(
+            "backorder_open_lines_expected_within_7_days",
+            "Waiting order lines expected to ship within 7 days",
+            value=figures.open_lines_expected_within_7_days,
+        )
+        for name, help_text, histogram in (
+            (
+                "backorder_fill_to_allocation_seconds",
+                "From order to every unit set aside, for lines that waited",
+                figures.fill_to_allocation,
+            ),
+            (
+                "backorder_fill_to_shipment_seconds",
+                "From order to shipped, for lines that waited",
+                figures.fill_to_shipment,
+            ),
+        ):
+            family = HistogramMetricFamily(name, help_text)
+            family.add_metric(
+                [],
+                [(f"{b:.1f}", c) for b, c in histogram.buckets] + [("+Inf", histogram.count)],
+                histogram.total_seconds,
+            )
+            yield family
         cancelled = CounterMetricFamily(
             "backorder_cancelled_lines", "Order lines cancelled, by reason", labels=["reason"]
         )
-        for reason, count in sorted(figures.cancelled_lines_by_reason.items()):
-            cancelled.add_metric([reason], count)
+        for reason in CancelReason:  # every reason from the start, so that rates see the first one
+            cancelled.add_metric([reason.value], figures.cancelled_lines_by_reason.get(reason.value, 0))
         yield cancelled
 
 
@@ -127,9 +181,42 @@ class Metrics:
             "Outbox events Kafka did not acknowledge (retried later)",
             registry=self.registry,
         )
+        self.consumer_lag = Gauge(
+            "backorder_consumer_lag_messages",
+            "Messages behind the end of each partition",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.publish_delay = Histogram(
+            "backorder_outbox_publish_delay_seconds",
+            "From the decision (outbox row written) to Kafka's acknowledgement",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.rebalances = Counter(
             "backorder_rebalances", "Partition assignments and revocations", ["kind"], registry=self.registry
         )
+
+    def consumer_statistics(self, stats_json: str) -> None:
+        """librdkafka's statistics callback: the consumer lag of each assigned partition."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        for topic, data in stats.get("topics", {}).items():
+            for partition, p in data.get("partitions", {}).items():
+                lag = p.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    self.consumer_lag.labels(topic, partition).set(lag)
+
+    def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
+        def in_use() -> float:
+            s = stats()
+            return float(s.get("pool_size", 0) - s.get("pool_available", 0))
+
+        Gauge(
+            "backorder_db_connections_in_use", "Database connections checked out of the pool", registry=self.registry
+        ).set_function(in_use)
 
     def watch_state(self, read: Callable[[], StateFigures]) -> None:
         self.registry.register(_StateCollector(read))
@@ -142,8 +229,10 @@ class Metrics:
             if result.outcome is Outcome.DEAD_LETTERED:
                 self.dead_letters.labels(result.message.topic, type(result.error).__name__).inc()
 
-    def outbox_published(self, per_topic: dict[str, int], failures: int) -> None:
+    def outbox_published(self, per_topic: dict[str, int], failures: int, delays: Sequence[float] = ()) -> None:
         for topic, count in per_topic.items():
             self.published.labels(topic).inc(count)
+        for delay in delays:
+            self.publish_delay.observe(delay)
         if failures:
             self.publish_failures.inc(failures)

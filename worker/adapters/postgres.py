@@ -30,6 +30,7 @@ from worker.domain.model import (
     LineStatus,
     Order,
     OrderLineState,
+    OrderOutcome,
     PaymentTiming,
     ShippingService,
     SplitPreference,
@@ -273,6 +274,13 @@ class PostgresUnitOfWork:
                 ],
             )
 
+    def record_outcome(self, order_id: str, outcome: OrderOutcome, backordered_lines: Iterable[str]) -> None:
+        self._conn.execute("UPDATE customer_order SET outcome = %s WHERE order_id = %s", (outcome, order_id))
+        self._conn.execute(
+            "UPDATE order_line SET backordered = true WHERE order_id = %s AND line_id = ANY(%s)",
+            (order_id, list(backordered_lines)),
+        )
+
     def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
         ids = sorted(set(order_ids))
         if not ids:
@@ -420,11 +428,14 @@ class PostgresUnitOfWork:
                    status = f.status,
                    status_reason = CASE WHEN f.status IN ('REJECTED', 'CANCELLED') THEN l.status_reason
                                         ELSE f.reason END,
+                   filled_at = CASE WHEN f.status <> ALL(%s) THEN coalesce(l.filled_at, %s) ELSE l.filled_at END,
                    updated_at = %s
                FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::text[])
                     AS f(order_id, line_id, allocated, reserved, status, reason)
                WHERE l.order_id = f.order_id AND l.line_id = f.line_id""",
             (
+                _WAITING,
+                at,
                 at,
                 [x.order_id for x in b],
                 [x.line_id for x in b],
@@ -717,6 +728,7 @@ class OutboxRow:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    created_at: dt.datetime
 
 
 def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
@@ -727,12 +739,14 @@ def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
 
 def unpublished(conn: psycopg.Connection[Any], limit: int) -> list[OutboxRow]:
     rows = conn.execute(
-        """SELECT outbox_id, topic, message_key, message_value, header_names, header_values
+        """SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at
            FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT %s""",
         (limit,),
     ).fetchall()
     return [
-        OutboxRow(r[0], r[1], _bytes(r[2]), _bytes(r[3]), [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)])
+        OutboxRow(
+            r[0], r[1], _bytes(r[2]), _bytes(r[3]), [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)], r[6]
+        )
         for r in rows
     ]
 
@@ -765,6 +779,43 @@ class StateFigures:
     units_reserved: int
     units_rejected: int
     cancelled_lines_by_reason: dict[str, int]
+    orders_by_outcome: dict[str, int]
+    backordered_lines: int
+    open_backorder_orders: int
+    open_value_minor_by_currency: dict[str, int]
+    oldest_open_age_seconds: float
+    open_lines_expected_within_7_days: int
+    fill_to_allocation: Histogram
+    fill_to_shipment: Histogram
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative counts at each bucket's upper bound (seconds), the sum and the count."""
+
+    buckets: list[tuple[float, int]]
+    total_seconds: float
+    count: int
+
+
+FILL_BUCKETS_SECONDS = tuple(
+    float(h * 3600) for h in (1, 6, 12, 24, 48, 72, 120, 168, 240, 336, 504, 720, 1080, 1440)
+)  # an hour to 60 days
+
+
+def _histogram(conn: psycopg.Connection[Any], seconds_sql: str) -> Histogram:
+    """A histogram of `seconds_sql` (an expression over order_line of backordered lines) in one query."""
+    filters = ", ".join(f"count(*) FILTER (WHERE d <= {bound})" for bound in FILL_BUCKETS_SECONDS)
+    row = conn.execute(
+        f"""SELECT {filters}, coalesce(sum(d), 0), count(*)
+            FROM (SELECT {seconds_sql} AS d FROM order_line WHERE backordered) AS durations
+            WHERE d IS NOT NULL"""
+    ).fetchone()
+    assert row is not None
+    n = len(FILL_BUCKETS_SECONDS)
+    return Histogram(
+        list(zip(FILL_BUCKETS_SECONDS, (int(c) for c in row[:n]), strict=True)), float(row[n]), int(row[n + 1])
+    )
 
 
 def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
@@ -785,6 +836,24 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
     cancelled = conn.execute(
         "SELECT cancel_reason, count(*) FROM order_line WHERE cancel_reason IS NOT NULL GROUP BY cancel_reason"
     ).fetchall()
+    [backordered_lines] = conn.execute("SELECT count(*) FROM order_line WHERE backordered").fetchone() or (0,)
+    outcomes = conn.execute(
+        "SELECT outcome, count(*) FROM customer_order WHERE outcome IS NOT NULL GROUP BY outcome"
+    ).fetchall()
+    backlog = conn.execute(
+        """SELECT count(DISTINCT l.order_id), coalesce(extract(epoch FROM now() - min(l.placed_at)), 0),
+                  count(*) FILTER (WHERE l.expected_ship_date <= current_date + 7)
+           FROM order_line l WHERE l.status = ANY(%s)""",
+        (_WAITING,),
+    ).fetchone()
+    values = conn.execute(
+        """SELECT o.currency, sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                                   - l.quantity_cancelled) * l.unit_price_minor)
+           FROM order_line l JOIN customer_order o USING (order_id)
+           WHERE l.status = ANY(%s) GROUP BY o.currency""",
+        (_WAITING,),
+    ).fetchall()
+    assert backlog is not None
     assert outbox is not None and lines is not None
     return StateFigures(
         outbox_backlog=int(outbox[0]),
@@ -796,4 +865,58 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
         units_rejected=int(lines[4]),
         units_received=int(lines[5]),
         cancelled_lines_by_reason={reason: int(count) for reason, count in cancelled},
+        orders_by_outcome={outcome: int(count) for outcome, count in outcomes},
+        backordered_lines=int(backordered_lines),
+        open_backorder_orders=int(backlog[0]),
+        oldest_open_age_seconds=float(backlog[1]),
+        open_lines_expected_within_7_days=int(backlog[2]),
+        open_value_minor_by_currency={currency: int(value) for currency, value in values},
+        fill_to_allocation=_histogram(conn, "extract(epoch FROM filled_at - placed_at)"),
+        fill_to_shipment=_histogram(conn, "extract(epoch FROM shipped_at - placed_at)"),
     )
+
+
+@dataclass(frozen=True)
+class SkuBacklog:
+    sku: str
+    orders: int
+    lines: int
+    units: int
+    value_minor: int
+    currency: str
+    oldest_days: int
+    available: int
+    next_restock: dt.date | None
+    next_restock_units: int
+
+
+def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
+    """The open backlog per SKU (and currency), largest value first."""
+    rows = conn.execute(
+        """SELECT l.sku, count(DISTINCT l.order_id), count(*),
+                  sum(l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                      - l.quantity_cancelled),
+                  sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                       - l.quantity_cancelled) * l.unit_price_minor),
+                  o.currency, extract(day FROM now() - min(l.placed_at))::int,
+                  coalesce(max(s.available), 0),
+                  (SELECT min(expected_date) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0),
+                  (SELECT coalesce(sum(quantity), 0) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0)
+           FROM order_line l JOIN customer_order o USING (order_id) LEFT JOIN stock_level s ON s.sku = l.sku
+           WHERE l.status = ANY(%s)
+           GROUP BY l.sku, o.currency ORDER BY 5 DESC, 1""",
+        (_WAITING,),
+    ).fetchall()
+    return [
+        SkuBacklog(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), r[8], int(r[9]))
+        for r in rows
+    ]
+
+
+def cancelled_backorders(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(lines that waited for stock, of them cancelled): the cancel rate."""
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE quantity_cancelled > 0) FROM order_line WHERE backordered"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

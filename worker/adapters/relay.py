@@ -22,7 +22,7 @@ from worker.adapters import postgres
 
 log = structlog.get_logger(__name__)
 
-PublishedCallback = Callable[[dict[str, int], int], None]
+PublishedCallback = Callable[[dict[str, int], int, list[float]], None]
 
 
 class OutboxRelay:
@@ -57,6 +57,7 @@ class OutboxRelay:
                 self._purge(conn)
                 return 0
             delivered: list[int] = []
+            written = {row.outbox_id: row.created_at for row in rows}
             failed: dict[str, int] = {}
             per_topic: dict[str, int] = {}
 
@@ -75,7 +76,9 @@ class OutboxRelay:
         if failed or pending:
             log.warning("outbox_publish_incomplete", delivered=len(delivered), failed=failed, pending=pending)
         if self._on_published is not None:
-            self._on_published(per_topic, sum(failed.values()) + pending)
+            acknowledged = dt.datetime.now(dt.UTC)
+            delays = [(acknowledged - written[i]).total_seconds() for i in delivered]
+            self._on_published(per_topic, sum(failed.values()) + pending, delays)
         return len(delivered)
 
     def _produce(self, row: postgres.OutboxRow, report: Callable[[int, KafkaError | None, Message], None]) -> None:

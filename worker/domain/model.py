@@ -140,6 +140,25 @@ class Backorder:
         return (self.placed_at, self.order_id, self.line_id)
 
 
+class OrderOutcome(StrEnum):
+    """How an order fared when it was placed; the backorder rate is the share of the backordered ones."""
+
+    IN_STOCK = "IN_STOCK"
+    PARTLY_BACKORDERED = "PARTLY_BACKORDERED"
+    FULLY_BACKORDERED = "FULLY_BACKORDERED"
+    REJECTED = "REJECTED"
+
+    @classmethod
+    def of(cls, lines: list[OrderLineState]) -> OrderOutcome:
+        if any(line.rejected for line in lines):
+            return cls.REJECTED
+        if not any(line.waiting for line in lines):
+            return cls.IN_STOCK
+        if any(line.allocated + line.reserved for line in lines):
+            return cls.PARTLY_BACKORDERED
+        return cls.FULLY_BACKORDERED
+
+
 @dataclass(frozen=True)
 class OrderLineState:
     """Everything known about one order line: what was ordered and where its units are."""

@@ -12,6 +12,7 @@ import psycopg
 import structlog
 from pydantic import ValidationError
 
+from worker.adapters.postgres import StateFigures
 from worker.entrypoints.logs import configure_logging
 from worker.service.ports import Decision
 from worker.settings import Settings
@@ -157,6 +158,68 @@ def _preview(_settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(settings: Settings, _args: argparse.Namespace) -> int:
+    from worker.adapters import postgres
+
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        figures = postgres.state_figures(conn)
+        skus = postgres.sku_backlog(conn)
+        backordered_lines, cancelled_lines = postgres.cancelled_backorders(conn)
+    for line in tracking_view(figures, backordered_lines, cancelled_lines):
+        print(line)
+    print()
+    _table(
+        ["sku", "orders", "lines", "units", "value", "oldest", "on hand", "next restock"],
+        [
+            (
+                s.sku,
+                str(s.orders),
+                str(s.lines),
+                str(s.units),
+                f"{s.value_minor / 100:,.2f} {s.currency}",
+                f"{s.oldest_days}d",
+                str(s.available),
+                f"{s.next_restock_units} on {s.next_restock.isoformat()}" if s.next_restock else "none expected",
+            )
+            for s in skus
+        ],
+    )
+    return 0
+
+
+def tracking_view(figures: StateFigures, backordered_lines: int, cancelled_lines: int) -> list[str]:
+    """The business documents' tracking view, with the targets they set."""
+    orders = sum(figures.orders_by_outcome.values())
+    backordered = figures.orders_by_outcome.get("PARTLY_BACKORDERED", 0) + figures.orders_by_outcome.get(
+        "FULLY_BACKORDERED", 0
+    )
+    fills = figures.fill_to_shipment
+    within = (
+        figures.open_lines_expected_within_7_days / figures.open_backorder_lines
+        if figures.open_backorder_lines
+        else 0.0
+    )
+    value = (
+        ", ".join(
+            f"{amount / 100:,.2f} {currency}"
+            for currency, amount in sorted(figures.open_value_minor_by_currency.items())
+        )
+        or "0"
+    )
+    return [
+        f"current backorders: {figures.open_backorder_orders} orders, {figures.open_backorder_lines} lines, "
+        f"{figures.open_backorder_units} units",
+        f"oldest: {int(figures.oldest_open_age_seconds // 86400)} days",
+        f"expected fulfillment: {within:.0%} within 7 days",
+        f"total value: {value}",
+        f"backorder rate: {backordered / orders if orders else 0:.1%} of {orders} orders (target < 5%)",
+        f"fill time: {fills.total_seconds / fills.count / 86400 if fills.count else 0:.1f} days on average over "
+        f"{fills.count} shipped backorders (target < 14)",
+        f"cancel rate: {cancelled_lines / backordered_lines if backordered_lines else 0:.1%} of "
+        f"{backordered_lines} backordered lines (target < 20%)",
+    ]
+
+
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     print(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
     return 0
@@ -196,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TIMESTAMP",
         help="ISO 8601 time to sweep as of (UTC if no zone); default now",
     )
+    sub.add_parser("report", help="print the backlog: the tracking view and a table per SKU")
     preview = sub.add_parser("preview", help="render a sample customer notification as the plain-text e-mail")
     preview.add_argument(
         "type",
@@ -227,5 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         "decisions": _decisions,
         "sweep": _sweep,
         "preview": _preview,
+        "report": _report,
     }
     return commands[args.command](settings, args)

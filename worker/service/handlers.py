@@ -29,7 +29,15 @@ from worker.domain.events import (
     OutboundEvent,
     event_id,
 )
-from worker.domain.model import Cancellation, CancelReason, LineStatus, OrderLineState, PaymentTiming, SplitPreference
+from worker.domain.model import (
+    Cancellation,
+    CancelReason,
+    LineStatus,
+    OrderLineState,
+    OrderOutcome,
+    PaymentTiming,
+    SplitPreference,
+)
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy, Verdict, judge_shortfall
 from worker.domain.priority import in_priority_order, priority
 from worker.service.commands import (
@@ -95,6 +103,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     others = [f for f in fills if f.backorder.order_id != order.order_id]
     states = _by_order(uow.order_lines({order.order_id} | {f.backorder.order_id for f in fills}))
     lines = states[order.order_id]
+    uow.record_outcome(order.order_id, OrderOutcome.of(lines), [line.line_id for line in lines if line.waiting])
     if any(f.ships_now for f in own):
         events.append(_fulfillment(cause, command.event_id, lines, own, uow, shop, now))
     events += [_status(cause, line, now) for line in lines if line.status is not LineStatus.CANCELLED]

@@ -18,6 +18,7 @@ from worker.domain.model import (
     CancelReason,
     Order,
     OrderLineState,
+    OrderOutcome,
     SplitPreference,
     StockReceipt,
 )
@@ -90,6 +91,10 @@ class UnitOfWork(Protocol):
 
     def add_order(self, order: Order, event_id: str, splits: Mapping[str, SplitPreference]) -> None:
         """Record the order with every line waiting (nothing allocated yet); splits by line_id."""
+        ...
+
+    def record_outcome(self, order_id: str, outcome: OrderOutcome, backordered_lines: Iterable[str]) -> None:
+        """How the order fared when placed, and which of its lines had to wait (for the fill time)."""
         ...
 
     def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
