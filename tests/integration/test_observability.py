@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 import urllib.parse
@@ -126,4 +127,8 @@ def test_health_and_readiness_endpoints(deployment: Deployment) -> None:
     assert status("/healthz")[0] == 200
     wait_for("partitions", lambda: status("/readyz")[0] == 200)
     assert "partitions assigned" in status("/readyz")[1]
-    assert "backorder_batch_duration_seconds_count" in status("/metrics")[1]
+    metrics = status("/metrics")[1]
+    documented = re.findall(r"^\| `(backorder_[a-z0-9_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert len(documented) > 20
+    for name in documented:  # every metric the README promises is served (TYPE lines come even before samples)
+        assert f"# TYPE {name} " in metrics, name

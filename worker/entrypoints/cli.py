@@ -225,7 +225,7 @@ def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backorder-worker",
         description="Keeps the backorder queue of an "
@@ -273,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             "BACKORDER_REJECTED",
         ],
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     try:
