@@ -105,6 +105,7 @@ def test_prometheus_reads_the_rates_and_the_backlog_of_a_known_scenario(
     assert query(prom, 'max(backorder_open_value_minor{currency="USD"})') == 12500
     assert query(prom, "max(backorder_open_orders)") == 1
     assert query(prom, 'sum(backorder_events_consumed_total{outcome="processed"})') == 7
+    assert (query(prom, "sum(backorder_end_to_end_latency_seconds_count)") or 0) > 0
 
     report = deployment.cli("report")
     assert "current backorders: 1 orders, 1 lines, 5 units" in report

@@ -55,6 +55,9 @@ class FakeUnitOfWork:
         wanted = set(order_ids)
         return {line.sku for line in self.state.lines.values() if line.order_id in wanted}
 
+    def caused_by(self, written_at: dt.datetime | None) -> None:
+        pass
+
     def lock_stock(self, skus: Iterable[str]) -> None:
         for sku in skus:
             self.state.available.setdefault(sku, 0)

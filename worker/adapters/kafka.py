@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -93,4 +94,12 @@ def to_inbound(message: Message) -> InboundMessage:
         key=message.key(),
         value=message.value(),
         headers=tuple((name, value or b"") for name, value in headers),
+        written_at=_written_at(message),
     )
+
+
+def _written_at(message: Message) -> dt.datetime | None:
+    kind, millis = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or millis <= 0:
+        return None
+    return dt.datetime.fromtimestamp(millis / 1000, dt.UTC)

@@ -195,6 +195,12 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.end_to_end = Histogram(
+            "backorder_end_to_end_latency_seconds",
+            "From the inbound event entering Kafka to the outbound event it caused being acknowledged",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.rebalances = Counter(
             "backorder_rebalances", "Partition assignments and revocations", ["kind"], registry=self.registry
         )
@@ -231,10 +237,14 @@ class Metrics:
             if result.outcome is Outcome.DEAD_LETTERED:
                 self.dead_letters.labels(result.message.topic, type(result.error).__name__).inc()
 
-    def outbox_published(self, per_topic: dict[str, int], failures: int, delays: Sequence[float] = ()) -> None:
+    def outbox_published(
+        self, per_topic: dict[str, int], failures: int, delays: Sequence[float] = (), latencies: Sequence[float] = ()
+    ) -> None:
         for topic, count in per_topic.items():
             self.published.labels(topic).inc(count)
         for delay in delays:
             self.publish_delay.observe(delay)
+        for latency in latencies:
+            self.end_to_end.observe(latency)
         if failures:
             self.publish_failures.inc(failures)

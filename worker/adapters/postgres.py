@@ -132,6 +132,10 @@ class PostgresUnitOfWork:
         self._serialize = serialize
         self._dead_letter_topic = dead_letter_topic
         self._available: dict[str, int] = {}
+        self._caused_at: dt.datetime | None = None
+
+    def caused_by(self, written_at: dt.datetime | None) -> None:
+        self._caused_at = written_at
 
     def lock_stock(self, skus: Iterable[str]) -> None:
         ordered = sorted(set(skus))
@@ -689,10 +693,11 @@ class PostgresUnitOfWork:
             return
         with self._conn.cursor() as cur:
             cur.executemany(
-                """INSERT INTO outbox (event_id, topic, message_key, message_value, header_names, header_values)
-                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING""",
+                """INSERT INTO outbox (event_id, topic, message_key, message_value, header_names, header_values,
+                       source_time)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING""",
                 [
-                    (eid, topic, key, value, [name for name, _ in headers], [v for _, v in headers])
+                    (eid, topic, key, value, [name for name, _ in headers], [v for _, v in headers], self._caused_at)
                     for eid, topic, key, value, headers in rows
                 ],
             )
@@ -729,6 +734,7 @@ class OutboxRow:
     value: bytes | None
     headers: list[tuple[str, bytes]]
     created_at: dt.datetime
+    source_time: dt.datetime | None
 
 
 def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
@@ -739,13 +745,13 @@ def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
 
 def unpublished(conn: psycopg.Connection[Any], limit: int) -> list[OutboxRow]:
     rows = conn.execute(
-        """SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at
+        """SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at, source_time
            FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT %s""",
         (limit,),
     ).fetchall()
     return [
         OutboxRow(
-            r[0], r[1], _bytes(r[2]), _bytes(r[3]), [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)], r[6]
+            r[0], r[1], _bytes(r[2]), _bytes(r[3]), [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)], r[6], r[7]
         )
         for r in rows
     ]

@@ -22,7 +22,8 @@ from worker.adapters import postgres
 
 log = structlog.get_logger(__name__)
 
-PublishedCallback = Callable[[dict[str, int], int, list[float]], None]
+# (acknowledged per topic, not acknowledged, seconds from decision to ack, seconds from inbound event to ack)
+PublishedCallback = Callable[[dict[str, int], int, list[float], list[float]], None]
 
 
 class OutboxRelay:
@@ -58,6 +59,7 @@ class OutboxRelay:
                 return 0
             delivered: list[int] = []
             written = {row.outbox_id: row.created_at for row in rows}
+            caused = {row.outbox_id: row.source_time for row in rows if row.source_time is not None}
             failed: dict[str, int] = {}
             per_topic: dict[str, int] = {}
 
@@ -78,7 +80,8 @@ class OutboxRelay:
         if self._on_published is not None:
             acknowledged = dt.datetime.now(dt.UTC)
             delays = [(acknowledged - written[i]).total_seconds() for i in delivered]
-            self._on_published(per_topic, sum(failed.values()) + pending, delays)
+            latencies = [(acknowledged - caused[i]).total_seconds() for i in delivered if i in caused]
+            self._on_published(per_topic, sum(failed.values()) + pending, delays, latencies)
         return len(delivered)
 
     def _produce(self, row: postgres.OutboxRow, report: Callable[[int, KafkaError | None, Message], None]) -> None:

@@ -49,6 +49,7 @@ def handle_batch(
     with unit_of_work() as uow:
         uow.lock_stock(sorted(skus | uow.skus_of_orders(orders)))
         for message, item in zip(messages, parsed, strict=True):
+            uow.caused_by(message.written_at)
             if not isinstance(item, RejectedMessage):
                 try:
                     with uow.savepoint():

@@ -6,6 +6,7 @@ A refused message goes to the dead-letter topic with the class name of its reaso
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 
@@ -17,6 +18,7 @@ class InboundMessage:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+    written_at: dt.datetime | None = None  # the Kafka timestamp: when the event entered the log
 
 
 class RejectedMessage(Exception):

@@ -69,6 +69,10 @@ class UnitOfWork(Protocol):
         """Lock the stock rows of these SKUs (in a fixed order, so concurrent workers cannot deadlock)."""
         ...
 
+    def caused_by(self, written_at: dt.datetime | None) -> None:
+        """When the inbound event being handled entered Kafka: stamped on what it emits (end-to-end latency)."""
+        ...
+
     def savepoint(self) -> AbstractContextManager[None]:
         """Undo one event's writes if it fails; turns data errors into UnprocessableEvent."""
         ...
