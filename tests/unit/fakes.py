@@ -215,6 +215,9 @@ class FakeUnitOfWork:
                 changed.add(line.order_id)
         return changed
 
+    def has_expected_dates(self, sku: str) -> bool:
+        return any(line.sku == sku and line.waiting and line.expected_ship_date for line in self.state.lines.values())
+
     def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]:
         return {order_id: self.state.told.get(order_id) for order_id in order_ids}
 

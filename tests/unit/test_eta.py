@@ -130,3 +130,15 @@ def test_status_updates_are_sent_once_per_step() -> None:
         sweep(uow, SHOP, NOW + dt.timedelta(days=day))
     updates = notices(uow, NotificationType.BACKORDER_STATUS_UPDATE)
     assert [n.reason.split(":")[0] for n in updates if n.reason] == ["day 7", "day 14", "day 21"]
+
+
+def test_a_new_lead_time_moves_the_dates_of_what_waits_beyond_the_restocks() -> None:
+    uow = FakeUnitOfWork()
+    uow.lock_stock(["SKU"])
+    run(uow, "backorder.ProductPolicy", factories.policy("SKU", "2026-01-01", lead_time_days=10))
+    run(uow, "backorder.OrderCreated", factories.order("O", "2026-01-31", [("SKU", 1)]))
+    [confirmed] = notices(uow, NotificationType.BACKORDER_CONFIRMED)
+    assert confirmed.expected_ship_date == dt.date(2026, 2, 12)  # today + 10 days lead time + 1 handling
+    run(uow, "backorder.ProductPolicy", factories.policy("SKU", "2026-01-02", lead_time_days=30))
+    [changed] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
+    assert changed.expected_ship_date == dt.date(2026, 3, 4)

@@ -133,6 +133,7 @@ class PostgresUnitOfWork:
         self._dead_letter_topic = dead_letter_topic
         self._available: dict[str, int] = {}
         self._caused_at: dt.datetime | None = None
+        self._policies: dict[str, ProductPolicy | None] = {}
 
     def caused_by(self, written_at: dt.datetime | None) -> None:
         self._caused_at = written_at
@@ -153,17 +154,18 @@ class PostgresUnitOfWork:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        before = dict(self._available)
+        # What this object remembers of the database must roll back with it.
+        available, policies = dict(self._available), dict(self._policies)
         try:
             with self._conn.transaction():
                 yield
         except UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
         except psycopg.Error as exc:
-            self._available = before
+            self._available, self._policies = available, policies
             raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
-            self._available = before
+            self._available, self._policies = available, policies
             raise
 
     def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
@@ -183,6 +185,12 @@ class PostgresUnitOfWork:
     # ---- products
 
     def policy(self, sku: str) -> ProductPolicy | None:
+        # Asked several times per event; a policy changes only through set_policy in this same transaction.
+        if sku not in self._policies:
+            self._policies[sku] = self._read_policy(sku)
+        return self._policies[sku]
+
+    def _read_policy(self, sku: str) -> ProductPolicy | None:
         row = self._conn.execute(
             """SELECT backorders_allowed, discontinued, max_backorder_qty_per_customer, payment_timing, default_split,
                       lead_time_days, stale_after_days
@@ -202,6 +210,7 @@ class PostgresUnitOfWork:
         )
 
     def set_policy(self, sku: str, policy: ProductPolicy, decided_at: dt.datetime, event_id: str) -> bool:
+        self._policies.pop(sku, None)
         # The topic is compacted and may be replayed: a policy older than the one kept changes nothing.
         kept = self._conn.execute(
             """INSERT INTO product_policy AS p (sku, backorders_allowed, discontinued, max_backorder_qty_per_customer,
@@ -589,6 +598,14 @@ class PostgresUnitOfWork:
             ([k[0] for k in keys], [k[1] for k in keys], [etas[k].date for k in keys], [etas[k].basis for k in keys]),
         ).fetchall()
         return {order_id for order_id, _ in rows}
+
+    def has_expected_dates(self, sku: str) -> bool:
+        row = self._conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM order_line
+                              WHERE sku = %s AND status = ANY(%s) AND expected_ship_date IS NOT NULL)""",
+            (sku, _WAITING),
+        ).fetchone()
+        return bool(row and row[0])
 
     def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]:
         rows = self._conn.execute(

@@ -81,6 +81,10 @@ class SetProductPolicy(_LocksNothing):
     decided_at: dt.datetime
     content_hash: bytes
 
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset({self.sku})
+
 
 @dataclass(frozen=True)
 class ExpectRestock(_LocksNothing):

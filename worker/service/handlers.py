@@ -72,7 +72,7 @@ def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime
         return expect_restock(command, uow, shop, now)
     if isinstance(command, DispatchShipment):
         return dispatch_shipment(command, uow, shop, now)
-    return set_product_policy(command, uow)
+    return set_product_policy(command, uow, shop, now)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -310,10 +310,12 @@ def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[Outboun
     return events
 
 
-def set_product_policy(command: SetProductPolicy, uow: UnitOfWork) -> Outcome:
+def set_product_policy(command: SetProductPolicy, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     if not _first_time(uow, "policy", command.event_id, command.event_id, command.content_hash):
         return Outcome.DUPLICATE
     kept = uow.set_policy(command.sku, command.policy, command.decided_at, command.event_id)
+    if kept:  # a new lead time moves the dates of what waits beyond the expected restocks
+        uow.emit(_refresh_etas(uow, [command.sku], f"product-policy/{command.event_id}", shop, now))
     log.info("product_policy", sku=command.sku, kept=kept, **dataclasses.asdict(command.policy))
     return Outcome.PROCESSED
 
@@ -339,11 +341,16 @@ def _judge_shortfalls(
     """Reject what the product's policy does not let wait. The part stock on hand covers is what a dry
     run of the allocation would give each new line; a ship-complete line that cannot wait whole is
     rejected whole."""
+    permissive = policy.backorders_allowed and not policy.discontinued and policy.max_backorder_qty_per_customer is None
+    if permissive and not shop.refuse_without_restock:
+        return {}  # nothing can be refused: no need to work out what would be short
     order = command.order
-    dry = allocate(
-        uow.waiting_lines(sku), uow.available(sku), rules=shop.priority, mode=shop.ship_complete_mode, now=now
-    )
-    got = {f.backorder.line_id: f.quantity for f in dry.fills if f.backorder.order_id == order.order_id}
+    got: dict[str, int] = {}
+    if uow.available(sku) > 0:
+        dry = allocate(
+            uow.waiting_lines(sku), uow.available(sku), rules=shop.priority, mode=shop.ship_complete_mode, now=now
+        )
+        got = {f.backorder.line_id: f.quantity for f in dry.fills if f.backorder.order_id == order.order_id}
     lines = {line.line_id: line for line in uow.order_lines([order.order_id]) if line.sku == sku}
     waiting = uow.customer_waiting(order.customer_id, sku, other_than_order=order.order_id)
     restock_expected = bool(uow.expected_supply(sku)) or policy.lead_time_days is not None
@@ -648,10 +655,13 @@ def _refresh_etas(
     (except the `quiet` orders, which are being told otherwise)."""
     changed: set[str] = set()
     for sku in sorted(set(skus)):
+        supply = uow.expected_supply(sku)
+        lead_time = _policy(uow, shop, sku).lead_time_days
+        if not supply and lead_time is None and uow.available(sku) == 0 and not uow.has_expected_dates(sku):
+            continue  # every waiting line's date is unknown, and is already stored as unknown
         queue = [line for line, _ in in_priority_order(uow.waiting_lines(sku), shop.priority, now)]
         if not queue:
             continue
-        supply = uow.expected_supply(sku)
         lateness = uow.supplier_lateness({r.supplier_id for r in supply})
         margins = {supplier: supplier_margin(days, shop.eta) for supplier, days in lateness.items()}
         etas = expected_ship_dates(
@@ -659,7 +669,7 @@ def _refresh_etas(
             supply,
             on_hand=uow.available(sku),
             margins=margins,
-            lead_time_days=_policy(uow, shop, sku).lead_time_days,
+            lead_time_days=lead_time,
             today=now.date(),
             rules=shop.eta,
         )
