@@ -106,6 +106,25 @@ def test_the_customer_timeline_from_confirmation_to_shipment(deployment: Deploym
     [(status, shipped_at)] = deployment.query("SELECT status, shipped_at FROM order_line WHERE order_id = 'TL-1'")
     assert status == "SHIPPED" and shipped_at is not None
     assert deployment.query("SELECT count(*) FROM expected_restock WHERE quantity > 0") == [(0,)]
+    [(days_late,)] = deployment.query("SELECT days_late FROM supplier_delivery WHERE receipt_id = 'R-TL'")
+    assert days_late == -20  # came 20 days before its expected date: early counts as on time for the margin
+
+    # A shipment the worker never requested is refused, not guessed at.
+    deployment.produce(
+        "shipment-dispatched",
+        {
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": T0,
+            "shipment_id": str(uuid.uuid4()),
+            "order_id": "TL-1",
+            "carrier": "DHL",
+            "tracking_number": "X",
+            "estimated_delivery": None,
+        },
+    )
+    [dead] = deployment.read("dlq", count=1)
+    assert dead.headers["dlq.error.class"] == b"InvalidEvent"
+    assert b"was never requested" in dead.headers["dlq.error.message"]
 
 
 def test_a_stale_backorder_is_cancelled_and_its_units_go_to_the_next_line(deployment: Deployment) -> None:
