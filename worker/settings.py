@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     batch_timeout_seconds: PositiveFloat = 0.5
 
     db_pool_min_size: PositiveInt = 1
-    db_pool_max_size: PositiveInt = 4
+    db_pool_max_size: PositiveInt = 6
     db_retry_initial_seconds: PositiveFloat = 0.5
     db_retry_max_seconds: PositiveFloat = 30.0
 
