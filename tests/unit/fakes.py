@@ -51,6 +51,9 @@ class FakeUnitOfWork:
     def __init__(self, state: FakeState | None = None) -> None:
         self.state = state or FakeState()
 
+    def lock_orders(self, order_ids: Iterable[str]) -> None:
+        pass
+
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         wanted = set(order_ids)
         return {line.sku for line in self.state.lines.values() if line.order_id in wanted}

@@ -12,7 +12,7 @@ from tests.unit.fakes import FakeUnitOfWork
 from tests.unit.test_allocation import backorder
 from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
 from worker.domain.events import CustomerNotification, NotificationType
-from worker.domain.policy import ShopPolicy
+from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.timeline import Cadence
 from worker.service import commands
 from worker.service.handlers import handle, sweep
@@ -142,3 +142,23 @@ def test_a_new_lead_time_moves_the_dates_of_what_waits_beyond_the_restocks() -> 
     run(uow, "backorder.ProductPolicy", factories.policy("SKU", "2026-01-02", lead_time_days=30))
     [changed] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
     assert changed.expected_ship_date == dt.date(2026, 3, 4)
+
+
+def test_a_held_line_does_not_hide_the_date_of_the_rest_of_its_order() -> None:
+    shop = ShopPolicy(eta=RULES, ship_complete_scope=ShipCompleteScope.ORDER)
+    uow = FakeUnitOfWork()
+    uow.lock_stock(["SKU", "HERE"])
+
+    def run_(name: str, record: dict[str, Any]) -> None:
+        command = commands.command_for(name, name, record)
+        handle(command, uow, shop, NOW)
+
+    run_("backorder.InventoryReceived", factories.receipt("R", "HERE", 2))
+    run_(
+        "backorder.OrderCreated",
+        factories.order("O", "2026-01-31", [("SKU", 1), ("HERE", 2)], split_preference="SHIP_COMPLETE"),
+    )
+    assert uow.state.lines[("O", "L2")].held
+    run_("backorder.RestockExpected", restock("PO-1", 5, dt.date(2026, 2, 20)))
+    [changed] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
+    assert changed.expected_ship_date == dt.date(2026, 2, 23)

@@ -19,7 +19,7 @@ from worker.domain.events import (
     FulfillmentRequested,
     NotificationType,
 )
-from worker.domain.model import LineStatus
+from worker.domain.model import LineStatus, OrderOutcome
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
 from worker.service import commands
 from worker.service.handlers import Outcome, handle
@@ -348,3 +348,18 @@ def test_units_are_never_lost_or_created_whatever_happens(
                 )
                 or line.held
             )
+
+
+def test_a_line_named_twice_is_cancelled_once() -> None:
+    uow = world()
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 3)]))
+    run(uow, cancel("1", "L1", "L1"))
+    assert uow.state.lines[("1", "L1")].cancelled == 3
+
+
+def test_an_order_cancelled_before_it_arrived_counts_in_no_outcome() -> None:
+    uow = world()
+    run(uow, cancel("early"))
+    run(uow, factories.order("early", "2026-01-10", [("SKU", 2)]))
+    run(uow, factories.order("normal", "2026-01-10", [("SKU", 2)]))
+    assert uow.state.outcomes == {"normal": OrderOutcome.FULLY_BACKORDERED}

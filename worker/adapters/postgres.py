@@ -46,6 +46,7 @@ Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
 MIGRATION_LOCK = 7_310_001
 RELAY_LOCK = 7_310_002
 SWEEP_LOCK = 7_310_003
+ORDER_LOCK_CLASS = 7310  # pg_advisory_xact_lock(ORDER_LOCK_CLASS, hashtext(order_id)) serialises an order's events
 LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many receipts
 
 _WAITING = sorted(str(s) for s in WAITING)
@@ -240,6 +241,15 @@ class PostgresUnitOfWork:
         return kept is not None
 
     # ---- orders and lines
+
+    def lock_orders(self, order_ids: Iterable[str]) -> None:
+        ordered = sorted(set(order_ids))
+        if ordered:
+            self._conn.execute(
+                """SELECT count(pg_advisory_xact_lock(%s, hashtext(o)))
+                   FROM (SELECT o FROM unnest(%s::text[]) AS o ORDER BY o) AS orders""",
+                (ORDER_LOCK_CLASS, ordered),
+            )
 
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(order_ids))
@@ -473,7 +483,7 @@ class PostgresUnitOfWork:
                 [x.line_id for x in b],
                 [x.sku for x in b],
                 [f.quantity for f in fills],
-                [f.reserved_after for f in fills],
+                [max(0, f.quantity - f.ships_now) for f in fills],
                 [f.ships_now for f in fills],
                 [uuid.UUID(shipment_ids[x.order_id]) if f.ships_now else None for x, f in zip(b, fills, strict=True)],
                 [f.priority.rank for f in fills],

@@ -47,6 +47,7 @@ def handle_batch(
     orders = {order_id for command in commands_ for order_id in command.orders}
     results: list[MessageResult] = []
     with unit_of_work() as uow:
+        uow.lock_orders(orders)  # first the orders, then their SKUs: every batch locks in this order
         uow.lock_stock(sorted(skus | uow.skus_of_orders(orders)))
         for message, item in zip(messages, parsed, strict=True):
             uow.caused_by(message.written_at)

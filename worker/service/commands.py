@@ -36,7 +36,8 @@ class _LocksNothing:
 
     @property
     def orders(self) -> frozenset[str]:
-        """Orders whose SKUs must be locked too (looked up before the locks are taken)."""
+        """Orders the command reads and changes: locked, so that two workers handling events of the same
+        order (an order and its cancellation, on different topics) take turns; their SKUs are locked too."""
         return frozenset()
 
 
@@ -45,6 +46,10 @@ class PlaceOrder(_LocksNothing):
     event_id: str
     order: Order
     content_hash: bytes
+
+    @property
+    def orders(self) -> frozenset[str]:
+        return frozenset({self.order.order_id})
 
     @property
     def skus(self) -> frozenset[str]:
@@ -109,6 +114,10 @@ class DispatchShipment(_LocksNothing):
     estimated_delivery: dt.date | None
     dispatched_at: dt.datetime
     content_hash: bytes
+
+    @property
+    def orders(self) -> frozenset[str]:
+        return frozenset({self.order_id})
 
 
 Command = PlaceOrder | ReceiveStock | CancelOrder | SetProductPolicy | ExpectRestock | DispatchShipment
@@ -198,7 +207,7 @@ def receive_stock(record: Record) -> ReceiveStock:
 
 
 def cancel_order(record: Record) -> CancelOrder:
-    line_ids = tuple(record["line_ids"])
+    line_ids = tuple(dict.fromkeys(record["line_ids"]))  # a line named twice is cancelled once
     if any(not isinstance(line_id, str) or not line_id.strip() for line_id in line_ids):
         raise InvalidEvent(f"line_ids must be non-empty strings, got {list(line_ids)}")
     cancellation = Cancellation(

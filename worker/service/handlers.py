@@ -103,7 +103,8 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     others = [f for f in fills if f.backorder.order_id != order.order_id]
     states = _by_order(uow.order_lines({order.order_id} | {f.backorder.order_id for f in fills}))
     lines = states[order.order_id]
-    uow.record_outcome(order.order_id, OrderOutcome.of(lines), [line.line_id for line in lines if line.waiting])
+    if any(line.status is not LineStatus.CANCELLED for line in lines):  # not cancelled before it arrived
+        uow.record_outcome(order.order_id, OrderOutcome.of(lines), [line.line_id for line in lines if line.waiting])
     if any(f.ships_now for f in own):
         events.append(_fulfillment(cause, command.event_id, lines, own, uow, shop, now))
     events += [_status(cause, line, now) for line in lines if line.status is not LineStatus.CANCELLED]
@@ -244,7 +245,7 @@ def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPoli
                 for line in lines
                 if line.line_id in shipped
             ),
-            cancel_allowed=any(line.open_quantity > 0 for line in lines),
+            cancel_allowed=any(line.waiting for line in lines),
             carrier=command.carrier,
             tracking_number=command.tracking_number,
             estimated_delivery=command.estimated_delivery,
@@ -286,7 +287,7 @@ def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[Outboun
         cancellation = Cancellation(
             order_id, tuple(line.line_id for line in lines), CancelReason.STALE, f"waited more than {days} days", as_of
         )
-        cause = f"stale/{order_id}/{as_of.date().isoformat()}"
+        cause = f"stale/{order_id}/{as_of.isoformat()}"  # one sweep, one cause: ids never collide
         events += _cancel_and_reallocate(uow, cancellation, cause, cause, shop, as_of)
     for order_id, lines in _by_order(uow.all_waiting_lines()).items():
         due = shop.cadence.due_step(as_of - lines[0].placed_at)
@@ -521,7 +522,7 @@ def _cancel(
                 NotificationLine(line.line_id, line.sku, line.product_name, units, LineStatus.CANCELLED)
                 for line, units in cancelled
             ],
-            cancel_allowed=any(line.open_quantity > 0 for line in after.values()),
+            cancel_allowed=any(line.waiting for line in after.values()),
             now=now,
             reason=cancellation.reason.value + ("; refund due" if refund else "; no payment taken"),
         )
@@ -575,7 +576,7 @@ def _announce_fills(
                         )
                         for f in shipping
                     ],
-                    cancel_allowed=any(line.open_quantity > 0 for line in lines),
+                    cancel_allowed=any(line.waiting for line in lines),
                     now=now,
                 )
             )
@@ -601,7 +602,7 @@ def _fulfillment(
         customer_id=first.customer_id,
         shipping_service=first.shipping_service,
         lines=tuple(FulfillmentLine(f.backorder.line_id, f.backorder.sku, f.ships_now) for f in fills if f.ships_now),
-        partial=any(line.open_quantity > 0 or line.held for line in lines),
+        partial=any(line.waiting for line in lines),
         capture_payment=PaymentTiming.AT_SHIPMENT in timing,
         caused_by_event_id=caused_by,
     )
@@ -642,7 +643,7 @@ def _waiting_lines(lines: Iterable[OrderLineState]) -> list[NotificationLine]:
 
 def _order_eta(lines: Iterable[OrderLineState]) -> dt.date | None:
     """When the order's waiting lines will all have shipped: the latest of their dates, unknown if any is."""
-    dates = [line.expected_ship_date for line in lines if line.waiting]
+    dates = [line.expected_ship_date for line in lines if line.open_quantity > 0]  # held lines are ready
     if not dates or any(d is None for d in dates):
         return None
     return max(d for d in dates if d is not None)

@@ -61,6 +61,10 @@ class Decoder(Protocol):
 class UnitOfWork(Protocol):
     """One database transaction around a batch. Every method runs inside it."""
 
+    def lock_orders(self, order_ids: Iterable[str]) -> None:
+        """Lock these orders until the end of the transaction (in a fixed order)."""
+        ...
+
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         """The SKUs of these orders' lines (read before the stock locks are taken)."""
         ...
