@@ -53,8 +53,7 @@ def main() -> int:
             "BACKORDER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
         }
         cli = [sys.executable, "-m", "worker"]
-        subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
-        subprocess.run([*cli, "topics"], env=env, cwd=ROOT, check=True, capture_output=True)
+        localstack.prepare_worker(env, quiet=True)
         with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
             start_orders = conn.execute("SELECT count(*) FROM customer_order").fetchone()[0]  # type: ignore[index]
             start_receipts = conn.execute("SELECT count(*) FROM stock_receipt").fetchone()[0]  # type: ignore[index]

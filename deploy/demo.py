@@ -153,8 +153,7 @@ def main() -> int:
         env.setdefault("BACKORDER_METRICS_PORT", "9108")
         port = int(env["BACKORDER_METRICS_PORT"])
         cli = [sys.executable, "-m", "worker"]
-        subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True)
-        subprocess.run([*cli, "topics"], env=env, cwd=ROOT, check=True)
+        localstack.prepare_worker(env)
         # Its own session: Ctrl-C reaches only this script, which stops the worker and then the stack in order.
         worker = subprocess.Popen([*cli, "run"], env=env, cwd=ROOT, start_new_session=True)
         try:

@@ -431,6 +431,13 @@ class PostgresServer:
 # --------------------------------------------------------------------------------------------- stack
 
 
+def prepare_worker(env: dict[str, str], *, quiet: bool = False) -> None:
+    """Apply the migrations and create the topics, as an operator would before starting workers."""
+    worker = [sys.executable, "-m", "worker"]
+    for step in ("migrate", "topics"):
+        subprocess.run([*worker, step], env=env, cwd=DEPLOY_DIR.parent, check=True, capture_output=quiet)
+
+
 def docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False

@@ -133,16 +133,9 @@ class FakeUnitOfWork:
             if line.customer_id == customer_id and line.sku == sku and line.order_id != other_than_order
         )
 
-    def reject(self, order_id: str, line_id: str, units: int, reason: str) -> None:
-        line = self.state.lines[(order_id, line_id)]
-        rejected = line.rejected + units
-        status = (
-            LineStatus.REJECTED
-            if line.ordered - rejected - line.cancelled <= line.allocated + line.reserved
-            else line.status
-        )
-        self.state.lines[(order_id, line_id)] = dataclasses.replace(
-            line, rejected=rejected, status=status, reason=reason
+    def reject(self, line: OrderLineState, units: int, reason: str) -> None:
+        self.state.lines[(line.order_id, line.line_id)] = dataclasses.replace(
+            line, rejected=line.rejected + units, status=line.status_after_rejecting(units), reason=reason
         )
 
     def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:

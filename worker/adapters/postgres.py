@@ -360,15 +360,12 @@ class PostgresUnitOfWork:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def reject(self, order_id: str, line_id: str, units: int, reason: str) -> None:
+    def reject(self, line: OrderLineState, units: int, reason: str) -> None:
         self._conn.execute(
-            """UPDATE order_line SET quantity_rejected = quantity_rejected + %(units)s, status_reason = %(reason)s,
-                   status = CASE WHEN quantity - quantity_rejected - quantity_cancelled - %(units)s
-                                      <= quantity_allocated + quantity_reserved
-                                 THEN 'REJECTED' ELSE status END,
+            """UPDATE order_line SET quantity_rejected = quantity_rejected + %s, status = %s, status_reason = %s,
                    updated_at = now()
-               WHERE order_id = %(order)s AND line_id = %(line)s""",
-            {"units": units, "reason": reason, "order": order_id, "line": line_id},
+               WHERE order_id = %s AND line_id = %s""",
+            (units, line.status_after_rejecting(units), reason, line.order_id, line.line_id),
         )
 
     def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:

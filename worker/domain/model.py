@@ -203,6 +203,14 @@ class OrderLineState:
         """Complete, but its units are reserved until the rest of its order can ship."""
         return self.reserved > 0 and self.open_quantity == 0
 
+    def status_after_rejecting(self, units: int) -> LineStatus:
+        return LineStatus.of(
+            self.wanted - units,
+            self.allocated + self.reserved,
+            rejected=self.rejected + units,
+            cancelled=self.cancelled,
+        )
+
     def as_backorder(self) -> Backorder:
         return Backorder(
             order_id=self.order_id,

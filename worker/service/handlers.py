@@ -372,12 +372,7 @@ def _judge_shortfalls(
             verdict = Verdict(0, state.wanted, f"{verdict.reason}; the line ships complete or not at all")
         waiting += verdict.accepted
         if verdict.rejected:
-            uow.reject(
-                order.order_id,
-                line.line_id,
-                verdict.rejected,
-                f"{verdict.rejected} of {line.quantity} rejected: {verdict.reason}",
-            )
+            uow.reject(state, verdict.rejected, f"{verdict.rejected} of {line.quantity} rejected: {verdict.reason}")
             verdicts[line.line_id] = verdict
     return verdicts
 

@@ -113,7 +113,9 @@ class UnitOfWork(Protocol):
         """Units of the SKU the customer has ordered in other orders and not yet received."""
         ...
 
-    def reject(self, order_id: str, line_id: str, units: int, reason: str) -> None: ...
+    def reject(self, line: OrderLineState, units: int, reason: str) -> None:
+        """Refuse `units` of the line (they no longer count as wanted)."""
+        ...
 
     def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:
         """Cancel `units` of the line that are not on their way; its reserved units go back to stock."""
