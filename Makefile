@@ -34,7 +34,7 @@ lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check worker deploy tests
 	$(VENV)/bin/ruff format --check worker deploy tests
 
-typecheck: $(STAMP) ## mypy --strict on the worker package
+typecheck: $(STAMP) ## mypy --strict on the worker package and its tests (a fake that drifts from its port fails)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP) ## throughput of one worker on a local stack (prints figures)

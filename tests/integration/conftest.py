@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from prometheus_client.parser import text_string_to_metric_families
@@ -83,6 +83,12 @@ class Received:
     raw: bytes | None
     headers: dict[str, bytes]
     value: dict[str, Any] | None
+
+
+def _headers(msg: Message) -> dict[str, bytes]:
+    raw = msg.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    return {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.2) -> Any:
@@ -223,7 +229,8 @@ class Deployment:
         self, kind: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         assert self._producer is not None
-        self._producer.produce(self.topics[kind], key=key, value=value, headers=headers or [])
+        sent: list[tuple[str, str | bytes | None]] = list(headers or [])
+        self._producer.produce(self.topics[kind], key=key, value=value, headers=sent)
         assert self._producer.flush(30) == 0, "the test producer could not deliver"
 
     def read(
@@ -261,7 +268,7 @@ class Deployment:
                         msg.offset() or 0,
                         msg.key(),
                         value,
-                        {k: v or b"" for k, v in (msg.headers() or [])},
+                        _headers(msg),
                         decoded,
                     )
                 )
@@ -304,7 +311,7 @@ class Deployment:
             sku,
         )
         assert rows, f"no stock row for {sku}"
-        return rows[0]  # type: ignore[return-value]
+        return rows[0]
 
     def close(self) -> None:
         self._producer = None  # released now, not after the broker has gone

@@ -26,7 +26,7 @@ from worker.domain.model import (
 )
 from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage
-from worker.service.ports import Seen
+from worker.service.ports import Decision, Seen
 
 
 @dataclass
@@ -38,6 +38,7 @@ class FakeState:
     available: dict[str, int] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
     decisions: list[tuple[str, str, str, int, int, str]] = field(default_factory=list)
+    decision_log: list[Decision] = field(default_factory=list)
     restocks: dict[tuple[str, str], tuple[dt.datetime, ExpectedReceipt]] = field(default_factory=dict)
     lateness: dict[str, list[int]] = field(default_factory=dict)
     told: dict[str, dt.date | None] = field(default_factory=dict)
@@ -174,8 +175,33 @@ class FakeUnitOfWork:
                 line, allocated=f.allocated_after, reserved=f.reserved_after, status=status, reason=reason
             )
             self.state.decisions.append((cause, b.order_id, b.line_id, f.quantity, f.ships_now, f.priority.reason))
+            self.state.decision_log.append(
+                Decision(
+                    at,
+                    cause,
+                    b.order_id,
+                    b.line_id,
+                    b.sku,
+                    f.quantity,
+                    max(0, f.quantity - f.ships_now),
+                    f.ships_now,
+                    f.priority.rank,
+                    f.priority.reason,
+                )
+            )
             self.state.available[b.sku] -= f.quantity
             assert self.state.available[b.sku] >= 0
+
+    def decisions(
+        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
+    ) -> list[Decision]:
+        return [
+            d
+            for d in self.state.decision_log
+            if (order_id is None or d.order_id == order_id)
+            and (sku is None or d.sku == sku)
+            and (cause is None or d.cause == cause)
+        ]
 
     def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
         known = self.state.restocks.get((restock.purchase_order_id, sku))

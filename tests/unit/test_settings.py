@@ -33,7 +33,7 @@ def test_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.payment_timing is PaymentTiming.AT_SHIPMENT
     assert "secret" not in repr(settings) and "secret" not in settings.model_dump_json()
     with pytest.raises(ValidationError):
-        settings.batch_size = 3  # type: ignore[misc]
+        settings.batch_size = 3
 
 
 def test_nonsense_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
