@@ -107,10 +107,22 @@ class OutboxRelay:
         if purged:
             log.info("outbox_purged", rows=purged)
 
-    def run(self, stop: threading.Event, *, backoff_initial_s: float, backoff_max_s: float) -> None:
-        """Publish until `stop` is set, then drain what is pending (bounded by the delivery timeout)."""
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+        on_round: Callable[[], None] | None = None,
+    ) -> None:
+        """Publish until `stop` is set, then drain what is pending (bounded by the delivery timeout).
+
+        `on_round` is called as each round begins, so a supervisor can tell a stuck relay from a busy one.
+        """
         delay = backoff_initial_s
         while not stop.is_set():
+            if on_round is not None:
+                on_round()
             try:
                 published = self.publish_once()
                 delay = backoff_initial_s
