@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -17,9 +20,17 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    field_serializer,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from worker.domain.allocation import ShipCompleteMode
 from worker.domain.eta import EtaRules
@@ -29,6 +40,45 @@ from worker.domain.priority import DEFAULT_RANKS, Criterion, PriorityRules
 from worker.domain.timeline import Cadence
 
 KafkaConfig = dict[str, str | int | float | bool]
+
+# Where Kubernetes (or Docker) mounts the worker's secrets, one file per setting named like its variable.
+DEFAULT_SECRETS_DIR = Path("/run/secrets/backorder-worker")
+MASK = "**********"
+# librdkafka options whose values are secrets; any option whose name has one of SECRET_WORDS is one too.
+SECRET_KAFKA_OPTIONS = frozenset(
+    {
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.key.pem",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.oauthbearer.assertion.private.key.pem",
+        "sasl.oauthbearer.assertion.private.key.passphrase",
+    }
+)
+SECRET_WORDS = ("password", "passphrase", "secret", "token", "credential", "private")
+
+
+def is_secret_option(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_KAFKA_OPTIONS or any(word in lowered for word in SECRET_WORDS)
+
+
+def masked(config: KafkaConfig) -> KafkaConfig:
+    """The librdkafka options with every secret value replaced by a mask, for printing."""
+    return {name: MASK if is_secret_option(name) else value for name, value in config.items()}
+
+
+def masked_database_url(url: str) -> str:
+    """The connection URL or key=value string with its password masked, the rest as it is."""
+    url = re.sub(r"^(\w[\w+.-]*://[^:/@?#]*:)[^@/?#]*@", rf"\g<1>{MASK}@", url)
+    return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", rf"\g<1>{MASK}", url, flags=re.IGNORECASE)
+
+
+def _default_secrets_dir() -> Path | None:
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
 
 
 class Settings(BaseSettings):
@@ -58,9 +108,16 @@ class Settings(BaseSettings):
     topic_replication_factor: PositiveInt = 1
 
     # librdkafka options passed through as JSON objects, e.g. '{"security.protocol": "SASL_SSL"}'.
-    kafka_config: KafkaConfig = Field(default_factory=dict)
-    kafka_consumer_config: KafkaConfig = Field(default_factory=dict)
-    kafka_producer_config: KafkaConfig = Field(default_factory=dict)
+    # Secret values among them are masked in `settings`, in repr() and in every dump.
+    kafka_config: KafkaConfig = Field(default_factory=dict, repr=False)
+    kafka_consumer_config: KafkaConfig = Field(default_factory=dict, repr=False)
+    kafka_producer_config: KafkaConfig = Field(default_factory=dict, repr=False)
+    # Kafka secrets kept out of the JSON above (a variable each, or a file in secrets_dir), given to every client.
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_sasl_oauthbearer_client_secret: SecretStr | None = None
+    # A folder with one file per setting, named like its variable (Kubernetes' secret volumes); variables win.
+    secrets_dir: Path | None = Field(default_factory=_default_secrets_dir)
 
     # The shop's backorder policy: what an SKU without a product-policy event gets.
     payment_timing: PaymentTiming = PaymentTiming.AT_ORDER
@@ -101,7 +158,7 @@ class Settings(BaseSettings):
     relay_delivery_timeout_seconds: PositiveFloat = 30.0
     outbox_retention_hours: PositiveFloat = 24.0
 
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (see the README on the bind address)
     metrics_port: int = Field(default=9108, ge=0, le=65535)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -109,6 +166,43 @@ class Settings(BaseSettings):
 
     shutdown_timeout_seconds: PositiveFloat = 30.0
     liveness_seconds: PositiveFloat = 120.0  # /healthz fails when the consume loop has not polled for this long
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The folder is itself a setting, so it is read from the environment before the others.
+        named = os.environ.get("BACKORDER_SECRETS_DIR", "").strip()
+        if named and not Path(named).is_dir():
+            raise SettingsError(f"BACKORDER_SECRETS_DIR={named} is not a directory")
+        directory = Path(named) if named else _default_secrets_dir()
+        if directory is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, SecretsSettingsSource(settings_cls, secrets_dir=directory)
+
+    @field_validator("secrets_dir", mode="before")
+    @classmethod
+    def _blank_dir_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_serializer("kafka_config", "kafka_consumer_config", "kafka_producer_config")
+    def _mask_kafka_secrets(self, config: KafkaConfig) -> KafkaConfig:
+        return masked(config)
+
+    def kafka_client_config(self) -> KafkaConfig:
+        """BACKORDER_KAFKA_CONFIG with the secrets given apart merged in: the options every client gets."""
+        secrets: dict[str, SecretStr | None] = {
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.key.password": self.kafka_ssl_key_password,
+            "sasl.oauthbearer.client.secret": self.kafka_sasl_oauthbearer_client_secret,
+        }
+        given: dict[str, Any] = {name: value.get_secret_value() for name, value in secrets.items() if value}
+        return {**self.kafka_config, **given}
 
     @field_validator("priority_ranks", "status_update_days", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ def consumer_config(settings: Settings) -> KafkaConfig:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "statistics.interval.ms": 15000,  # consumer lag per partition, for the metrics
-        **settings.kafka_config,
+        **settings.kafka_client_config(),
         **settings.kafka_consumer_config,
     }
 
@@ -39,13 +39,13 @@ def producer_config(settings: Settings) -> KafkaConfig:
         # Every message gets a final delivery report within the relay's wait, so the relay knows
         # exactly which outbox rows Kafka has.
         "message.timeout.ms": int(settings.relay_delivery_timeout_seconds * 1000),
-        **settings.kafka_config,
+        **settings.kafka_client_config(),
         **settings.kafka_producer_config,
     }
 
 
 def admin_config(settings: Settings) -> KafkaConfig:
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **settings.kafka_config}
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **settings.kafka_client_config()}
 
 
 def all_topics(settings: Settings) -> list[str]:

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 import psycopg
 import structlog
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from worker.adapters.postgres import StateFigures
 from worker.entrypoints.logs import configure_logging
 from worker.service.ports import Decision
-from worker.settings import Settings
+from worker.settings import Settings, masked_database_url
 
 log = structlog.get_logger(__name__)
 
@@ -42,13 +43,16 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, _args: argparse.Namespace) -> int:
-    from worker.bootstrap import SchemaNotMigrated, run_worker
+    from worker.bootstrap import SchemaNotMigrated, WorkerUnhealthy, run_worker
 
     try:
         run_worker(settings)
     except SchemaNotMigrated as exc:
         log.error("schema_not_migrated", error=str(exc))
         return 2
+    except WorkerUnhealthy as exc:  # a background loop died or stalled: exit so that a supervisor restarts us
+        log.error("worker_unhealthy_exit", reason=str(exc))
+        return 3
     return 0
 
 
@@ -221,7 +225,11 @@ def tracking_view(figures: StateFigures, backordered_lines: int, cancelled_lines
 
 
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
-    print(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
+    # The dump masks every secret (SecretStr fields, secret librdkafka options); the database URL is
+    # shown with only its password masked, so that an operator can see where the worker connects.
+    shown = settings.model_dump(mode="json")
+    shown["database_url"] = masked_database_url(settings.database_url.get_secret_value())
+    print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
 
 
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(f"backorder-worker: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
