@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ from worker.domain.model import (
 )
 from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage
-from worker.service.ports import Decision, Seen
+from worker.service.ports import Decision, Seen, StoreUnavailable, UnitOfWork
 
 
 @dataclass
@@ -277,3 +277,45 @@ class FakeUnitOfWork:
     def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
         self.state.dead.append((message, error))
         return True
+
+
+class FakeUnitOfWorkFactory:
+    """Transactions over one FakeState: a block that ends normally commits, one that raises leaves no trace.
+
+    `refuse` makes a unit of work raise while it locks what a batch names, as a database raises for a
+    value it cannot hold; `unavailable` makes every unit of work fail as a database that cannot be reached.
+    """
+
+    def __init__(self, state: FakeState | None = None) -> None:
+        self.state = state or FakeState()
+        self.refuse: Callable[[str], bool] = lambda name: False
+        self.unavailable = False
+        self.transactions = 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[UnitOfWork]:
+        self.transactions += 1
+        if self.unavailable:
+            raise StoreUnavailable("connection refused")
+        working = copy.deepcopy(self.state)
+        yield _Refusing(working, self.refuse)
+        self.state = working
+
+
+class _Refusing(FakeUnitOfWork):
+    def __init__(self, state: FakeState, refuse: Callable[[str], bool]) -> None:
+        super().__init__(state)
+        self._refuse = refuse
+
+    def lock_orders(self, order_ids: Iterable[str]) -> None:
+        self._check(order_ids)
+
+    def lock_stock(self, skus: Iterable[str]) -> None:
+        skus = list(skus)
+        self._check(skus)
+        super().lock_stock(skus)
+
+    def _check(self, names: Iterable[str]) -> None:
+        for name in names:
+            if self._refuse(name):
+                raise ValueError(f"the store cannot hold {name!r}")

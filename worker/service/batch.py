@@ -2,7 +2,12 @@
 
 A message that cannot be accepted is written to the dead-letter topic (through the outbox, in the
 same transaction) and the rest of the batch goes on. A database that is unavailable is not the
-message's fault: `StoreUnavailable` leaves this function and nothing of the batch is committed.
+message's fault: `StoreUnavailable` leaves this function and the batch is retried later.
+
+Any other failure of the batch's transaction (one raised outside an event's savepoint, such as a value
+the database refuses while the batch's orders and SKUs are locked) is some message's fault, and must not
+block the partition: the batch is split in halves, each handled in a transaction of its own, until the
+message that fails alone is found; it is dead-lettered with its error, and the others are committed.
 """
 
 from __future__ import annotations
@@ -42,6 +47,42 @@ def handle_batch(
     parsed: list[commands.Command | RejectedMessage] = [
         _parse(message, decoder, expected_records) for message in messages
     ]
+    return _isolating(list(zip(messages, parsed, strict=True)), unit_of_work=unit_of_work, shop=shop, now=now)
+
+
+Parsed = tuple[InboundMessage, commands.Command | RejectedMessage]
+
+
+def _isolating(
+    batch: list[Parsed], *, unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, now: dt.datetime
+) -> list[MessageResult]:
+    try:
+        return _in_one_transaction(batch, unit_of_work=unit_of_work, shop=shop, now=now)
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if len(batch) > 1:
+            middle = len(batch) // 2
+            log.warning("batch_split", messages=len(batch), error=_describe(exc))
+            first = _isolating(batch[:middle], unit_of_work=unit_of_work, shop=shop, now=now)
+            return first + _isolating(batch[middle:], unit_of_work=unit_of_work, shop=shop, now=now)
+        message = batch[0][0]
+        log.exception("message_isolated", topic=message.topic, partition=message.partition, offset=message.offset)
+        error = UnprocessableEvent(_describe(exc))
+        with unit_of_work() as uow:
+            uow.caused_by(message.written_at)
+            uow.dead_letter(message, error, now)
+        return [MessageResult(message, Outcome.DEAD_LETTERED, error)]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _in_one_transaction(
+    batch: list[Parsed], *, unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, now: dt.datetime
+) -> list[MessageResult]:
+    parsed = [item for _, item in batch]
     commands_ = [item for item in parsed if not isinstance(item, RejectedMessage)]
     skus = {sku for command in commands_ for sku in command.skus}
     orders = {order_id for command in commands_ for order_id in command.orders}
@@ -49,7 +90,7 @@ def handle_batch(
     with unit_of_work() as uow:
         uow.lock_orders(orders)  # first the orders, then their SKUs: every batch locks in this order
         uow.lock_stock(sorted(skus | uow.skus_of_orders(orders)))
-        for message, item in zip(messages, parsed, strict=True):
+        for message, item in batch:
             uow.caused_by(message.written_at)
             if not isinstance(item, RejectedMessage):
                 try:
@@ -67,7 +108,7 @@ def handle_batch(
                         partition=message.partition,
                         offset=message.offset,
                     )
-                    item = UnprocessableEvent(f"{type(exc).__name__}: {exc}")
+                    item = UnprocessableEvent(_describe(exc))
             uow.dead_letter(message, item, now)
             results.append(MessageResult(message, Outcome.DEAD_LETTERED, item))
     return results
