@@ -52,6 +52,23 @@ LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many 
 _WAITING = sorted(str(s) for s in WAITING)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# SQLSTATEs that say the database could not do the work for reasons of its own: connection lost, shutting
+# down or starting, out of resources, a deadlock or serialization conflict, a cancelled statement. Any other
+# error was caused by what the statement carried (a value too long for an index row, a NUL byte, ...).
+_TRANSIENT_CLASSES = ("08", "40", "53", "58")
+_TRANSIENT_STATES = ("57P01", "57P02", "57P03", "57P04", "57P05", "57014", "55P03", "55006", "25006")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when retrying later can succeed (the store's fault); False when the data caused the error."""
+    if isinstance(exc, PoolTimeout | psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # raised by the client: a lost connection, or a value it refused to send (NUL)
+        return isinstance(exc, psycopg.OperationalError)
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
 
 
 def open_pool(conninfo: str, min_size: int, max_size: int, name: str = "backorder-worker") -> ConnectionPool:
@@ -160,9 +177,9 @@ class PostgresUnitOfWork:
         try:
             with self._conn.transaction():
                 yield
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
         except psycopg.Error as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(str(exc)) from exc
             self._available, self._policies = available, policies
             raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
@@ -743,8 +760,10 @@ class PostgresUnitOfWorkFactory:
         try:
             with self._pool.connection() as conn, conn.transaction(force_rollback=rollback):
                 yield PostgresUnitOfWork(conn, self._serialize, self._dead_letter_topic)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except psycopg.Error as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
 
 # --------------------------------------------------------------------------------------------- outbox
