@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from worker.domain.model import (
     StockReceipt,
 )
 from worker.domain.policy import ProductPolicy
+from worker.service import limits
+from worker.service.limits import quote
 from worker.service.messages import InvalidEvent, UnexpectedRecord
 
 Record = Mapping[str, Any]
@@ -129,28 +132,76 @@ def content_hash(record: Record) -> bytes:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
 
 
-def _text(record: Record, name: str) -> str:
+def _checked_identifier(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{name} must be a string, got {quote(value)}")
+    problem = limits.identifier_problem(value)
+    if problem is not None:
+        raise InvalidEvent(f"{name} {problem}, got {quote(value)}")
+    return value
+
+
+def _identifier(record: Record, name: str, where: str = "") -> str:
+    return _checked_identifier(record[name], f"{where}{name}")
+
+
+def _optional_identifier(record: Record, name: str) -> str | None:
+    return None if record[name] is None else _identifier(record, name)
+
+
+def _free_text(record: Record, name: str, max_length: int, where: str = "") -> str:
     value = record[name]
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidEvent(f"{name} must be a non-empty string, got {value!r}")
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{where}{name} must be a string, got {quote(value)}")
+    problem = limits.text_problem(value, max_length)
+    if problem is not None:
+        raise InvalidEvent(f"{where}{name} {problem}, got {quote(value)}")
     return value
 
 
-def _positive(value: int, name: str) -> int:
-    if value <= 0:
-        raise InvalidEvent(f"{name} must be > 0, got {value}")
+def _number(value: object, name: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidEvent(f"{name} must be an integer, got {quote(value)}")
+    if not low <= value <= high:
+        raise InvalidEvent(f"{name} must be from {low:,} to {high:,}, got {value:,}")
     return value
 
 
-def _non_negative(value: int, name: str) -> int:
-    if value < 0:
-        raise InvalidEvent(f"{name} must be >= 0, got {value}")
+def _optional_number(record: Record, name: str, low: int, high: int) -> int | None:
+    value = record[name]
+    return None if value is None else _number(value, name, low, high)
+
+
+def _date(value: object, name: str) -> dt.date:
+    if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
+        raise InvalidEvent(f"{name} must be a date, got {quote(value)}")
+    if not limits.EARLIEST_DATE <= value <= limits.LATEST_DATE:
+        raise InvalidEvent(f"{name} must be from {limits.EARLIEST_DATE} to {limits.LATEST_DATE}, got {value}")
     return value
 
 
-def _aware(value: dt.datetime, name: str) -> dt.datetime:
-    if value.tzinfo is None:
+def _optional_date(record: Record, name: str) -> dt.date | None:
+    value = record[name]
+    return None if value is None else _date(value, name)
+
+
+_EARLIEST_TIME = dt.datetime.combine(limits.EARLIEST_DATE, dt.time(), dt.UTC)
+_LATEST_TIME = dt.datetime.combine(limits.LATEST_DATE, dt.time.max, dt.UTC)
+
+
+def _aware(value: object, name: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise InvalidEvent(f"{name} must be a time, got {quote(value)}")
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidEvent(f"{name} must carry a time zone")
+    try:
+        within = _EARLIEST_TIME <= value <= _LATEST_TIME
+    except OverflowError:  # a time near year 1 or 9999 with an offset that takes it past the calendar
+        within = False
+    if not within:
+        raise InvalidEvent(
+            f"{name} must be from {_EARLIEST_TIME.isoformat()} to {_LATEST_TIME.isoformat()}, got {value}"
+        )
     return value
 
 
@@ -158,90 +209,92 @@ def place_order(record: Record) -> PlaceOrder:
     lines = record["lines"]
     if not lines:
         raise InvalidEvent("order has no lines")
+    if len(lines) > limits.MAX_LINES_PER_ORDER:
+        raise InvalidEvent(f"order has {len(lines):,} lines, more than {limits.MAX_LINES_PER_ORDER:,}")
     parsed: list[OrderLine] = []
     for i, line in enumerate(lines):
-        where = f"lines[{i}]"
-        price = line["unit_price_minor"]
-        if price < 0:
-            raise InvalidEvent(f"{where}.unit_price_minor must be >= 0, got {price}")
+        where = f"lines[{i}]."
         parsed.append(
             OrderLine(
-                line_id=_text(line, "line_id"),
-                sku=_text(line, "sku"),
-                product_name=line["product_name"],
-                quantity=_positive(line["quantity"], f"{where}.quantity"),
-                unit_price_minor=price,
+                line_id=_identifier(line, "line_id", where),
+                sku=_identifier(line, "sku", where),
+                product_name=_free_text(line, "product_name", limits.MAX_PRODUCT_NAME_LENGTH, where),
+                quantity=_number(line["quantity"], f"{where}quantity", 1, limits.MAX_QUANTITY),
+                unit_price_minor=_number(
+                    line["unit_price_minor"], f"{where}unit_price_minor", 0, limits.MAX_UNIT_PRICE_MINOR
+                ),
             )
         )
-    line_ids = [line.line_id for line in parsed]
-    if len(set(line_ids)) != len(line_ids):
-        raise InvalidEvent(f"line_id values repeat within the order: {line_ids}")
+    repeated = [line_id for line_id, count in Counter(line.line_id for line in parsed).items() if count > 1]
+    if repeated:
+        raise InvalidEvent(f"line_id values repeat within the order: {quote(repeated)}")
     currency = record["currency"]
-    if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha() and currency.isupper()):
-        raise InvalidEvent(f"currency must be an ISO 4217 code such as USD, got {currency!r}")
+    if not isinstance(currency, str) or currency not in limits.CURRENCIES:
+        raise InvalidEvent(f"currency must be an active ISO 4217 code such as USD, got {quote(currency)}")
     split = record["split_preference"]
     order = Order(
-        order_id=_text(record, "order_id"),
-        customer_id=_text(record, "customer_id"),
+        order_id=_identifier(record, "order_id"),
+        customer_id=_identifier(record, "customer_id"),
         customer_tier=CustomerTier(record["customer_tier"]),
         shipping_service=ShippingService(record["shipping_service"]),
-        need_by=record["need_by"],
+        need_by=_optional_date(record, "need_by"),
         split_preference=SplitPreference(split) if split is not None else None,
         currency=currency,
         placed_at=_aware(record["occurred_at"], "occurred_at"),
         lines=tuple(parsed),
     )
-    return PlaceOrder(event_id=_text(record, "event_id"), order=order, content_hash=content_hash(record))
+    return PlaceOrder(event_id=_identifier(record, "event_id"), order=order, content_hash=content_hash(record))
 
 
 def receive_stock(record: Record) -> ReceiveStock:
     receipt = StockReceipt(
-        receipt_id=_text(record, "receipt_id"),
-        sku=_text(record, "sku"),
-        quantity=_positive(record["quantity"], "quantity"),
+        receipt_id=_identifier(record, "receipt_id"),
+        sku=_identifier(record, "sku"),
+        quantity=_number(record["quantity"], "quantity", 1, limits.MAX_QUANTITY),
         received_at=_aware(record["occurred_at"], "occurred_at"),
-        supplier_id=record["supplier_id"],
-        purchase_order_id=record["purchase_order_id"],
+        supplier_id=_optional_identifier(record, "supplier_id"),
+        purchase_order_id=_optional_identifier(record, "purchase_order_id"),
     )
-    return ReceiveStock(event_id=_text(record, "event_id"), receipt=receipt, content_hash=content_hash(record))
+    return ReceiveStock(event_id=_identifier(record, "event_id"), receipt=receipt, content_hash=content_hash(record))
 
 
 def cancel_order(record: Record) -> CancelOrder:
-    line_ids = tuple(dict.fromkeys(record["line_ids"]))  # a line named twice is cancelled once
-    if any(not isinstance(line_id, str) or not line_id.strip() for line_id in line_ids):
-        raise InvalidEvent(f"line_ids must be non-empty strings, got {list(line_ids)}")
+    named = record["line_ids"]
+    if len(named) > limits.MAX_LINE_IDS_PER_CANCELLATION:
+        raise InvalidEvent(
+            f"line_ids names {len(named):,} lines, more than {limits.MAX_LINE_IDS_PER_CANCELLATION:,}"
+            " (an empty list cancels every open line)"
+        )
+    for i, line_id in enumerate(named):
+        _checked_identifier(line_id, f"line_ids[{i}]")
+    note = record["note"]
     cancellation = Cancellation(
-        order_id=_text(record, "order_id"),
-        line_ids=line_ids,
+        order_id=_identifier(record, "order_id"),
+        line_ids=tuple(dict.fromkeys(named)),  # a line named twice is cancelled once
         reason=CancelReason(record["reason"]),
-        note=record["note"],
+        note=None if note is None else _free_text(record, "note", limits.MAX_NOTE_LENGTH),
         requested_at=_aware(record["occurred_at"], "occurred_at"),
     )
-    return CancelOrder(event_id=_text(record, "event_id"), cancellation=cancellation, content_hash=content_hash(record))
-
-
-def _optional_positive(record: Record, name: str) -> int | None:
-    value = record[name]
-    return None if value is None else _positive(value, name)
+    return CancelOrder(
+        event_id=_identifier(record, "event_id"), cancellation=cancellation, content_hash=content_hash(record)
+    )
 
 
 def set_product_policy(record: Record) -> SetProductPolicy:
     policy = ProductPolicy(
         backorders_allowed=record["backorders_allowed"],
         discontinued=record["discontinued"],
-        max_backorder_qty_per_customer=(
-            None
-            if record["max_backorder_qty_per_customer"] is None
-            else _non_negative(record["max_backorder_qty_per_customer"], "max_backorder_qty_per_customer")
+        max_backorder_qty_per_customer=_optional_number(
+            record, "max_backorder_qty_per_customer", 0, limits.MAX_BACKORDER_QTY_PER_CUSTOMER
         ),
         payment_timing=PaymentTiming(record["payment_timing"]),
         default_split=SplitPreference(record["default_split"]),
-        lead_time_days=_optional_positive(record, "lead_time_days"),
-        stale_after_days=_optional_positive(record, "stale_after_days"),
+        lead_time_days=_optional_number(record, "lead_time_days", 1, limits.MAX_POLICY_DAYS),
+        stale_after_days=_optional_number(record, "stale_after_days", 1, limits.MAX_POLICY_DAYS),
     )
     return SetProductPolicy(
-        event_id=_text(record, "event_id"),
-        sku=_text(record, "sku"),
+        event_id=_identifier(record, "event_id"),
+        sku=_identifier(record, "sku"),
         policy=policy,
         decided_at=_aware(record["occurred_at"], "occurred_at"),
         content_hash=content_hash(record),
@@ -250,14 +303,14 @@ def set_product_policy(record: Record) -> SetProductPolicy:
 
 def expect_restock(record: Record) -> ExpectRestock:
     restock = ExpectedReceipt(
-        purchase_order_id=_text(record, "purchase_order_id"),
-        supplier_id=_text(record, "supplier_id"),
-        quantity=_non_negative(record["quantity"], "quantity"),
-        expected_date=record["expected_date"],
+        purchase_order_id=_identifier(record, "purchase_order_id"),
+        supplier_id=_identifier(record, "supplier_id"),
+        quantity=_number(record["quantity"], "quantity", 0, limits.MAX_QUANTITY),
+        expected_date=_date(record["expected_date"], "expected_date"),
     )
     return ExpectRestock(
-        event_id=_text(record, "event_id"),
-        sku=_text(record, "sku"),
+        event_id=_identifier(record, "event_id"),
+        sku=_identifier(record, "sku"),
         restock=restock,
         decided_at=_aware(record["occurred_at"], "occurred_at"),
         content_hash=content_hash(record),
@@ -265,18 +318,20 @@ def expect_restock(record: Record) -> ExpectRestock:
 
 
 def dispatch_shipment(record: Record) -> DispatchShipment:
-    shipment = _text(record, "shipment_id")
+    shipment = _identifier(record, "shipment_id")
     try:
         uuid.UUID(shipment)
     except ValueError:
-        raise InvalidEvent(f"shipment_id must be a shipment id from fulfillment-requested, got {shipment!r}") from None
+        raise InvalidEvent(
+            f"shipment_id must be a shipment id from fulfillment-requested, got {quote(shipment)}"
+        ) from None
     return DispatchShipment(
-        event_id=_text(record, "event_id"),
+        event_id=_identifier(record, "event_id"),
         shipment_id=shipment,
-        order_id=_text(record, "order_id"),
-        carrier=_text(record, "carrier"),
-        tracking_number=_text(record, "tracking_number"),
-        estimated_delivery=record["estimated_delivery"],
+        order_id=_identifier(record, "order_id"),
+        carrier=_identifier(record, "carrier"),
+        tracking_number=_identifier(record, "tracking_number"),
+        estimated_delivery=_optional_date(record, "estimated_delivery"),
         dispatched_at=_aware(record["occurred_at"], "occurred_at"),
         content_hash=content_hash(record),
     )
