@@ -83,7 +83,8 @@ def check_bounded(endpoints: HttpEndpoints, slow: list[socket.socket], threads_b
     assert get(endpoints, "/healthz")[0] == 200
     answered_in = time.monotonic() - started
     print(
-        f"threads before {threads_before}, with 200 half-sent requests {threads_during}; /healthz in {answered_in:.3f} s"
+        f"threads before {threads_before}, with 200 half-sent requests {threads_during}; "
+        f"/healthz in {answered_in:.3f} s"
     )
     assert threads_during <= threads_before
     assert answered_in < 1.0
