@@ -22,6 +22,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from worker.service.limits import MAX_MESSAGE_BYTES, quote
 from worker.service.messages import UndecodableMessage, UnknownSchema
 
 MAGIC = b"\xc3\x01"
@@ -63,7 +64,8 @@ def bundled_schema_dir() -> Path:
 class AvroCodec:
     """Decodes any known version of a record; encodes with the newest version."""
 
-    def __init__(self, versions: list[SchemaVersion]) -> None:
+    def __init__(self, versions: list[SchemaVersion], max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._max_message_bytes = max_message_bytes
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
         self._latest: dict[str, SchemaVersion] = {}
         for v in versions:
@@ -95,6 +97,10 @@ class AvroCodec:
     def decode(self, value: bytes | None) -> tuple[str, Mapping[str, Any]]:
         if value is None:
             raise UndecodableMessage("the message has no value")
+        if len(value) > self._max_message_bytes:
+            raise UndecodableMessage(
+                f"the value is {len(value):,} bytes, over the limit of {self._max_message_bytes:,}"
+            )
         if len(value) < HEADER_SIZE or value[:2] != MAGIC:
             raise UndecodableMessage(
                 f"not Avro single-object encoding (expected C3 01 and a fingerprint; got {value[:HEADER_SIZE].hex()})"
@@ -102,17 +108,43 @@ class AvroCodec:
         writer = self._by_fingerprint.get(value[2:HEADER_SIZE])
         if writer is None:
             raise UnknownSchema(f"no schema in schemas/ has fingerprint {value[2:HEADER_SIZE].hex()}")
-        reader = self._latest[writer.full_name]
-        body = io.BytesIO(value[HEADER_SIZE:])
+        body = value[HEADER_SIZE:]
+        record = self._read(body, writer, None)
+        # fastavro takes a negative enum or union index as counting from the end (a customer tier of -1 reads as
+        # WHOLESALE). Writing the record again must give back the same bytes: that refuses negative indexes, and
+        # with them booleans other than 0 and 1, over-long varints and arrays split into several blocks, none of
+        # which a standard Avro writer produces.
+        canonical = io.BytesIO()
         try:
-            record = schemaless_reader(body, writer.parsed, reader.parsed)
+            schemaless_writer(canonical, writer.parsed, record)
+        except Exception as exc:  # what fastavro read, it can write; should that ever fail, the body is at fault
+            raise UndecodableMessage(
+                f"body of {writer.path.name} cannot be written back: {type(exc).__name__}"
+            ) from exc
+        if canonical.getvalue() != body:
+            raise UndecodableMessage(
+                f"body is not in the canonical binary encoding of {writer.path.name} (a negative enum or union"
+                " index, a boolean other than 0 or 1, an over-long number or an array in several blocks)"
+            )
+        reader = self._latest[writer.full_name]
+        if reader is not writer:
+            record = self._read(body, writer, reader)
+        return writer.full_name, record
+
+    @staticmethod
+    def _read(body: bytes, writer: SchemaVersion, reader: SchemaVersion | None) -> dict[str, Any]:
+        stream = io.BytesIO(body)
+        try:
+            record = schemaless_reader(stream, writer.parsed, None if reader is None else reader.parsed)
         except Exception as exc:  # fastavro raises several types for a truncated or corrupt body
-            raise UndecodableMessage(f"body does not match {writer.path.name}: {type(exc).__name__}: {exc}") from exc
-        if body.tell() != len(value) - HEADER_SIZE:
-            raise UndecodableMessage(f"{len(value) - HEADER_SIZE - body.tell()} bytes left after the record")
+            raise UndecodableMessage(
+                f"body does not match {writer.path.name}: {type(exc).__name__}: {quote(str(exc))}"
+            ) from exc
+        if stream.tell() != len(body):
+            raise UndecodableMessage(f"{len(body) - stream.tell()} bytes left after the record")
         if not isinstance(record, dict):
             raise UndecodableMessage(f"{writer.full_name} did not decode to a record")
-        return writer.full_name, record
+        return record
 
 
 def to_record(event: Any) -> dict[str, Any]:
