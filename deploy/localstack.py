@@ -190,16 +190,18 @@ class KafkaBroker:
             "-cp",
             classpath,
         ]
-        # Kafka's own ids never start with "-" (the tool would read it as an option); nor do ours.
-        cluster_id = "K" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
-        formatted = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if formatted.returncode != 0:
-            raise StackError(f"kafka storage format failed:\n{formatted.stdout}\n{formatted.stderr}")
+        # A data directory formatted before is reused as it is: a broker restarted after kill() keeps its log.
+        if not (self.workdir / "data" / "meta.properties").exists():
+            # Kafka's own ids never start with "-" (the tool would read it as an option); nor do ours.
+            cluster_id = "K" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
+            formatted = subprocess.run(
+                [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if formatted.returncode != 0:
+                raise StackError(f"kafka storage format failed:\n{formatted.stdout}\n{formatted.stderr}")
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(config)],
@@ -232,6 +234,13 @@ class KafkaBroker:
     def stop(self) -> None:
         if self._proc is not None:
             _stop_process(self._proc, timeout_s=30)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the data directory stays, and start() brings the broker back on it."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=30)
             self._proc = None
 
 
@@ -423,9 +432,10 @@ class PostgresServer:
             if created.returncode != 0:
                 raise StackError(f"could not create the database: {created.stderr}")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m MODE`: `fast` rolls back and stops cleanly; `immediate` aborts, as a crash would."""
         if (self.datadir / "postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
 
 
 # --------------------------------------------------------------------------------------------- stack
