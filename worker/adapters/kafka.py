@@ -15,9 +15,20 @@ from worker.settings import KafkaConfig, Settings
 
 
 def consumer_config(settings: Settings) -> KafkaConfig:
+    membership: KafkaConfig = {
+        # Incremental rebalancing: a member that joins or dies moves only the partitions that must move;
+        # the others keep consuming meanwhile (the eager protocol stops every member).
+        "partition.assignment.strategy": "cooperative-sticky",
+        # How long a member that died (SIGKILL, lost node) keeps its partitions before the group moves them.
+        "session.timeout.ms": int(settings.session_timeout_seconds * 1000),
+        "heartbeat.interval.ms": int(settings.heartbeat_interval_seconds * 1000),
+    }
+    if settings.group_instance_id is not None:
+        membership["group.instance.id"] = settings.group_instance_id
     return {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": settings.group_id,
+        **membership,
         "auto.offset.reset": "earliest",
         # Offsets are stored by the loop only after the batch's transaction committed;
         # the background commit then sends only those.

@@ -3,16 +3,24 @@
 Offsets are stored only after the batch's transaction committed; librdkafka's background commit
 then sends them, and a final synchronous commit happens on revocation and on shutdown. If the
 process dies in between, the batch is delivered again and the handlers recognise it.
+
+The group rebalances incrementally (cooperative-sticky): `on_assign` and `on_revoke` receive only the
+partitions that move, and the others keep being consumed. Partitions *lost* (the session expired, so
+another member may own them already) are dropped without a commit. Closing is bounded: with the
+broker unreachable librdkafka's close can block for minutes, so it runs in a thread of its own that
+shutdown stops waiting for.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.adapters.kafka import to_inbound
 from worker.service.batch import MessageResult
@@ -24,12 +32,34 @@ log = structlog.get_logger(__name__)
 
 BatchHandler = Callable[[Sequence[InboundMessage]], list[MessageResult]]
 BatchObserver = Callable[[Sequence[MessageResult], float], None]
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class KafkaConsumer(Protocol):
+    """What the loop uses of confluent_kafka.Consumer (a fake in the unit tests satisfies it too)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+    ) -> None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+    def poll(self, timeout: float = -1) -> Message | None: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+    def store_offsets(self, message: Message | None = None, offsets: list[TopicPartition] | None = None) -> None: ...
+    def commit(self, *, asynchronous: Literal[False]) -> list[TopicPartition]: ...
+    def close(self) -> None: ...
 
 
 class ConsumeLoop:
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: KafkaConsumer,
         topics: Sequence[str],
         handle: BatchHandler,
         *,
@@ -55,14 +85,17 @@ class ConsumeLoop:
         self._on_rebalance = on_rebalance
         self._running = True
         self.last_poll_monotonic = time.monotonic()
+        self.stop_requested_monotonic: float | None = None
         self.assigned: set[tuple[str, int]] = set()
 
     def stop(self) -> None:
         """Ask the loop to finish the current batch and return (safe from a signal handler)."""
+        if self.stop_requested_monotonic is None:
+            self.stop_requested_monotonic = time.monotonic()
         self._running = False
 
     def run(self) -> None:
-        self._consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked)
+        self._consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
         log.info("consuming", topics=self._topics)
         while self._running:
             polled = self._consumer.consume(num_messages=self._batch_size, timeout=self._batch_timeout_s)
@@ -77,8 +110,30 @@ class ConsumeLoop:
             self._store_offsets(inbound)
             if self._on_committed is not None:
                 self._on_committed()
-        self._commit()
         log.info("consumer_stopped")
+
+    def close(self, timeout_s: float) -> bool:
+        """Commit the stored offsets and leave the group, waiting at most `timeout_s`.
+
+        False if the broker did not let it finish in time: the offsets not committed are simply
+        consumed again by whoever gets the partitions (what the database committed stays).
+        """
+
+        def commit_and_close() -> None:
+            try:
+                self._commit()
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("consumer_close_failed", error=str(exc))
+
+        closer = threading.Thread(target=commit_and_close, name="consumer-close", daemon=True)
+        closer.start()
+        closer.join(max(0.0, timeout_s))
+        if closer.is_alive():
+            log.warning("consumer_close_abandoned", waited_s=round(timeout_s, 2))
+            return False
+        log.info("consumer_closed")
+        return True
 
     def _usable(self, message: Message) -> bool:
         err = message.error()
@@ -148,15 +203,22 @@ class ConsumeLoop:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset_commit_failed", error=str(exc))
 
-    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _assigned(self, consumer: object, partitions: list[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         if self._on_rebalance is not None:
             self._on_rebalance("assign")
 
-    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _revoked(self, consumer: object, partitions: list[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self._commit()  # while the partitions are still ours: the next owner starts after what we handled
         self.assigned -= {(p.topic, p.partition) for p in partitions}
-        self._commit()
         if self._on_rebalance is not None:
             self._on_rebalance("revoke")
+
+    def _lost(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        # Another member may own them already: committing could move its offsets; it re-reads instead.
+        log.warning("partitions_lost", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self.assigned -= {(p.topic, p.partition) for p in partitions}
+        if self._on_rebalance is not None:
+            self._on_rebalance("lost")
