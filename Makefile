@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test unit integration lint typecheck bench clean
+.PHONY: help install run test unit integration soak lint typecheck bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ unit: $(STAMP) ## only the tests that need no services
 
 integration: $(STAMP) ## only the tests against real Kafka and PostgreSQL
 	$(PY) -m pytest tests/integration
+
+soak: $(STAMP) ## the long fault run (10 minutes of faults) and fuzz run (100,000 hostile messages); prints figures
+	BACKORDER_SOAK=1 $(PY) -m pytest -s tests/integration/test_fault_run.py tests/integration/test_fuzz_run.py
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check worker deploy tests

@@ -173,7 +173,10 @@ class Fault:
 
 
 def test_fault_run(
-    own_stack: tuple[localstack.KafkaBroker, localstack.PostgresServer], codec: AvroCodec, tmp_path: Path
+    own_stack: tuple[localstack.KafkaBroker, localstack.PostgresServer],
+    codec: AvroCodec,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     broker, postgres = own_stack
     rng = random.Random(SEED)
@@ -283,22 +286,23 @@ def test_fault_run(
         world.close()
 
     kills = [f.recovery_s for f in faults if f.kind == "sigkill" and f.recovery_s is not None]
-    print(
-        f"\nfault run ({'soak' if SOAK else 'short'}): {len(plan.events)} inbound events "
-        f"({len(plan.orders)} orders, {len(plan.receipts)} receipts, {len(plan.cancellations)} cancellations) "
-        f"over {SKUS} SKUs; drained after {drained_s:.0f}s; load {loadavg()}"
-    )
-    print(f"faults injected: {len(faults)} {dict(Counter(f.kind for f in faults))}")
-    for f in faults:
-        recovered = "NOT recovered" if f.recovery_s is None else f"progress after {f.recovery_s:.1f}s"
-        print(f"  t={f.at_s:6.1f}s {f.kind:28s} {f.stalled_partitions} partitions waiting, {recovered}")
-    if kills:
-        print(f"SIGKILL recovery: median {statistics.median(kills):.1f}s, max {max(kills):.1f}s over {len(kills)}")
-    print(
-        f"outbound: {outcome['outbound']} messages, {outcome['duplicates']} duplicates by event_id "
-        f"({outcome['conflicts']} with different content); units received {outcome['received']}, "
-        f"allocated {outcome['allocated']}, reserved {outcome['reserved']}, available {outcome['available']}"
-    )
+    with capsys.disabled():  # the figures are shown by `make test` too, not only with -s
+        print(
+            f"\nfault run ({'soak' if SOAK else 'short'}): {len(plan.events)} inbound events "
+            f"({len(plan.orders)} orders, {len(plan.receipts)} receipts, {len(plan.cancellations)} cancellations) "
+            f"over {SKUS} SKUs; drained after {drained_s:.0f}s; load {loadavg()}"
+        )
+        print(f"faults injected: {len(faults)} {dict(Counter(f.kind for f in faults))}")
+        for f in faults:
+            recovered = "NOT recovered" if f.recovery_s is None else f"progress after {f.recovery_s:.1f}s"
+            print(f"  t={f.at_s:6.1f}s {f.kind:28s} {f.stalled_partitions} partitions waiting, {recovered}")
+        if kills:
+            print(f"SIGKILL recovery: median {statistics.median(kills):.1f}s, max {max(kills):.1f}s over {len(kills)}")
+        print(
+            f"outbound: {outcome['outbound']} messages, {outcome['duplicates']} duplicates by event_id "
+            f"({outcome['conflicts']} with different content); units received {outcome['received']}, "
+            f"allocated {outcome['allocated']}, reserved {outcome['reserved']}, available {outcome['available']}"
+        )
 
     assert all(f.recovery_s is not None for f in faults), "a fault after which a partition never moved again"
     assert kills, "no SIGKILL recovery measured"
