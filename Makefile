@@ -2,21 +2,34 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+LOCK   := requirements-test.lock
+# A new stamp (and so a fresh install) whenever pyproject.toml or the lock file changes.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | sha1sum | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test unit integration soak lint typecheck bench clean
+.PHONY: help install lock run test unit integration soak lint typecheck bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Every package, the build backend included, comes from the lock file with its hashes checked; then the
+# worker itself, editable, with nothing more.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) ## create .venv and install the worker with its test tools (pinned in pyproject.toml)
+install: $(STAMP) ## create .venv and install the worker with its test tools (hash-checked from requirements-test.lock)
+
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links
+lock: ## re-resolve requirements.lock (image) and requirements-test.lock (make) from pyproject.toml's pins, with hashes
+	$(PYTHON) -m venv $(VENV)/lock-tools
+	$(VENV)/lock-tools/bin/pip install --quiet pip-tools==7.6.2
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/lock-tools/bin/pip-compile $(LOCK_FLAGS) \
+		--output-file requirements.lock pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/lock-tools/bin/pip-compile $(LOCK_FLAGS) \
+		--extra test --constraint requirements.lock --output-file $(LOCK) pyproject.toml
 
 run: $(STAMP) ## start Kafka, PostgreSQL and the worker, play a demo scenario; Ctrl-C stops everything
 	$(PY) deploy/demo.py
