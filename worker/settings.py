@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     field_serializer,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -78,7 +79,6 @@ def masked_database_url(url: str) -> str:
 
 def _default_secrets_dir() -> Path | None:
     return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
-
 
 
 class Settings(BaseSettings):
@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     relay_interval_seconds: PositiveFloat = 0.2
     relay_delivery_timeout_seconds: PositiveFloat = 30.0
     outbox_retention_hours: PositiveFloat = 24.0
+    outbox_parked_retention_hours: PositiveFloat = 168.0  # rows Kafka refused, kept for an operator to look at
+    dead_letter_retention_days: PositiveFloat = 30.0
+    pending_cancellation_retention_days: PositiveFloat = 30.0
+    state_refresh_seconds: PositiveFloat = 15.0  # how often the backlog state behind /metrics is read
 
     metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (see the README on the bind address)
     metrics_port: int = Field(default=9108, ge=0, le=65535)
@@ -166,6 +170,15 @@ class Settings(BaseSettings):
 
     shutdown_timeout_seconds: PositiveFloat = 30.0
     liveness_seconds: PositiveFloat = 120.0  # /healthz fails when the consume loop has not polled for this long
+    # A background loop (relay, sweep) that has not come round for this long is stuck: /healthz fails, the worker exits.
+    loop_stall_seconds: PositiveFloat = 120.0
+
+    # Consumer group membership: how fast the group notices a member that died (librdkafka defaults: 45 s, 3 s).
+    session_timeout_seconds: float = Field(default=10.0, ge=6.0, le=1800.0)  # the broker's default bounds
+    heartbeat_interval_seconds: float = Field(default=3.0, ge=0.1, le=600.0)
+    # Static membership (`group.instance.id`), e.g. the pod name: a restart within the session timeout keeps
+    # the member's partitions without a rebalance. Unset: dynamic membership.
+    group_instance_id: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -210,6 +223,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("group_instance_id", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Settings:
+        if self.heartbeat_interval_seconds >= self.session_timeout_seconds:
+            raise ValueError("heartbeat_interval_seconds must be below session_timeout_seconds")
+        return self
 
     @property
     def inbound_topics(self) -> dict[str, str]:
