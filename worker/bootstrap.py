@@ -19,8 +19,8 @@ from worker.adapters import postgres
 from worker.adapters.avro import AvroCodec, EventSerializer
 from worker.adapters.http import HttpEndpoints
 from worker.adapters.kafka import consumer_config, producer_config
-from worker.adapters.metrics import Metrics
-from worker.adapters.relay import OutboxRelay
+from worker.adapters.metrics import Metrics, StateRefresher
+from worker.adapters.relay import REFUSAL_REASONS, OutboxRelay
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
 from worker.domain.policy import ShopPolicy
 from worker.entrypoints.loop import ConsumeLoop
@@ -85,11 +85,16 @@ def run_worker(settings: Settings) -> None:
             pool, event_serializer(settings, codec), settings.topic_dead_letter
         )
 
-        def read_state() -> postgres.StateFigures:
-            with pool.connection(timeout=2.0) as conn:
-                return postgres.state_figures(conn)
-
-        metrics.watch_state(read_state)
+        # The backlog state behind /metrics: read by one thread on its own connection, never per scrape.
+        state_reader = postgres.StateReader(settings.database_url.get_secret_value())
+        resources.callback(state_reader.close)
+        state = StateRefresher(state_reader.read, settings.state_refresh_seconds)
+        state.refresh()
+        stop_state = threading.Event()
+        state_thread = threading.Thread(target=state.run, name="state-refresh", daemon=True, args=(stop_state,))
+        state_thread.start()
+        resources.callback(stop_state.set)
+        metrics.watch_state(state)
         metrics.watch_pool(pool.get_stats)
 
         stop_relay = threading.Event()
@@ -102,8 +107,23 @@ def run_worker(settings: Settings) -> None:
                 batch_size=settings.relay_batch_size,
                 interval_s=settings.relay_interval_seconds,
                 delivery_timeout_s=settings.relay_delivery_timeout_seconds,
-                retention=dt.timedelta(hours=settings.outbox_retention_hours),
+                retention=postgres.Retention(
+                    published_outbox=dt.timedelta(hours=settings.outbox_retention_hours),
+                    parked_outbox=dt.timedelta(hours=settings.outbox_parked_retention_hours),
+                    dead_letters=dt.timedelta(days=settings.dead_letter_retention_days),
+                    pending_cancellations=dt.timedelta(days=settings.pending_cancellation_retention_days),
+                ),
                 on_published=metrics.outbox_published,
+                on_refused=metrics.outbox_refused,
+            )
+            metrics.outbound_topics(
+                (
+                    settings.topic_fulfillment_requested,
+                    settings.topic_customer_notification,
+                    settings.topic_backorder_status,
+                    settings.topic_dead_letter,
+                ),
+                REFUSAL_REASONS,
             )
             relay_thread = threading.Thread(
                 target=relay.run,

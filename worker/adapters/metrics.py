@@ -1,13 +1,17 @@
 """Prometheus metrics: the one place that knows prometheus_client.
 
 Counters and histograms describe this process's work. The state of the backlog (open backorders,
-outbox backlog) is read from PostgreSQL at scrape time, so every instance reports the same,
-correct figure whatever happened to the others; aggregate those with max(), not sum().
+outbox backlog) is read from PostgreSQL by a thread of its own every few seconds (`StateRefresher`,
+on a connection outside the worker's pool) and a scrape serves the last figures read, so scrapers
+never compete with the consume loop. Every instance reports the same, correct figure whatever
+happened to the others; aggregate those with max(), not sum().
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import structlog
@@ -33,25 +37,63 @@ log = structlog.get_logger(__name__)
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class _StateCollector(Collector):
-    def __init__(self, read: Callable[[], StateFigures]) -> None:
-        self._read = read
+class StateRefresher:
+    """Reads the backlog state every `interval_s` in one thread; scrapes only look at the last figures."""
 
-    def collect(self) -> Iterable[Metric]:
-        ok = GaugeMetricFamily(
-            "backorder_state_query_ok", "1 if the last scrape could read the backlog state from the database"
-        )
+    def __init__(self, read: Callable[[], StateFigures], interval_s: float) -> None:
+        self._read = read
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._figures: StateFigures | None = None
+        self._read_at: float | None = None  # time.monotonic() of the last successful read
+        self._ok = False
+
+    def refresh(self) -> None:
         try:
             figures = self._read()
-        except Exception as exc:  # a scrape must answer even while the database is down
+        except Exception as exc:  # the figures go missing until the database answers again
             log.warning("state_query_failed", error=f"{type(exc).__name__}: {exc}")
-            ok.add_metric([], 0)
-            yield ok
+            with self._lock:
+                self._ok = False
             return
-        ok.add_metric([], 1)
-        yield ok
+        with self._lock:
+            self._figures, self._read_at, self._ok = figures, time.monotonic(), True
+
+    def latest(self) -> tuple[StateFigures | None, float | None]:
+        """The figures of the last refresh if it succeeded (else None), and their age in seconds."""
+        with self._lock:
+            age = None if self._read_at is None else time.monotonic() - self._read_at
+            return (self._figures if self._ok else None), age
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval_s):
+            self.refresh()
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: StateRefresher) -> None:
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        figures, age = self._state.latest()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "backorder_state_age_seconds", "Age of the last backlog state read from the database", value=age
+            )
+        yield GaugeMetricFamily(
+            "backorder_state_query_ok",
+            "1 if the last refresh could read the backlog state from the database",
+            value=0 if figures is None else 1,
+        )
+        if figures is None:
+            return
         yield GaugeMetricFamily(
             "backorder_outbox_backlog", "Outbox rows not yet published to Kafka", value=figures.outbox_backlog
+        )
+        yield GaugeMetricFamily(
+            "backorder_outbox_parked",
+            "Outbox rows Kafka refused for good, kept until their retention",
+            value=figures.outbox_parked,
         )
         yield GaugeMetricFamily(
             "backorder_outbox_oldest_age_seconds",
@@ -98,7 +140,7 @@ class _StateCollector(Collector):
             labels=["currency"],
         )
         for currency, amount in sorted(figures.open_value_minor_by_currency.items()):
-            value.add_metric([currency], amount)
+            value.add_metric([currency], float(amount))
         yield value
         yield GaugeMetricFamily(
             "backorder_oldest_open_age_seconds",
@@ -183,6 +225,12 @@ class Metrics:
             "Outbox events Kafka did not acknowledge (retried later)",
             registry=self.registry,
         )
+        self.outbox_failed = Counter(
+            "backorder_outbox_failed",
+            "Outbox events Kafka refused for good and that were parked, by topic and reason",
+            ["topic", "reason"],
+            registry=self.registry,
+        )
         self.consumer_lag = Gauge(
             "backorder_consumer_lag_messages",
             "Messages behind the end of each partition",
@@ -226,8 +274,18 @@ class Metrics:
             "backorder_db_connections_in_use", "Database connections checked out of the pool", registry=self.registry
         ).set_function(in_use)
 
-    def watch_state(self, read: Callable[[], StateFigures]) -> None:
-        self.registry.register(_StateCollector(read))
+    def watch_state(self, state: StateRefresher) -> None:
+        self.registry.register(_StateCollector(state))
+
+    def outbound_topics(self, topics: Iterable[str], reasons: Iterable[str]) -> None:
+        """Every (topic, reason) of the failures counter from the start at 0, so that the first one alerts."""
+        reasons = tuple(reasons)
+        for topic in topics:
+            for reason in reasons:
+                self.outbox_failed.labels(topic, reason)
+
+    def outbox_refused(self, topic: str, reason: str) -> None:
+        self.outbox_failed.labels(topic, reason).inc()
 
     def batch_handled(self, results: Sequence[MessageResult], seconds: float) -> None:
         self.batch_duration.observe(seconds)

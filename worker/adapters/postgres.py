@@ -6,6 +6,7 @@ All SQL of the worker lives here and in `worker/migrations/`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import uuid
 from collections import defaultdict
@@ -705,7 +706,7 @@ class PostgresUnitOfWork:
         self._insert_outbox(rows)
 
     def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
-        error_class, error_message = type(error).__name__, str(error)
+        error_class, error_message = type(error).__name__, error_text(str(error))
         first_time = self._conn.execute(
             """INSERT INTO dead_letter (source_topic, source_partition, source_offset, error_class,
                    error_message, failed_at)
@@ -714,17 +715,9 @@ class PostgresUnitOfWork:
         ).fetchone()
         if first_time is None:
             return False
-        headers = [
-            *message.headers,
-            ("dlq.original.topic", message.topic.encode()),
-            ("dlq.original.partition", str(message.partition).encode()),
-            ("dlq.original.offset", str(message.offset).encode()),
-            ("dlq.error.class", error_class.encode()),
-            ("dlq.error.message", error_message.encode()),
-            ("dlq.failed_at", at.isoformat().encode()),
-        ]
+        key, value, headers = dead_letter_message(message, error_class, error_message, at)
         dead_letter_id = event_id("dead-letter", message.topic, str(message.partition), str(message.offset))
-        self._insert_outbox([(dead_letter_id, self._dead_letter_topic, message.key, message.value, headers)])
+        self._insert_outbox([(dead_letter_id, self._dead_letter_topic, key, value, headers)])
         return True
 
     def _insert_outbox(
@@ -746,6 +739,79 @@ class PostgresUnitOfWork:
     def _require_locked(self, sku: str) -> None:
         if sku not in self._available:
             raise RuntimeError(f"stock of {sku!r} was not locked at the start of the batch")
+
+
+ERROR_TEXT_MAX_BYTES = 1024  # what a dead letter's error message keeps (it may echo the input)
+DEAD_LETTER_MAX_BYTES = 900_000  # key + value + headers a dead letter may carry; the producer sends up to 1,000,000
+
+
+def error_text(text: str) -> str:
+    """`text` safe for a text column and a header: no NUL, no lone surrogate, at most ERROR_TEXT_MAX_BYTES."""
+    encoded = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace")
+    if len(encoded) <= ERROR_TEXT_MAX_BYTES:
+        return encoded.decode()
+    marker = f"... ({len(encoded)} bytes)".encode()
+    return encoded[: ERROR_TEXT_MAX_BYTES - len(marker)].decode("utf-8", "ignore") + marker.decode()
+
+
+def _header_name(name: str) -> str:
+    return name.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+
+
+def dead_letter_message(
+    message: InboundMessage, error_class: str, error_message: str, at: dt.datetime
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The dead letter of `message`: key, value and headers as the contract describes them.
+
+    The worker's `dlq.*` headers are the only ones of that name: a producer's own are renamed
+    `original.dlq.*`. What would not fit in one Kafka message (DEAD_LETTER_MAX_BYTES) is left out, the
+    larger of value and original headers first, then the other, then the key, each replaced by a header
+    saying so.
+    """
+    original = [
+        (f"original.{name}" if name.startswith("dlq.") else name, value)
+        for name, value in ((_header_name(n), v) for n, v in message.headers)
+    ]
+    ours = [
+        ("dlq.original.topic", message.topic.encode()),
+        ("dlq.original.partition", str(message.partition).encode()),
+        ("dlq.original.offset", str(message.offset).encode()),
+        ("dlq.error.class", error_class.encode()),
+        ("dlq.error.message", error_message.encode()),
+        ("dlq.failed_at", at.isoformat().encode()),
+    ]
+    key, value = message.key, message.value
+
+    def size() -> int:
+        return len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in original + ours)
+
+    def omit_value() -> None:
+        nonlocal value
+        if value is not None and size() > DEAD_LETTER_MAX_BYTES:
+            ours.extend(
+                [
+                    ("dlq.value.omitted.bytes", str(len(value)).encode()),
+                    ("dlq.value.sha256", hashlib.sha256(value).hexdigest().encode()),
+                ]
+            )
+            value = None
+
+    def omit_headers() -> None:
+        nonlocal original
+        if original and size() > DEAD_LETTER_MAX_BYTES:
+            ours.append(("dlq.headers.omitted.bytes", str(sum(len(n) + len(v) for n, v in original)).encode()))
+            original = []
+
+    # The larger of the two goes first, so that what is kept is as much of the original as fits.
+    larger_first = (omit_value, omit_headers)
+    if len(value or b"") < sum(len(n) + len(v) for n, v in original):
+        larger_first = (omit_headers, omit_value)
+    for omit in larger_first:
+        omit()
+    if key is not None and size() > DEAD_LETTER_MAX_BYTES:
+        ours.append(("dlq.key.omitted.bytes", str(len(key)).encode()))
+        key = None
+    return key, value, original + ours
 
 
 class PostgresUnitOfWorkFactory:
@@ -789,7 +855,7 @@ def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
 def unpublished(conn: psycopg.Connection[Any], limit: int) -> list[OutboxRow]:
     rows = conn.execute(
         """SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at, source_time
-           FROM outbox WHERE published_at IS NULL ORDER BY outbox_id LIMIT %s""",
+           FROM outbox WHERE published_at IS NULL AND failed_at IS NULL ORDER BY outbox_id LIMIT %s""",
         (limit,),
     ).fetchall()
     return [
@@ -805,9 +871,78 @@ def mark_published(conn: psycopg.Connection[Any], outbox_ids: Sequence[int]) -> 
         conn.execute("UPDATE outbox SET published_at = now() WHERE outbox_id = ANY(%s)", (list(outbox_ids),))
 
 
-def purge_published(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> int:
-    cur = conn.execute("DELETE FROM outbox WHERE published_at < now() - %s", (older_than,))
-    return cur.rowcount
+def park(conn: psycopg.Connection[Any], refused: Mapping[int, str]) -> None:
+    """Rows Kafka refused for good (outbox id -> why): never retried, kept for an operator to look at."""
+    if refused:
+        conn.execute(
+            """UPDATE outbox SET failed_at = now(), last_error = f.error
+               FROM unnest(%s::bigint[], %s::text[]) AS f(outbox_id, error) WHERE outbox.outbox_id = f.outbox_id""",
+            (list(refused), [error_text(e) for e in refused.values()]),
+        )
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long what the worker keeps only for a while is kept (see the README's retention table)."""
+
+    published_outbox: dt.timedelta
+    parked_outbox: dt.timedelta
+    dead_letters: dt.timedelta
+    pending_cancellations: dt.timedelta
+    empty_stock_rows: dt.timedelta = dt.timedelta(days=1)
+
+
+PURGE_CHUNK_ROWS = 5000  # rows deleted per statement: short transactions, no long lock on a big table
+
+
+def purge(conn: psycopg.Connection[Any], retention: Retention) -> dict[str, int]:
+    """Delete what is past its retention, in chunks; rows deleted per kind. `conn` must be in autocommit."""
+    statements = {
+        "published_outbox": (
+            """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
+                   WHERE published_at < now() - %(age)s LIMIT %(chunk)s)""",
+            retention.published_outbox,
+        ),
+        "parked_outbox": (
+            """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
+                   WHERE failed_at < now() - %(age)s LIMIT %(chunk)s)""",
+            retention.parked_outbox,
+        ),
+        "dead_letters": (
+            """DELETE FROM dead_letter WHERE (source_topic, source_partition, source_offset) IN (
+                   SELECT source_topic, source_partition, source_offset FROM dead_letter
+                   WHERE failed_at < now() - %(age)s LIMIT %(chunk)s)""",
+            retention.dead_letters,
+        ),
+        "pending_cancellations": (
+            """DELETE FROM pending_cancellation WHERE (order_id, event_id) IN (
+                   SELECT order_id, event_id FROM pending_cancellation
+                   WHERE recorded_at < now() - %(age)s LIMIT %(chunk)s)""",
+            retention.pending_cancellations,
+        ),
+        # A stock row that never held anything is what a missing row means; rows a batch has locked
+        # are skipped (it may be about to use them), and a batch that needs one again recreates it.
+        "empty_stock_rows": (
+            """DELETE FROM stock_level WHERE sku IN (
+                   SELECT s.sku FROM stock_level s
+                   WHERE s.available = 0 AND s.received_total = 0 AND s.updated_at < now() - %(age)s
+                     AND NOT EXISTS (SELECT 1 FROM order_line l WHERE l.sku = s.sku
+                                     AND l.status IN ('BACKORDERED', 'PARTIALLY_ALLOCATED'))
+                     AND NOT EXISTS (SELECT 1 FROM product_policy p WHERE p.sku = s.sku)
+                   LIMIT %(chunk)s FOR UPDATE SKIP LOCKED)""",
+            retention.empty_stock_rows,
+        ),
+    }
+    purged: dict[str, int] = {}
+    for kind, (sql, age) in statements.items():
+        total = 0
+        while True:
+            deleted = conn.execute(sql, {"age": age, "chunk": PURGE_CHUNK_ROWS}).rowcount
+            total += deleted
+            if deleted < PURGE_CHUNK_ROWS:
+                break
+        purged[kind] = total
+    return purged
 
 
 def _bytes(value: Any) -> bytes | None:
@@ -820,6 +955,7 @@ def _bytes(value: Any) -> bytes | None:
 @dataclass(frozen=True)
 class StateFigures:
     outbox_backlog: int
+    outbox_parked: int
     outbox_oldest_age_seconds: float
     open_backorder_lines: int
     open_backorder_units: int
@@ -869,8 +1005,9 @@ def _histogram(conn: psycopg.Connection[Any], seconds_sql: str) -> Histogram:
 
 def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
     outbox = conn.execute(
-        """SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
-           FROM outbox WHERE published_at IS NULL"""
+        """SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0),
+                  (SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL)
+           FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"""
     ).fetchone()
     lines = conn.execute(
         """SELECT count(*) FILTER (WHERE status = ANY(%(waiting)s)),
@@ -897,7 +1034,7 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
     ).fetchone()
     values = conn.execute(
         """SELECT o.currency, sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
-                                   - l.quantity_cancelled) * l.unit_price_minor)
+                                   - l.quantity_cancelled)::numeric * l.unit_price_minor)
            FROM order_line l JOIN customer_order o USING (order_id)
            WHERE l.status = ANY(%s) GROUP BY o.currency""",
         (_WAITING,),
@@ -906,6 +1043,7 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
     assert outbox is not None and lines is not None
     return StateFigures(
         outbox_backlog=int(outbox[0]),
+        outbox_parked=int(outbox[2]),
         outbox_oldest_age_seconds=float(outbox[1]),
         open_backorder_lines=int(lines[0]),
         open_backorder_units=int(lines[1]),
@@ -923,6 +1061,31 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
         fill_to_allocation=_histogram(conn, "extract(epoch FROM filled_at - placed_at)"),
         fill_to_shipment=_histogram(conn, "extract(epoch FROM shipped_at - placed_at)"),
     )
+
+
+class StateReader:
+    """Reads the state figures on a connection of its own (never the worker's pool), reconnecting as needed."""
+
+    def __init__(self, conninfo: str, name: str = "backorder-worker-state") -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def read(self) -> StateFigures:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._conninfo, autocommit=True, application_name=self._name, connect_timeout=10
+            )
+        try:
+            return state_figures(self._conn)
+        except psycopg.Error:
+            self.close()  # the next read starts on a fresh connection
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 @dataclass(frozen=True)
@@ -946,7 +1109,7 @@ def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
                   sum(l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
                       - l.quantity_cancelled),
                   sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
-                       - l.quantity_cancelled) * l.unit_price_minor),
+                       - l.quantity_cancelled)::numeric * l.unit_price_minor),
                   o.currency, extract(day FROM now() - min(l.placed_at))::int,
                   coalesce(max(s.available), 0),
                   (SELECT min(expected_date) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0),

@@ -1,0 +1,154 @@
+"""The relay against the real broker and database: a row Kafka refuses is parked and blocks nothing; retention
+purges what hostile input can grow; the state figures and `report` survive sums beyond bigint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Producer
+from psycopg_pool import ConnectionPool
+
+from tests.integration.conftest import Deployment
+from worker.adapters import postgres
+from worker.adapters.relay import OutboxRelay
+
+RETENTION = postgres.Retention(
+    published_outbox=dt.timedelta(hours=24),
+    parked_outbox=dt.timedelta(days=7),
+    dead_letters=dt.timedelta(days=30),
+    pending_cancellations=dt.timedelta(days=30),
+)
+
+
+@pytest.fixture
+def pool(deployment: Deployment) -> Iterator[ConnectionPool]:
+    pool = postgres.open_pool(deployment.database_url, 1, 2, name="test-relay")
+    yield pool
+    pool.close()
+
+
+def outbox_row(deployment: Deployment, topic: str, value: bytes) -> None:
+    deployment.query(
+        "INSERT INTO outbox (event_id, topic, message_key, message_value) VALUES (%s, %s, %s, %s) RETURNING 1",
+        uuid.uuid4(),
+        topic,
+        b"key",
+        value,
+    )
+
+
+def test_a_row_kafka_refuses_is_parked_counted_and_blocks_nothing(deployment: Deployment, pool: ConnectionPool) -> None:
+    topic = deployment.topics["dlq"]  # read back raw, undecoded
+    outbox_row(deployment, topic, b"first")
+    outbox_row(deployment, topic, b"x" * 1_000_001)  # over librdkafka's message.max.bytes: produce() raises
+    outbox_row(deployment, topic, b"third")
+    refused: list[tuple[str, str]] = []
+    producer = Producer({"bootstrap.servers": deployment.bootstrap, "enable.idempotence": True, "acks": "all"})
+    relay = OutboxRelay(
+        pool,
+        producer,
+        batch_size=100,
+        interval_s=0.1,
+        delivery_timeout_s=10,
+        retention=RETENTION,
+        on_refused=lambda t, reason: refused.append((t, reason)),
+    )
+
+    assert relay.publish_once() == 2
+    assert relay.publish_once() == 0  # nothing left: the parked row is not retried, nothing is sent again
+    outbox_row(deployment, topic, b"fourth")
+    assert relay.publish_once() == 1
+
+    sent = deployment.read("dlq", settle_s=3)
+    assert sorted(m.raw or b"" for m in sent) == [b"first", b"fourth", b"third"]  # each exactly once
+    assert refused == [(topic, "too_large")]
+    rows = deployment.query(
+        "SELECT message_value = 'third', published_at IS NOT NULL, failed_at IS NOT NULL, last_error FROM outbox"
+        " WHERE length(message_value) > 10 OR message_value = 'third' ORDER BY outbox_id"
+    )
+    assert rows[0][1:3] == (False, True) and "too_large" in rows[0][3]
+    assert rows[1][:3] == (True, True, False)
+    with pool.connection() as conn:
+        figures = postgres.state_figures(conn)
+    assert (figures.outbox_backlog, figures.outbox_parked) == (0, 1)
+
+
+def test_retention_purges_what_hostile_input_can_grow(deployment: Deployment) -> None:
+    old, recent = "now() - interval '40 days'", "now() - interval '1 hour'"
+    with deployment.db() as conn:
+        for age, published, failed in [(old, True, False), (recent, True, False), (old, False, True)]:
+            conn.execute(
+                f"""INSERT INTO outbox (event_id, topic, created_at, published_at, failed_at)
+                    VALUES (%s, 't', {age}, {age if published else "NULL"}, {age if failed else "NULL"})""",
+                (uuid.uuid4(),),
+            )
+        conn.execute("INSERT INTO outbox (event_id, topic) VALUES (%s, 't')", (uuid.uuid4(),))  # still to publish
+        for offset, age in [(1, old), (2, recent)]:
+            conn.execute(
+                f"""INSERT INTO dead_letter (source_topic, source_partition, source_offset, error_class,
+                        error_message, failed_at) VALUES ('in', 0, {offset}, 'InvalidEvent', 'x', {age})"""
+            )
+        for order_id, age in [("never-came", old), ("may-still-come", recent)]:
+            conn.execute(
+                f"""INSERT INTO pending_cancellation (order_id, event_id, line_ids, reason, requested_at, recorded_at)
+                    VALUES ('{order_id}', 'e', '{{}}', 'CUSTOMER_REQUEST', now(), {age})"""
+            )
+        for sku, available, received in [("NAMED-ONCE", 0, 0), ("ON-HAND", 5, 5), ("SOLD-OUT", 0, 5)]:
+            conn.execute(
+                f"""INSERT INTO stock_level (sku, available, received_total, updated_at)
+                    VALUES ('{sku}', {available}, {received}, {old})"""
+            )
+        conn.execute(f"INSERT INTO stock_level (sku, updated_at) VALUES ('WAITED-FOR', {old})")
+        conn.execute(
+            f"""INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                    placed_at, event_id, order_units) VALUES ('O', 'C', 'STANDARD', 'STANDARD', 'USD', {old}, 'e', 1)"""
+        )
+        conn.execute(
+            f"""INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                    placed_at, updated_at) VALUES ('O', 'L', 'WAITED-FOR', 'p', 1, 100, 'BACKORDERED', {old}, {old})"""
+        )
+        conn.execute("INSERT INTO stock_level (sku) VALUES ('NAMED-TODAY')")
+
+        purged = postgres.purge(conn, RETENTION)
+
+    assert purged == {
+        "published_outbox": 1,
+        "parked_outbox": 1,
+        "dead_letters": 1,
+        "pending_cancellations": 1,
+        "empty_stock_rows": 1,
+    }
+    assert deployment.query("SELECT count(*) FROM outbox") == [(2,)]
+    assert deployment.query("SELECT source_offset FROM dead_letter") == [(2,)]
+    assert deployment.query("SELECT order_id FROM pending_cancellation") == [("may-still-come",)]
+    assert deployment.query("SELECT sku FROM stock_level ORDER BY 1") == [
+        ("NAMED-TODAY",),
+        ("ON-HAND",),
+        ("SOLD-OUT",),
+        ("WAITED-FOR",),
+    ]
+
+
+def test_state_figures_and_report_survive_amounts_beyond_bigint(deployment: Deployment) -> None:
+    biggest = 2**63 - 1
+    with deployment.db() as conn:
+        conn.execute(
+            """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                   placed_at, event_id, order_units)
+               VALUES ('RICH', 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e', 2)"""
+        )
+        conn.execute(
+            """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                   placed_at, updated_at) VALUES ('RICH', 'L', 'GOLD', 'p', 2, %s, 'BACKORDERED', now(), now())""",
+            (biggest,),
+        )
+        figures = postgres.state_figures(conn)
+        [gold] = postgres.sku_backlog(conn)
+
+    assert figures.open_value_minor_by_currency == {"USD": 2 * biggest}
+    assert gold.value_minor == 2 * biggest
+    report = deployment.cli("report")
+    assert "current backorders: 1 orders, 1 lines, 2 units" in report

@@ -1,0 +1,221 @@
+"""The relay's round with a fake producer, the dead letter's shape, and the state behind /metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from prometheus_client import generate_latest
+from psycopg_pool import ConnectionPool
+
+from worker.adapters import postgres
+from worker.adapters.metrics import Metrics, StateRefresher
+from worker.adapters.postgres import DEAD_LETTER_MAX_BYTES, ERROR_TEXT_MAX_BYTES, dead_letter_message, error_text
+from worker.adapters.relay import OutboxRelay
+from worker.service.messages import InboundMessage
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class FakeMessage:
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+
+    def topic(self) -> str:
+        return self._topic
+
+
+class FakeProducer:
+    """Refuses values over `max_bytes` in produce(), as librdkafka does; answers the others at flush()."""
+
+    def __init__(self, max_bytes: int = 1000, answers: dict[bytes, KafkaError] | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.answers = answers or {}  # value -> the error its delivery report carries
+        self.raise_on: dict[bytes, KafkaError] = {}  # value -> what produce() raises for it
+        self.queued: list[tuple[str, bytes, Callable[[KafkaError | None, Any], None]]] = []
+        self.sent: list[bytes] = []
+
+    def produce(self, topic: str, *, key: Any, value: bytes, headers: Any, on_delivery: Any) -> None:
+        if value in self.raise_on:
+            raise KafkaException(self.raise_on[value])
+        if len(value) > self.max_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        self.queued.append((topic, value, on_delivery))
+
+    def flush(self, _timeout: float) -> int:
+        for topic, value, on_delivery in self.queued:
+            err = self.answers.get(value)
+            if err is None:
+                self.sent.append(value)
+            on_delivery(err, FakeMessage(topic))
+        self.queued = []
+        return 0
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+
+def relay(producer: FakeProducer) -> OutboxRelay:
+    return OutboxRelay(
+        cast(ConnectionPool, None),  # publish() alone never touches the database
+        cast(Producer, producer),
+        batch_size=100,
+        interval_s=1,
+        delivery_timeout_s=1,
+        retention=postgres.Retention(*(dt.timedelta(days=1),) * 4),
+    )
+
+
+def row(outbox_id: int, value: bytes) -> postgres.OutboxRow:
+    return postgres.OutboxRow(outbox_id, "out", b"k", value, [], NOW, None)
+
+
+def test_a_row_refused_in_produce_is_parked_and_the_rows_around_it_are_delivered() -> None:
+    producer = FakeProducer(max_bytes=1000)
+    rows = [row(1, b"a"), row(2, b"x" * 1001), row(3, b"b")]
+
+    result = relay(producer).publish(rows)
+
+    assert result.delivered == [1, 3] and producer.sent == [b"a", b"b"]
+    assert result.refused == {2: ("out", "too_large", "Broker: Message size too large")}
+    assert result.producer_error is None and result.not_acknowledged == 0
+
+
+def test_delivery_reports_tell_a_refusal_from_a_passing_failure() -> None:
+    producer = FakeProducer(
+        answers={
+            b"auth": KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED),
+            b"late": KafkaError(KafkaError._MSG_TIMED_OUT),
+            b"big": KafkaError(KafkaError.MSG_SIZE_TOO_LARGE),
+        }
+    )
+    rows = [row(1, b"auth"), row(2, b"ok"), row(3, b"late"), row(4, b"big")]
+
+    result = relay(producer).publish(rows)
+
+    assert result.delivered == [2]
+    assert {i: reason for i, (_, reason, _) in result.refused.items()} == {1: "not_authorized", 4: "too_large"}
+    assert result.not_acknowledged == 1  # the timed-out row is left to the next round
+
+
+def test_a_broken_producer_stops_the_round_but_keeps_what_was_acknowledged() -> None:
+    producer = FakeProducer()
+    producer.raise_on[b"second"] = KafkaError(KafkaError._FATAL, fatal=True)
+    rows = [row(1, b"first"), row(2, b"second"), row(3, b"third")]
+
+    result = relay(producer).publish(rows)
+
+    assert result.delivered == [1]  # stamped in any case: never published twice because of a neighbour
+    assert result.refused == {}  # nothing parked for the producer's own fault
+    assert result.producer_error is not None
+
+
+def message(value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> InboundMessage:
+    return InboundMessage("orders", 2, 41, b"key", value, headers)
+
+
+def test_a_producers_own_dlq_headers_are_renamed_so_the_workers_are_the_only_ones() -> None:
+    original = (("trace-id", b"t-1"), ("dlq.error.class", b"forged"), ("dlq.original.offset", b"999"))
+
+    key, value, headers = dead_letter_message(message(b"body", original), "InvalidEvent", "bad", NOW)
+
+    assert (key, value) == (b"key", b"body")
+    names = [name for name, _ in headers]
+    for name in ("dlq.error.class", "dlq.original.offset", "dlq.error.message", "dlq.failed_at"):
+        assert names.count(name) == 1, name
+    assert dict(headers)["dlq.error.class"] == b"InvalidEvent"
+    assert dict(headers)["dlq.original.offset"] == b"41"
+    assert dict(headers)["original.dlq.error.class"] == b"forged"
+    assert dict(headers)["trace-id"] == b"t-1"
+
+
+def test_a_value_too_large_to_send_again_is_replaced_by_its_size_and_digest() -> None:
+    big = b"\x07" * 950_000
+
+    key, value, headers = dead_letter_message(message(big, (("trace-id", b"t"),)), "InvalidEvent", "too big", NOW)
+
+    assert value is None and key == b"key"
+    assert dict(headers)["dlq.value.omitted.bytes"] == b"950000"
+    assert dict(headers)["dlq.value.sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert dict(headers)["trace-id"] == b"t"
+    assert sum(len(n) + len(v) for n, v in headers) + len(key) < DEAD_LETTER_MAX_BYTES
+
+
+def test_huge_original_headers_are_left_out_too() -> None:
+    headers_in = tuple((f"h{i}", b"v" * 100_000) for i in range(10))
+
+    key, value, headers = dead_letter_message(message(b"small", headers_in), "InvalidEvent", "x", NOW)
+
+    assert value == b"small" and key == b"key"
+    assert not any(name.startswith("h") for name, _ in headers)
+    assert int(dict(headers)["dlq.headers.omitted.bytes"]) > DEAD_LETTER_MAX_BYTES
+
+
+def test_error_text_is_bounded_and_safe_for_a_text_column() -> None:
+    assert error_text("short") == "short"
+    assert error_text("S\x00KU \udcff") == "S\\x00KU \\udcff"
+    long = error_text("é" * 5000)
+    assert len(long.encode()) <= ERROR_TEXT_MAX_BYTES
+    assert long.endswith("... (10000 bytes)")
+
+
+def figures(outbox_backlog: int) -> postgres.StateFigures:
+    empty = postgres.Histogram([(1.0, 0)], 0.0, 0)
+    return postgres.StateFigures(
+        outbox_backlog=outbox_backlog,
+        outbox_parked=0,
+        outbox_oldest_age_seconds=0.0,
+        open_backorder_lines=0,
+        open_backorder_units=0,
+        units_received=0,
+        units_allocated=0,
+        units_reserved=0,
+        units_rejected=0,
+        cancelled_lines_by_reason={},
+        orders_by_outcome={},
+        backordered_lines=0,
+        open_backorder_orders=0,
+        open_value_minor_by_currency={"USD": 2 * (2**63 - 1)},
+        oldest_open_age_seconds=0.0,
+        open_lines_expected_within_7_days=0,
+        fill_to_allocation=empty,
+        fill_to_shipment=empty,
+    )
+
+
+def test_scrapes_read_the_last_refresh_and_never_the_database() -> None:
+    reads: list[int] = []
+
+    def read() -> postgres.StateFigures:
+        reads.append(1)
+        return figures(len(reads))
+
+    metrics = Metrics()
+    state = StateRefresher(read, interval_s=15)
+    metrics.watch_state(state)
+    state.refresh()
+    for _ in range(8):
+        text = generate_latest(metrics.registry).decode()
+
+    assert len(reads) == 1
+    assert "backorder_outbox_backlog 1.0" in text
+    assert "backorder_state_query_ok 1.0" in text
+    assert "backorder_state_age_seconds " in text
+    assert 'backorder_open_value_minor{currency="USD"} 1.8446744073709552e+19' in text
+
+
+def test_a_failed_refresh_hides_the_figures_and_says_so() -> None:
+    def read() -> postgres.StateFigures:
+        raise OSError("database down")
+
+    metrics = Metrics()
+    state = StateRefresher(read, interval_s=15)
+    metrics.watch_state(state)
+    state.refresh()
+    text = generate_latest(metrics.registry).decode()
+
+    assert "backorder_state_query_ok 0.0" in text
+    assert "backorder_outbox_backlog" not in text
