@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import time
+import uuid
+
+from confluent_kafka import Consumer
 
 from tests import factories
 from tests.integration.conftest import Deployment, wait_for
@@ -99,3 +104,59 @@ def test_an_event_the_database_cannot_apply_is_dead_lettered_alone(deployment: D
     wait_for("the receipt after it", lambda: deployment.query("SELECT count(*) FROM stock_receipt")[0][0] == 2)
     assert deployment.query("SELECT receipt_id FROM stock_receipt ORDER BY 1") == [("R-A",), ("R-C",)]
     assert deployment.query("SELECT available FROM stock_level WHERE sku = 'BIG'") == [(near_max + huge + 5,)]
+
+
+def _raw_dead_letters(
+    deployment: Deployment, count: int
+) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    """Key, value and every header in order (a name may come twice), as a reader of the topic sees them."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": deployment.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([deployment.topics["dlq"]])
+    out: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            headers = [
+                (str(name), value.encode() if isinstance(value, str) else bytes(value or b""))
+                for name, value in list(msg.headers() or [])
+            ]
+            out.append((msg.key(), msg.value(), headers))
+    finally:
+        consumer.close()
+    assert len(out) >= count, f"expected {count} dead letters, got {len(out)}"
+    return out
+
+
+def test_a_dead_letter_has_one_value_per_dlq_header_and_fits_in_kafka(deployment: Deployment) -> None:
+    deployment.start_worker()
+    forged = [("dlq.error.class", b"forged"), ("dlq.original.offset", b"999"), ("trace-id", b"t-7")]
+    huge = b"\x00" + b"x" * 949_999  # not Avro, and too large to send back with the worker's headers
+    deployment.produce_raw("order-created", b"k", b"\x00small garbage", headers=forged)
+    deployment.produce_raw("order-created", b"k", huge, headers=forged)
+    deployment.produce("order-created", factories.order("O-AFTER", "2026-01-01", [(SKU, 1)]), key="k")
+
+    small, large = _raw_dead_letters(deployment, 2)
+    for key, _, headers in (small, large):
+        names = [name for name, _ in headers]
+        for name in DLQ_HEADERS:
+            assert names.count(name) == 1, (name, names)
+        assert dict(headers)["dlq.error.class"] != b"forged"
+        assert dict(headers)["original.dlq.error.class"] == b"forged"
+        assert dict(headers)["trace-id"] == b"t-7"
+        assert key == b"k"
+    assert small[1] == b"\x00small garbage"
+    assert large[1] is None
+    assert dict(large[2])["dlq.value.omitted.bytes"] == b"950000"
+    assert dict(large[2])["dlq.value.sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    assert [m.value["order_id"] for m in deployment.read("backorder-status", count=1) if m.value] == ["O-AFTER"]
+    assert deployment.query("SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL") == [(0,)]
