@@ -24,6 +24,7 @@ from worker.adapters.relay import REFUSAL_REASONS, OutboxRelay
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
 from worker.domain.policy import ShopPolicy
 from worker.entrypoints.loop import ConsumeLoop
+from worker.entrypoints.supervision import Heartbeat, Supervisor
 from worker.service.batch import MessageResult, handle_batch
 from worker.service.handlers import sweep_once
 from worker.service.messages import InboundMessage
@@ -36,6 +37,27 @@ KAFKA_LOG = logging.getLogger("librdkafka")
 
 class SchemaNotMigrated(RuntimeError):
     pass
+
+
+class WorkerUnhealthy(RuntimeError):
+    """A background loop died or stalled: the worker stopped so that its supervisor starts a fresh one."""
+
+
+class ShutdownDeadline:
+    """One bound for the whole shutdown, counted from the stop request (SIGTERM) or from the first ask."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._deadline: float | None = None
+
+    def start(self, since: float | None = None) -> None:
+        if self._deadline is None:
+            self._deadline = (since if since is not None else time.monotonic()) + self._seconds
+
+    def remaining(self) -> float:
+        self.start()
+        assert self._deadline is not None
+        return max(0.0, self._deadline - time.monotonic())
 
 
 def utc_now() -> dt.datetime:
@@ -75,11 +97,13 @@ def run_worker(settings: Settings) -> None:
     codec = AvroCodec.from_directory()
     metrics = Metrics()
     shop = settings.shop_policy()
+    supervisor = Supervisor()
+    deadline = ShutdownDeadline(settings.shutdown_timeout_seconds)
     with contextlib.ExitStack() as resources:
         pool = postgres.open_pool(
             settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size
         )
-        resources.callback(pool.close)
+        resources.callback(lambda: pool.close(timeout=max(1.0, deadline.remaining())))
         _require_schema(pool)
         factory = postgres.PostgresUnitOfWorkFactory(
             pool, event_serializer(settings, codec), settings.topic_dead_letter
@@ -125,22 +149,28 @@ def run_worker(settings: Settings) -> None:
                 ),
                 REFUSAL_REASONS,
             )
+            relay_beat = supervisor.heartbeat("outbox-relay", settings.loop_stall_seconds)
+            running_relay = relay
+
+            def publish_until_stopped() -> None:
+                running_relay.run(
+                    stop_relay,
+                    backoff_initial_s=settings.db_retry_initial_seconds,
+                    backoff_max_s=settings.db_retry_max_seconds,
+                    on_round=relay_beat.beat,
+                )
+
             relay_thread = threading.Thread(
-                target=relay.run,
+                target=supervisor.run_supervised("outbox-relay", relay_beat, publish_until_stopped),
                 name="outbox-relay",
                 daemon=True,
-                args=(stop_relay,),
-                kwargs={
-                    "backoff_initial_s": settings.db_retry_initial_seconds,
-                    "backoff_max_s": settings.db_retry_max_seconds,
-                },
             )
             relay_thread.start()
 
             def stop_relay_thread() -> None:
                 stop_relay.set()
-                relay.wake.set()
-                relay_thread.join(settings.shutdown_timeout_seconds)
+                running_relay.wake.set()
+                relay_thread.join(deadline.remaining())
 
             resources.callback(stop_relay_thread)
         else:
@@ -148,23 +178,23 @@ def run_worker(settings: Settings) -> None:
 
         if settings.sweep_interval_seconds > 0:
             stop_sweeps = threading.Event()
+            # The sweep comes round once per interval: its bound is the interval plus the stall bound.
+            sweep_beat = supervisor.heartbeat("sweep", settings.sweep_interval_seconds + settings.loop_stall_seconds)
+            wake_relay = relay.wake.set if relay is not None else None
+
+            def sweep_until_stopped() -> None:
+                _sweep_forever(stop_sweeps, factory, shop, settings.sweep_interval_seconds, wake_relay, sweep_beat)
+
             sweeper = threading.Thread(
-                target=_sweep_forever,
+                target=supervisor.run_supervised("sweep", sweep_beat, sweep_until_stopped),
                 name="sweep",
                 daemon=True,
-                args=(
-                    stop_sweeps,
-                    factory,
-                    shop,
-                    settings.sweep_interval_seconds,
-                    relay.wake.set if relay is not None else None,
-                ),
             )
             sweeper.start()
 
             def stop_sweeper() -> None:
                 stop_sweeps.set()
-                sweeper.join(settings.shutdown_timeout_seconds)
+                sweeper.join(deadline.remaining())
 
             resources.callback(stop_sweeper)
 
@@ -176,7 +206,6 @@ def run_worker(settings: Settings) -> None:
                 "stats_cb": metrics.consumer_statistics,
             }
         )
-        resources.callback(consumer.close)
         expected = settings.inbound_topics
 
         def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
@@ -202,8 +231,20 @@ def run_worker(settings: Settings) -> None:
             on_committed=relay.wake.set if relay is not None else None,
             on_rebalance=lambda kind: metrics.rebalances.labels(kind).inc(),
         )
+        resources.callback(lambda: loop.close(deadline.remaining()))
+        # Whatever stops the loop (signal, unhealthy loop, an error), the loops it feeds stop with it.
+        resources.callback(supervisor.stopping)
+
+        stop_watching = threading.Event()
+        resources.callback(stop_watching.set)
+        threading.Thread(
+            target=supervisor.watch, name="supervisor", daemon=True, args=(stop_watching, lambda _why: loop.stop())
+        ).start()
 
         def live() -> tuple[bool, str]:
+            failure = supervisor.check()
+            if failure is not None:
+                return False, failure
             idle = time.monotonic() - loop.last_poll_monotonic
             return idle < settings.liveness_seconds, f"last poll {idle:.1f}s ago"
 
@@ -233,8 +274,14 @@ def run_worker(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("worker_started", group_id=settings.group_id, relay=settings.relay_enabled)
-        loop.run()
+        try:
+            loop.run()
+        finally:
+            deadline.start(loop.stop_requested_monotonic)
+            supervisor.stopping()
     log.info("worker_stopped")
+    if supervisor.failure is not None:
+        raise WorkerUnhealthy(supervisor.failure)
 
 
 def _sweep_forever(
@@ -243,9 +290,12 @@ def _sweep_forever(
     shop: ShopPolicy,
     interval_s: float,
     on_events: Callable[[], None] | None,
+    heartbeat: Heartbeat | None = None,
 ) -> None:
     """The time-driven work (status updates, stale backorders), one instance at a time across the group."""
     while not stop.wait(interval_s):
+        if heartbeat is not None:
+            heartbeat.beat()
         try:
             sent = sweep_once(factory, shop, utc_now(), wait=False)
         except StoreUnavailable as exc:

@@ -175,7 +175,8 @@ class Settings(BaseSettings):
 
     # Consumer group membership: how fast the group notices a member that died (librdkafka defaults: 45 s, 3 s).
     session_timeout_seconds: float = Field(default=10.0, ge=6.0, le=1800.0)  # the broker's default bounds
-    heartbeat_interval_seconds: float = Field(default=3.0, ge=0.1, le=600.0)
+    # The survivors learn of a rebalance at their next heartbeat: 1 s rather than 3 s saves up to 2 s of recovery.
+    heartbeat_interval_seconds: float = Field(default=1.0, ge=0.1, le=600.0)
     # Static membership (`group.instance.id`), e.g. the pod name: a restart within the session timeout keeps
     # the member's partitions without a rebalance. Unset: dynamic membership.
     group_instance_id: str | None = None

@@ -141,13 +141,13 @@ class WorkerProcess:
         return total
 
     def assignment(self) -> list[str]:
-        """The partitions this worker holds now, from its log (eager rebalancing: revoke takes all)."""
+        """The partitions this worker holds now, from its log (incremental rebalancing: only what moves)."""
         held: list[str] = []
         for entry in json_lines(self.log()):
             if entry.get("event") == "partitions_assigned":
-                held = entry["partitions"]
-            elif entry.get("event") == "partitions_revoked":
-                held = []
+                held += [p for p in entry["partitions"] if p not in held]
+            elif entry.get("event") in ("partitions_revoked", "partitions_lost"):
+                held = [p for p in held if p not in entry["partitions"]]
         return held
 
     def log(self) -> str:
