@@ -87,7 +87,7 @@ def check_bounded(endpoints: HttpEndpoints, slow: list[socket.socket], threads_b
         f"/healthz in {answered_in:.3f} s"
     )
     assert threads_during <= threads_before
-    assert answered_in < 1.0
+    assert answered_in < 2.0
     # Every slow connection is closed by the server once the timeout has passed.
     deadline = time.monotonic() + TIMEOUT + 2
     while time.monotonic() < deadline and not all(closed_by_server(conn) for conn in slow[-10:]):
@@ -112,4 +112,4 @@ def test_a_client_trickling_its_request_is_cut_off_at_the_timeout(endpoints: Htt
             break
         time.sleep(0.05)
     conn.close()
-    assert cut_off is not None and cut_off < TIMEOUT + 0.5, cut_off
+    assert cut_off is not None and cut_off < TIMEOUT + 1.0, cut_off
