@@ -46,6 +46,7 @@ class FakeState:
     outcomes: dict[str, OrderOutcome] = field(default_factory=dict)
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
+    held_orders: set[str] = field(default_factory=set)  # orders held for a decision: no other worker here
 
 
 class FakeUnitOfWork:
@@ -54,6 +55,9 @@ class FakeUnitOfWork:
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
         pass
+
+    def hold_orders(self, order_ids: Iterable[str]) -> None:
+        self.state.held_orders.update(order_ids)
 
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         wanted = set(order_ids)

@@ -269,6 +269,15 @@ class PostgresUnitOfWork:
                 (ORDER_LOCK_CLASS, ordered),
             )
 
+    def hold_orders(self, order_ids: Iterable[str]) -> None:
+        ordered = sorted(set(order_ids))
+        if ordered:
+            # Row locks, not advisory ones: they take no room in the lock table however many orders a
+            # receipt fills. Taken in order_id order; a deadlock between two workers' batches is retried.
+            self._conn.execute(
+                "SELECT 1 FROM customer_order WHERE order_id = ANY(%s) ORDER BY order_id FOR UPDATE", (ordered,)
+            )
+
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         ids = sorted(set(order_ids))
         if not ids:

@@ -408,6 +408,9 @@ def _allocate(
                 first=[f"{f.backorder.order_id}/{f.backorder.line_id}:{f.quantity}" for f in allocation.fills[:10]],
             )
             fills.extend(allocation.fills)
+    # What is decided next about an order (held for ship-complete, released, partial, cancel allowed)
+    # depends on its other lines, which another worker may be filling from another SKU right now.
+    uow.hold_orders({f.backorder.order_id for f in fills} | set(orders_changed))
     if shop.ship_complete_scope is ShipCompleteScope.ORDER:
         fills = _hold_incomplete_orders(uow, fills)
         to_check = {f.backorder.order_id for f in fills} | set(orders_changed)

@@ -65,6 +65,14 @@ class UnitOfWork(Protocol):
         """Lock these orders until the end of the transaction (in a fixed order)."""
         ...
 
+    def hold_orders(self, order_ids: Iterable[str]) -> None:
+        """Wait until no other transaction holds these orders, then hold them until the end of this one.
+
+        Taken after the stock locks, before anything is decided about an order from its other lines: a
+        receipt of another SKU may be filling those lines in another worker right now.
+        """
+        ...
+
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         """The SKUs of these orders' lines (read before the stock locks are taken)."""
         ...
