@@ -236,6 +236,15 @@ class KafkaBroker:
             _stop_process(self._proc, timeout_s=30)
             self._proc = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker stops answering while its connections stay open, as in a network partition."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, as a crash would; the data directory stays, and start() brings the broker back on it."""
         if self._proc is not None:

@@ -103,7 +103,7 @@ def run_worker(settings: Settings) -> None:
         pool = postgres.open_pool(
             settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size
         )
-        resources.callback(lambda: pool.close(timeout=max(1.0, deadline.remaining())))
+        resources.callback(lambda: pool.close(timeout=max(0.1, deadline.remaining())))
         _require_schema(pool)
         factory = postgres.PostgresUnitOfWorkFactory(
             pool, event_serializer(settings, codec), settings.topic_dead_letter

@@ -24,24 +24,31 @@ def own_broker() -> Iterator[localstack.KafkaBroker]:
         broker = localstack.KafkaBroker(Path(workdir) / "kafka", heap="512m")
         broker.start()
         yield broker
+        broker.thaw()
         broker.stop()
 
 
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
 def test_sigterm_with_the_broker_down_exits_within_the_bound(
-    stack: localstack.Endpoints, codec: AvroCodec, own_broker: localstack.KafkaBroker, tmp_path: Path
+    stack: localstack.Endpoints, codec: AvroCodec, own_broker: localstack.KafkaBroker, tmp_path: Path, outage: str
 ) -> None:
+    """`stopped`: connections refused; `frozen` (SIGSTOP): connections open, nothing answers, as in a partition."""
     world = Deployment(localstack.Endpoints(own_broker.bootstrap_servers, stack.database_url), codec, tmp_path, 3)
     try:
         worker = world.start_worker(BACKORDER_SHUTDOWN_TIMEOUT_SECONDS=str(BOUND_S))
         world.produce("order-created", factories.order("SD-1", "2026-04-01", [("SD-SKU", 3)]))
         wait_for("the order", lambda: worker.metric("backorder_events_consumed_total") == 1)
 
-        own_broker.stop()
-        wait_for("the worker to notice", lambda: worker.log().count('"kafka_client_error"') >= 1, timeout_s=30)
+        if outage == "stopped":
+            own_broker.stop()
+            wait_for("the worker to notice", lambda: '"kafka_client_error"' in worker.log(), timeout_s=30)
+        else:
+            own_broker.freeze()
+            time.sleep(2.0)
         started = time.monotonic()
         code = worker.terminate(timeout_s=BOUND_S + 60)  # SIGTERM, then wait
         took = time.monotonic() - started
-        print(f"\nSIGTERM with the broker down: exited {code} after {took:.1f}s (bound {BOUND_S:.0f}s)")
+        print(f"\nSIGTERM with the broker {outage}: exited {code} after {took:.1f}s (bound {BOUND_S:.0f}s)")
         assert took <= BOUND_S + 3.0  # the bound, plus the interpreter's own exit
         assert code == 0
         assert world.query("SELECT order_id FROM customer_order") == [("SD-1",)]  # what was committed stays
