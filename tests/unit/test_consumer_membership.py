@@ -1,0 +1,45 @@
+"""The consumer's group membership: incremental rebalancing, a short session, optional static membership."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from worker.adapters.kafka import consumer_config
+from worker.settings import Settings
+
+
+def test_defaults_rebalance_incrementally_and_notice_a_dead_member_within_10_s() -> None:
+    config = consumer_config(Settings())
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    assert config["session.timeout.ms"] == 10_000
+    assert config["heartbeat.interval.ms"] == 1_000
+    assert "group.instance.id" not in config
+
+
+def test_static_membership_from_a_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKORDER_GROUP_INSTANCE_ID", "backorder-worker-7d9f-abc12")
+    monkeypatch.setenv("BACKORDER_SESSION_TIMEOUT_SECONDS", "30")
+    config = consumer_config(Settings())
+    assert config["group.instance.id"] == "backorder-worker-7d9f-abc12"
+    assert config["session.timeout.ms"] == 30_000
+
+
+def test_a_blank_instance_id_means_dynamic_membership(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKORDER_GROUP_INSTANCE_ID", " ")
+    assert "group.instance.id" not in consumer_config(Settings())
+
+
+def test_explicit_consumer_options_still_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKORDER_KAFKA_CONSUMER_CONFIG", '{"partition.assignment.strategy": "range"}')
+    assert consumer_config(Settings())["partition.assignment.strategy"] == "range"
+
+
+@pytest.mark.parametrize(("session", "heartbeat"), [("5", "1"), ("10", "10"), ("10", "12")])
+def test_a_session_the_broker_refuses_or_a_heartbeat_not_below_it_is_refused(
+    monkeypatch: pytest.MonkeyPatch, session: str, heartbeat: str
+) -> None:
+    monkeypatch.setenv("BACKORDER_SESSION_TIMEOUT_SECONDS", session)
+    monkeypatch.setenv("BACKORDER_HEARTBEAT_INTERVAL_SECONDS", heartbeat)
+    with pytest.raises(ValidationError):
+        Settings()
