@@ -112,10 +112,20 @@ def run_worker(settings: Settings) -> None:
         # The backlog state behind /metrics: read by one thread on its own connection, never per scrape.
         state_reader = postgres.StateReader(settings.database_url.get_secret_value())
         resources.callback(state_reader.close)
-        state = StateRefresher(state_reader.read, settings.state_refresh_seconds)
+        state_beat = supervisor.heartbeat("state-refresh", settings.state_refresh_seconds + settings.loop_stall_seconds)
+
+        def read_state() -> postgres.StateFigures:
+            state_beat.beat()  # a read begins: one stuck longer than the bound is a stalled loop
+            return state_reader.read()
+
+        state = StateRefresher(read_state, settings.state_refresh_seconds)
         state.refresh()
         stop_state = threading.Event()
-        state_thread = threading.Thread(target=state.run, name="state-refresh", daemon=True, args=(stop_state,))
+        state_thread = threading.Thread(
+            target=supervisor.run_supervised("state-refresh", state_beat, lambda: state.run(stop_state)),
+            name="state-refresh",
+            daemon=True,
+        )
         state_thread.start()
         resources.callback(stop_state.set)
         metrics.watch_state(state)
