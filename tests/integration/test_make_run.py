@@ -60,10 +60,17 @@ def test_make_run_plays_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path) 
             assert len(started) >= 2, "expected a Kafka broker and a PostgreSQL server of the demo's own"
             import urllib.request
 
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                metrics = response.read().decode()
-            assert "backorder_units_allocated_total 62.0" in metrics
-            assert "backorder_open_units 0.0" in metrics
+            def metrics() -> str:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return str(response.read().decode())
+
+            # Figures from the database are refreshed every BACKORDER_STATE_REFRESH_SECONDS (15 s).
+            wait_for(
+                "the allocated units in /metrics",
+                lambda: "backorder_units_allocated_total 62.0" in metrics(),
+                timeout_s=40,
+            )
+            assert "backorder_open_units 0.0" in metrics()
             demo.send_signal(signal.SIGINT)  # what Ctrl-C sends
             assert demo.wait(timeout=90) == 0
         finally:
