@@ -226,6 +226,8 @@ def run_worker(settings: Settings) -> None:
                 unit_of_work=factory,
                 shop=shop,
                 now=utc_now(),
+                on_progress=loop.progressed,
+                lines_per_transaction=settings.transaction_max_lines,
             )
 
         loop = ConsumeLoop(
@@ -255,8 +257,8 @@ def run_worker(settings: Settings) -> None:
             failure = supervisor.check()
             if failure is not None:
                 return False, failure
-            idle = time.monotonic() - loop.last_poll_monotonic
-            return idle < settings.liveness_seconds, f"last poll {idle:.1f}s ago"
+            idle = loop.idle_seconds
+            return idle < settings.liveness_seconds, f"last poll or commit {idle:.1f}s ago"
 
         def ready() -> tuple[bool, str]:
             try:

@@ -94,3 +94,42 @@ def test_an_unavailable_store_is_not_any_message_s_fault() -> None:
     with pytest.raises(StoreUnavailable):
         run(factory, batch_with_poison(4, set()))
     assert factory.state.dead == [] and factory.state.lines == {}
+
+
+def test_a_batch_of_large_orders_commits_in_bounded_transactions() -> None:
+    factory = FakeUnitOfWorkFactory()
+    messages = [
+        message(i, "orders", factories.order(f"O-{i}", "2026-01-01", [(f"SKU-{n}", 1) for n in range(3)]))
+        for i in range(10)
+    ]
+    progress: list[int] = []
+
+    results = handle_batch(
+        messages,
+        decoder=CODEC,
+        expected_records=TOPICS,
+        unit_of_work=factory,
+        shop=ShopPolicy(),
+        now=NOW,
+        on_progress=lambda: progress.append(len(factory.state.lines)),
+        lines_per_transaction=7,
+    )
+
+    assert [r.outcome for r in results] == [Outcome.PROCESSED] * 10
+    assert factory.transactions == 5  # two orders of 3 lines fit under 7
+    assert progress == [6, 12, 18, 24, 30]  # each transaction committed before the next began
+
+
+def test_an_order_larger_than_the_transaction_budget_is_a_transaction_alone() -> None:
+    factory = FakeUnitOfWorkFactory()
+    messages = [message(0, "orders", factories.order("O-BIG", "2026-01-01", [(f"S{n}", 1) for n in range(9)]))]
+    results = handle_batch(
+        messages,
+        decoder=CODEC,
+        expected_records=TOPICS,
+        unit_of_work=factory,
+        shop=ShopPolicy(),
+        now=NOW,
+        lines_per_transaction=4,
+    )
+    assert [r.outcome for r in results] == [Outcome.PROCESSED] and factory.transactions == 1

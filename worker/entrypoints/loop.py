@@ -85,8 +85,18 @@ class ConsumeLoop:
         self._on_rebalance = on_rebalance
         self._running = True
         self.last_poll_monotonic = time.monotonic()
+        self.last_progress_monotonic = self.last_poll_monotonic
         self.stop_requested_monotonic: float | None = None
         self.assigned: set[tuple[str, int]] = set()
+
+    def progressed(self) -> None:
+        """A part of the batch in hand was committed: the loop is alive though it has not polled."""
+        self.last_progress_monotonic = time.monotonic()
+
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since the loop last polled Kafka or committed part of a batch."""
+        return time.monotonic() - max(self.last_poll_monotonic, self.last_progress_monotonic)
 
     def stop(self) -> None:
         """Ask the loop to finish the current batch and return (safe from a signal handler)."""

@@ -13,7 +13,7 @@ message that fails alone is found; it is dead-lettered with its error, and the o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -42,15 +42,48 @@ def handle_batch(
     unit_of_work: UnitOfWorkFactory,
     shop: ShopPolicy,
     now: dt.datetime,
+    on_progress: Callable[[], None] | None = None,
+    lines_per_transaction: int = 5_000,
 ) -> list[MessageResult]:
-    """Apply a batch; returns one result per message, in order. Raises StoreUnavailable."""
-    parsed: list[commands.Command | RejectedMessage] = [
-        _parse(message, decoder, expected_records) for message in messages
-    ]
-    return _isolating(list(zip(messages, parsed, strict=True)), unit_of_work=unit_of_work, shop=shop, now=now)
+    """Apply a batch; returns one result per message, in order. Raises StoreUnavailable.
+
+    The batch is cut into transactions of at most `lines_per_transaction` order lines (a message with
+    more is a transaction alone), so that no transaction holds its locks for long whatever the batch
+    holds; `on_progress` is called after each.
+    """
+    parsed = [(message, _parse(message, decoder, expected_records)) for message in messages]
+    results: list[MessageResult] = []
+    for chunk in _chunks(parsed, lines_per_transaction):
+        results += _isolating(chunk, unit_of_work=unit_of_work, shop=shop, now=now)
+        if on_progress is not None:
+            on_progress()
+    return results
 
 
 Parsed = tuple[InboundMessage, commands.Command | RejectedMessage]
+
+
+def _weight(item: commands.Command | RejectedMessage) -> int:
+    """The order lines an event may touch, roughly what it costs to apply."""
+    if isinstance(item, commands.PlaceOrder):
+        return len(item.order.lines)
+    if isinstance(item, commands.CancelOrder):
+        return 1 + len(item.cancellation.line_ids)
+    return 1
+
+
+def _chunks(batch: list[Parsed], budget: int) -> Iterator[list[Parsed]]:
+    chunk: list[Parsed] = []
+    weight = 0
+    for pair in batch:
+        cost = _weight(pair[1])
+        if chunk and weight + cost > budget:
+            yield chunk
+            chunk, weight = [], 0
+        chunk.append(pair)
+        weight += cost
+    if chunk:
+        yield chunk
 
 
 def _isolating(
