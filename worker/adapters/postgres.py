@@ -51,6 +51,9 @@ ORDER_LOCK_CLASS = 7310  # pg_advisory_xact_lock(ORDER_LOCK_CLASS, hashtext(orde
 LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many receipts
 
 _WAITING = sorted(str(s) for s in WAITING)
+# The same list written into the SQL text: a parameter (`status = ANY($1)`) hides it from the planner,
+# which then cannot use the partial index of waiting lines once a statement is prepared (generic plan).
+_WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in _WAITING) + ")"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 # SQLSTATEs that say the database could not do the work for reasons of its own: connection lost, shutting
@@ -338,7 +341,7 @@ class PostgresUnitOfWork:
         return self._lines("l.order_id = ANY(%s) ORDER BY l.order_id, l.line_id", (ids,))
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
-        lines = self._lines("l.sku = %s AND l.status = ANY(%s)", (sku, _WAITING))
+        lines = self._lines(f"l.sku = %s AND l.status IN {_WAITING_SQL}", (sku,))
         return [line.as_backorder() for line in lines]
 
     def _lines(self, where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
@@ -635,9 +638,9 @@ class PostgresUnitOfWork:
 
     def has_expected_dates(self, sku: str) -> bool:
         row = self._conn.execute(
-            """SELECT EXISTS (SELECT 1 FROM order_line
-                              WHERE sku = %s AND status = ANY(%s) AND expected_ship_date IS NOT NULL)""",
-            (sku, _WAITING),
+            f"""SELECT EXISTS (SELECT 1 FROM order_line
+                               WHERE sku = %s AND status IN {_WAITING_SQL} AND expected_ship_date IS NOT NULL)""",
+            (sku,),
         ).fetchone()
         return bool(row and row[0])
 

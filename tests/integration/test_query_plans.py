@@ -1,0 +1,61 @@
+"""Queries on the write path stay cheap as history grows: they use their indexes under a generic plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Deployment
+from worker.adapters.postgres import PostgresUnitOfWork
+
+CLOSED = 30_000
+
+
+def history(conn: psycopg.Connection[Any]) -> None:
+    """Many lines long since allocated, and one SKU with a few waiting."""
+    conn.execute(
+        """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency, placed_at,
+               event_id, order_units)
+           SELECT 'O-' || i, 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e' || i, 1 FROM generate_series(1, %s) i""",
+        (CLOSED + 5,),
+    )
+    conn.execute(
+        """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor,
+               quantity_allocated, status, placed_at, updated_at)
+           SELECT 'O-' || i, 'L1', CASE WHEN i > %s THEN 'WAITING-SKU' ELSE 'SKU-' || (i %% 50) END, 'P', 1, 1,
+                  CASE WHEN i > %s THEN 0 ELSE 1 END, CASE WHEN i > %s THEN 'BACKORDERED' ELSE 'ALLOCATED' END,
+                  now(), now()
+           FROM generate_series(1, %s) i""",
+        (CLOSED, CLOSED, CLOSED, CLOSED + 5),
+    )
+    conn.execute("ANALYZE order_line")
+    conn.execute("ANALYZE customer_order")
+
+
+def generic_plans(conn: psycopg.Connection[Any], fragment: str) -> list[str]:
+    """The generic plans of this session's prepared statements whose text contains `fragment`."""
+    plans = []
+    for name, statement, types in conn.execute(
+        "SELECT name, statement, parameter_types::text[] FROM pg_prepared_statements WHERE statement LIKE %s",
+        (f"%{fragment}%",),
+    ).fetchall():
+        args = ", ".join(f"NULL::{t}" for t in types)
+        rows = conn.execute(f"EXPLAIN EXECUTE {name}({args})").fetchall()
+        plans.append("\n".join(row[0] for row in rows) + f"\n-- {statement}")
+    return plans
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_the_queue_of_a_sku_is_read_through_the_partial_index(deployment: Deployment) -> None:
+    with psycopg.connect(deployment.database_url, autocommit=True, prepare_threshold=0) as conn:
+        history(conn)
+        conn.execute("SET plan_cache_mode = force_generic_plan")  # what a long-lived connection ends up with
+        uow = PostgresUnitOfWork(conn, lambda event: ("t", b"", b""), "dlq")
+        assert len(uow.waiting_lines("WAITING-SKU")) == 5
+        assert uow.has_expected_dates("WAITING-SKU") is False
+        plans = generic_plans(conn, "FROM order_line")
+        assert len(plans) == 2
+        for plan in plans:
+            assert "order_line_waiting" in plan, plan
