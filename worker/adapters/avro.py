@@ -91,7 +91,7 @@ class AvroCodec:
         out = io.BytesIO()
         out.write(MAGIC)
         out.write(schema.fingerprint)
-        schemaless_writer(out, schema.parsed, dict(record))
+        schemaless_writer(out, schema.parsed, record)
         return out.getvalue()
 
     def decode(self, value: bytes | None) -> tuple[str, Mapping[str, Any]]:
@@ -147,22 +147,28 @@ class AvroCodec:
         return record
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def to_record(event: Any) -> dict[str, Any]:
-    """A domain event dataclass as the dict fastavro writes (enums by value, tuples as lists).
+    """A domain event dataclass as the dict fastavro writes (nested records as dicts, tuples as lists).
 
-    Not dataclasses.asdict: that deep-copies every value, and this runs for every outbound event.
+    Runs for every outbound event, so it does the least it can: field names are looked up once per
+    class, and enums stay as they are (they are StrEnums, which fastavro writes as their symbols).
     """
-    return {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_record(value)
-    return value
+    kind = type(event)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(event))
+    record = {}
+    for name in names:
+        value = getattr(event, name)
+        if type(value) is tuple:
+            value = [to_record(item) if dataclasses.is_dataclass(item) else item for item in value]
+        elif isinstance(value, Enum) and not isinstance(value, str):
+            value = value.value
+        record[name] = value
+    return record
 
 
 class EventSerializer:
