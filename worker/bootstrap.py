@@ -240,6 +240,7 @@ def run_worker(settings: Settings) -> None:
             retry_max_s=settings.db_retry_max_seconds,
             on_batch=metrics.batch_handled,
             on_store_retry=metrics.database_retries.inc,
+            on_conflict=metrics.conflicts.inc,
             on_committed=relay.wake.set if relay is not None else None,
             on_rebalance=lambda kind: metrics.rebalances.labels(kind).inc(),
         )

@@ -9,11 +9,11 @@ from typing import Literal
 
 from confluent_kafka import Message, TopicPartition
 
-from worker.entrypoints.loop import ConsumeLoop, KafkaConsumer, RebalanceCallback
+from worker.entrypoints.loop import CONFLICT_RETRIES, ConsumeLoop, KafkaConsumer, RebalanceCallback
 from worker.service.batch import MessageResult
 from worker.service.handlers import Outcome
 from worker.service.messages import InboundMessage
-from worker.service.ports import StoreUnavailable
+from worker.service.ports import StoreConflict, StoreUnavailable
 
 TOPIC = "order-created"
 
@@ -222,3 +222,46 @@ def test_close_gives_up_at_its_bound_when_the_client_hangs() -> None:
         assert time.monotonic() - started < 2.0
     finally:
         consumer.close_blocks.set()
+
+
+def test_a_lost_deadlock_is_retried_at_once_without_pausing() -> None:
+    consumer = FakeConsumer([[message(0, 1)]])
+    attempts = 0
+
+    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise StoreConflict("DeadlockDetected: deadlock detected")
+        return processed(messages)
+
+    loop = make_loop(consumer, handle)
+    consumer.subscribe([TOPIC], loop._assigned, loop._revoked, loop._lost)
+    consumer.assign(0)
+    paused: list[set[tuple[str, int]]] = []
+    consumer.pause = lambda partitions: paused.append({(p.topic, p.partition) for p in partitions})  # type: ignore[method-assign]
+    stop_when_drained(consumer, loop)
+    loop.run()
+    assert attempts == 3 and paused == []  # not an outage: nothing paused, no backoff
+    assert consumer.stored == [(TOPIC, 0, 2)]
+
+
+def test_a_batch_that_keeps_losing_deadlocks_backs_off_as_for_an_outage() -> None:
+    consumer = FakeConsumer([[message(0, 1)]])
+    attempts = 0
+
+    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= CONFLICT_RETRIES + 1:
+            raise StoreConflict("DeadlockDetected: deadlock detected")
+        return processed(messages)
+
+    loop = make_loop(consumer, handle)
+    consumer.subscribe([TOPIC], loop._assigned, loop._revoked, loop._lost)
+    consumer.assign(0)
+    paused: list[set[tuple[str, int]]] = []
+    consumer.pause = lambda partitions: paused.append({(p.topic, p.partition) for p in partitions})  # type: ignore[method-assign]
+    stop_when_drained(consumer, loop)
+    loop.run()
+    assert attempts == CONFLICT_RETRIES + 2 and paused == [{(TOPIC, 0)}]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
-from worker.adapters.postgres import is_unavailable
+from worker.adapters.postgres import _unavailable, is_unavailable, with_timeouts
+from worker.service.ports import StoreConflict, StoreUnavailable
 
 
 @pytest.mark.parametrize(
@@ -24,6 +26,13 @@ from worker.adapters.postgres import is_unavailable
         errors.TooManyConnections(),
         errors.DiskFull(),
         errors.QueryCanceled(),
+        # A broken deployment is not any message's fault either: retried until someone fixes it.
+        errors.InsufficientPrivilege(),  # a revoked grant
+        errors.UndefinedTable(),  # a migration not applied
+        errors.UndefinedColumn(),
+        errors.InternalError_(),
+        errors.DataCorrupted(),
+        errors.IdleInTransactionSessionTimeout(),
     ],
 )
 def test_the_store_s_fault_is_retried(error: Exception) -> None:
@@ -44,3 +53,18 @@ def test_the_store_s_fault_is_retried(error: Exception) -> None:
 )
 def test_an_error_the_data_caused_is_the_message_s_fault(error: Exception) -> None:
     assert not is_unavailable(error)
+
+
+def test_a_lost_deadlock_is_retried_at_once_not_as_an_outage() -> None:
+    assert isinstance(_unavailable(errors.DeadlockDetected()), StoreConflict)
+    assert isinstance(_unavailable(errors.SerializationFailure()), StoreConflict)
+    unavailable = _unavailable(errors.AdminShutdown())
+    assert isinstance(unavailable, StoreUnavailable) and not isinstance(unavailable, StoreConflict)
+
+
+def test_connections_give_up_on_a_server_that_vanished() -> None:
+    options = conninfo_to_dict(with_timeouts("postgresql://app:secret@db.internal:5432/backorder"))
+    assert options["keepalives"] == "1" and options["tcp_user_timeout"] == "30000"
+    assert options["password"] == "secret" and options["host"] == "db.internal"
+    # What the operator's URL says wins.
+    assert conninfo_to_dict(with_timeouts("postgresql://h/db?keepalives_idle=99"))["keepalives_idle"] == "99"

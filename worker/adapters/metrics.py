@@ -214,6 +214,11 @@ class Metrics:
             "Batches retried because the database was unavailable",
             registry=self.registry,
         )
+        self.conflicts = Counter(
+            "backorder_transaction_conflicts",
+            "Batches retried at once because their transaction lost a deadlock or serialization conflict",
+            registry=self.registry,
+        )
         self.published = Counter(
             "backorder_outbox_published",
             "Outbox events acknowledged by Kafka, by topic",

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker.domain.allocation import Fill
@@ -39,7 +40,7 @@ from worker.domain.model import (
 )
 from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
-from worker.service.ports import Decision, Seen, StoreUnavailable
+from worker.service.ports import Decision, Seen, StoreConflict, StoreUnavailable
 
 Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
 
@@ -56,15 +57,17 @@ _WAITING = sorted(str(s) for s in WAITING)
 _WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in _WAITING) + ")"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
-# SQLSTATEs that say the database could not do the work for reasons of its own: connection lost, shutting
-# down or starting, out of resources, a deadlock or serialization conflict, a cancelled statement. Any other
-# error was caused by what the statement carried (a value too long for an index row, a NUL byte, ...).
-_TRANSIENT_CLASSES = ("08", "40", "53", "58")
-_TRANSIENT_STATES = ("57P01", "57P02", "57P03", "57P04", "57P05", "57014", "55P03", "55006", "25006")
+# SQLSTATE classes of errors that the data of a statement caused: a value out of range or too long
+# (22), a constraint it breaks (23), a program limit it reaches, such as an index row too large (54).
+# Those are a message's fault. Every other error (no connection, shutting down, out of resources, a
+# missing table or privilege, a deadlock, an internal error) is the database's: retried, never blamed on
+# the message, so an outage or a broken deployment cannot dead-letter valid events.
+_DATA_CLASSES = ("22", "23", "54")
+_CONFLICT_CLASS = "40"  # a deadlock or serialization failure: retrying the transaction at once succeeds
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """True when retrying later can succeed (the store's fault); False when the data caused the error."""
+    """True when the database failed for reasons of its own (retry later); False when the data caused it."""
     if isinstance(exc, PoolTimeout | psycopg.InterfaceError):
         return True
     if not isinstance(exc, psycopg.Error):
@@ -72,13 +75,36 @@ def is_unavailable(exc: BaseException) -> bool:
     state = exc.sqlstate
     if state is None:  # raised by the client: a lost connection, or a value it refused to send (NUL)
         return isinstance(exc, psycopg.OperationalError)
-    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+    return state[:2] not in _DATA_CLASSES
+
+
+def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
+    text = f"{type(exc).__name__}: {exc}"
+    return StoreConflict(text) if (exc.sqlstate or "")[:2] == _CONFLICT_CLASS else StoreUnavailable(text)
+
+
+# A server that vanishes without closing its connections (a network partition, a host lost) must not
+# hang a statement for the kernel's default of hours: libpq's TCP keepalives and user timeout turn it
+# into a connection error within about 30 s, which the worker treats as the database being down.
+CONNECTION_OPTIONS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def with_timeouts(conninfo: str) -> str:
+    """The connection string with CONNECTION_OPTIONS added where it does not set them itself."""
+    return make_conninfo("", **{**CONNECTION_OPTIONS, **conninfo_to_dict(conninfo)})
 
 
 def open_pool(conninfo: str, min_size: int, max_size: int, name: str = "backorder-worker") -> ConnectionPool:
     """An opened pool. It does not wait for the database: a worker starts and retries while it is down."""
     pool = ConnectionPool(
-        conninfo,
+        with_timeouts(conninfo),
         min_size=min_size,
         max_size=max_size,
         open=False,
@@ -183,7 +209,7 @@ class PostgresUnitOfWork:
                 yield
         except psycopg.Error as exc:
             if is_unavailable(exc):
-                raise StoreUnavailable(str(exc)) from exc
+                raise _unavailable(exc) from exc
             self._available, self._policies = available, policies
             raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
@@ -840,7 +866,7 @@ class PostgresUnitOfWorkFactory:
                 yield PostgresUnitOfWork(conn, self._serialize, self._dead_letter_topic)
         except psycopg.Error as exc:
             if is_unavailable(exc):
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+                raise _unavailable(exc) from exc
             raise
 
 
@@ -1085,9 +1111,7 @@ class StateReader:
 
     def read(self) -> StateFigures:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self._conninfo, autocommit=True, application_name=self._name, connect_timeout=10
-            )
+            self._conn = psycopg.connect(with_timeouts(self._conninfo), autocommit=True, application_name=self._name)
         try:
             return state_figures(self._conn)
         except psycopg.Error:

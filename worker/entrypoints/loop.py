@@ -26,9 +26,10 @@ from worker.adapters.kafka import to_inbound
 from worker.service.batch import MessageResult
 from worker.service.handlers import Outcome
 from worker.service.messages import InboundMessage
-from worker.service.ports import StoreUnavailable
+from worker.service.ports import StoreConflict, StoreUnavailable
 
 log = structlog.get_logger(__name__)
+CONFLICT_RETRIES = 5  # a batch that lost a deadlock this many times in a row is treated as an outage
 
 BatchHandler = Callable[[Sequence[InboundMessage]], list[MessageResult]]
 BatchObserver = Callable[[Sequence[MessageResult], float], None]
@@ -69,6 +70,7 @@ class ConsumeLoop:
         retry_max_s: float,
         on_batch: BatchObserver | None = None,
         on_store_retry: Callable[[], None] | None = None,
+        on_conflict: Callable[[], None] | None = None,
         on_committed: Callable[[], None] | None = None,
         on_rebalance: Callable[[str], None] | None = None,
     ) -> None:
@@ -81,6 +83,7 @@ class ConsumeLoop:
         self._retry_max_s = retry_max_s
         self._on_batch = on_batch
         self._on_store_retry = on_store_retry
+        self._on_conflict = on_conflict
         self._on_committed = on_committed
         self._on_rebalance = on_rebalance
         self._running = True
@@ -157,19 +160,30 @@ class ConsumeLoop:
     def _handle_until_stored(self, inbound: list[InboundMessage]) -> list[MessageResult] | None:
         delay = self._retry_initial_s
         paused = False
+        conflicts = 0
         while True:
             started = time.monotonic()
             try:
                 results = self._handle(inbound)
+            except StoreConflict as exc:
+                conflicts += 1
+                if conflicts <= CONFLICT_RETRIES:  # another worker won a deadlock: go again at once
+                    log.info("batch_conflict_retry", error=str(exc), attempt=conflicts, batch=len(inbound))
+                    if self._on_conflict is not None:
+                        self._on_conflict()
+                    time.sleep(random.uniform(0.0, 0.05 * conflicts))
+                    continue
+                log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2), batch=len(inbound))
+                if not self._back_off(delay, paused):
+                    return None
+                paused = True
+                delay = min(delay * 2, self._retry_max_s) * random.uniform(0.8, 1.0)
+                continue
             except StoreUnavailable as exc:
                 log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2), batch=len(inbound))
-                if self._on_store_retry is not None:
-                    self._on_store_retry()
-                if not paused:
-                    self._consumer.pause(self._consumer.assignment())
-                    paused = True
-                if not self._wait_alive(delay):
+                if not self._back_off(delay, paused):
                     return None
+                paused = True
                 delay = min(delay * 2, self._retry_max_s) * random.uniform(0.8, 1.0)
                 continue
             elapsed = time.monotonic() - started
@@ -180,6 +194,14 @@ class ConsumeLoop:
             counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
             log.info("batch_handled", messages=len(results), seconds=round(elapsed, 4), **counts)
             return results
+
+    def _back_off(self, delay: float, paused: bool) -> bool:
+        """Pause every partition (once) and wait `delay` while staying in the group; False if asked to stop."""
+        if self._on_store_retry is not None:
+            self._on_store_retry()
+        if not paused:
+            self._consumer.pause(self._consumer.assignment())
+        return self._wait_alive(delay)
 
     def _wait_alive(self, seconds: float) -> bool:
         """Wait while staying in the group: poll with every partition paused; False if asked to stop."""

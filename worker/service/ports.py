@@ -52,6 +52,10 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or gave up on the transaction; the whole batch is retried later."""
 
 
+class StoreConflict(StoreUnavailable):
+    """The transaction lost a deadlock or serialization conflict with another worker's: retry it at once."""
+
+
 class Decoder(Protocol):
     def decode(self, value: bytes | None) -> tuple[str, Mapping[str, Any]]:
         """(record full name, record); raises UndecodableMessage or UnknownSchema."""
