@@ -39,6 +39,7 @@ class FakeConsumer:
         self.seeks: list[tuple[str, int, int]] = []
         self.polled: list[Message] = []
         self.on_consume: Callable[[], None] | None = None
+        self.consumed: list[tuple[int, float]] = []  # (num_messages, timeout) of each consume
 
     def subscribe(
         self,
@@ -50,9 +51,16 @@ class FakeConsumer:
         self.on_assign, self.on_revoke, self.on_lost = on_assign, on_revoke, on_lost
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        if self.on_consume is not None:
+        """What has arrived, up to `num_messages`: the scripted batches arrive one at a time."""
+        self.consumed.append((num_messages, timeout))
+        if self.on_consume is not None and timeout != 0:
             self.on_consume()
-        return self.batches.pop(0) if self.batches else []
+        if not self.batches:
+            return []
+        taken, self.batches[0] = self.batches[0][:num_messages], self.batches[0][num_messages:]
+        if not self.batches[0]:
+            self.batches.pop(0)
+        return taken
 
     def poll(self, timeout: float = -1) -> Message | None:
         return self.polled.pop(0) if self.polled else None
@@ -265,3 +273,19 @@ def test_a_batch_that_keeps_losing_deadlocks_backs_off_as_for_an_outage() -> Non
     stop_when_drained(consumer, loop)
     loop.run()
     assert attempts == CONFLICT_RETRIES + 2 and paused == [{(TOPIC, 0)}]
+
+
+def test_what_has_arrived_is_handled_at_once_not_held_back_to_fill_a_batch() -> None:
+    consumer = FakeConsumer([[message(0, 1), message(0, 2), message(0, 3)], [message(0, 4)]])
+    handled: list[list[int]] = []
+
+    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+        handled.append([m.offset for m in messages])
+        return processed(messages)
+
+    loop = make_loop(consumer, handle)
+    stop_when_drained(consumer, loop)
+    loop.run()
+    assert handled == [[1, 2, 3], [4]]
+    # Only the wait for a first message may last the batch timeout; the rest is taken as it is.
+    assert consumer.consumed[:2] == [(1, 0.01), (9, 0)]

@@ -111,7 +111,7 @@ class ConsumeLoop:
         self._consumer.subscribe(self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost)
         log.info("consuming", topics=self._topics)
         while self._running:
-            polled = self._consumer.consume(num_messages=self._batch_size, timeout=self._batch_timeout_s)
+            polled = self._poll_batch()
             self.last_poll_monotonic = time.monotonic()
             messages = [m for m in polled if self._usable(m)]
             if not messages:
@@ -124,6 +124,17 @@ class ConsumeLoop:
             if self._on_committed is not None:
                 self._on_committed()
         log.info("consumer_stopped")
+
+    def _poll_batch(self) -> list[Message]:
+        """Wait up to the batch timeout for a first message, then take what has already arrived.
+
+        A batch is what came while the last one was handled: a steady stream is handled as it comes,
+        never held back to fill a batch, and a backlog still goes in batches of `batch_size`.
+        """
+        polled = list(self._consumer.consume(num_messages=1, timeout=self._batch_timeout_s))
+        if polled and self._batch_size > 1:
+            polled += self._consumer.consume(num_messages=self._batch_size - 1, timeout=0)
+        return polled
 
     def close(self, timeout_s: float) -> bool:
         """Commit the stored offsets and leave the group, waiting at most `timeout_s`.
