@@ -53,8 +53,8 @@ lint: $(STAMP) ## ruff lint and format check
 typecheck: $(STAMP) ## mypy --strict on the worker package and its tests (a fake that drifts from its port fails)
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## throughput of one worker on a local stack (prints figures)
-	$(PY) deploy/bench.py
+bench: $(STAMP) ## the performance figures of issue 9 on a local stack with durable PostgreSQL (prints figures; about 20 min)
+	$(PY) deploy/bench.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,149 +1,868 @@
-"""`make bench`: how fast one worker drains a backlog on the local stack. Prints figures; asserts nothing.
+"""`make bench`: the performance figures of issue 9, measured in one run on one local stack.
 
-Pre-loads ORDERS orders (one line each, SKUS SKUs, nothing in stock) and then one receipt per SKU
-covering every order, starts one `backorder-worker run`, and measures the time until every event is
-handled and until every outbound event is published. Traffic stays on 127.0.0.1; every wait is bounded.
+Prints each figure as a `name: value` line with the machine's load average beside it
+(`name: value  [load 1m 5m 15m]`). Benchmarks print figures; they assert nothing.
+
+PostgreSQL is started with production durability (fsync, synchronous_commit and full_page_writes on).
+Every scenario gets its own database on that server, its own topics (the default names suffixed with
+the scenario's tag) and its own consumer group, so none sees another's data. Traffic stays on
+127.0.0.1; every wait is bounded by --limit seconds, and a scenario that runs out of time prints what
+it reached (marked `partial`) rather than waiting on.
+
+Scenarios (`--only a,b`): pipe, naive, throughput, relay, hot_sku, deep_receipt, latency, two_workers,
+scrape. The README's "Performance" section says what each figure measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
+import importlib
 import os
+import random
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import localstack
 import psycopg
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from worker.adapters.avro import AvroCodec
 
 ROOT = Path(__file__).resolve().parent.parent
-LIMIT_S = 600.0
+SCENARIOS = ("pipe", "naive", "throughput", "relay", "hot_sku", "deep_receipt", "latency", "two_workers", "scrape")
+# The worker's topic settings and their default names; each scenario suffixes the names with its tag.
+TOPICS = {
+    "order_created": "order-created",
+    "inventory_received": "inventory-received",
+    "order_cancelled": "order-cancelled",
+    "product_policy": "product-policy",
+    "restock_expected": "restock-expected",
+    "shipment_dispatched": "shipment-dispatched",
+    "fulfillment_requested": "fulfillment-requested",
+    "customer_notification": "customer-notification",
+    "backorder_status": "backorder-status",
+    "dead_letter": "backorder-worker.dlq",
+}
+OUTBOUND = ("fulfillment_requested", "customer_notification", "backorder_status")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOG_PATH = Path(os.environ.get("BENCH_WORKER_LOG", "/tmp/backorder-bench-workers.log"))
+CODEC = AvroCodec.from_directory()
 
 
-def wait(what: str, check: object, started: float) -> float:
-    deadline = time.monotonic() + LIMIT_S
+# ------------------------------------------------------------------------------------------ output
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def figure(name: str, value: object, note: str = "") -> None:
+    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    print(f"{name}: {text}  [load {loadavg()}]{'  ' + note if note else ''}", flush=True)
+
+
+def say(text: str) -> None:
+    print(f"# {text}", flush=True)
+
+
+# ------------------------------------------------------------------------------------- /proc figures
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and of its children it reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLK_TCK
+
+
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds used by the processes `roots`, every live descendant, and every descendant they reaped."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) is not None}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The process with a TCP socket listening on 127.0.0.1:port (the Kafka broker's JVM)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                parts = line.split()
+                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{parts[9]}]")
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return int(pid)
+    return None
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -------------------------------------------------------------------------------------------- stack
+
+
+@dataclasses.dataclass
+class Stack:
+    endpoints: localstack.Endpoints
+    postmaster_pid: int
+    kafka_pid: int | None
+
+    def url(self, database: str) -> str:
+        parts = urllib.parse.urlsplit(self.endpoints.database_url)
+        return urllib.parse.urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def wait_until(check: Callable[[], bool], limit_s: float, every_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise SystemExit(f"bench: gave up waiting for {what} after {LIMIT_S:.0f}s")
+        if check():
+            return True
+        time.sleep(every_s)
+    return check()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=20_000)
-    parser.add_argument("--skus", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=500)
-    args = parser.parse_args()
-    codec = AvroCodec.from_directory()
-    with localstack.local_stack() as endpoints:
-        env = {
+def one(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+class Scenario:
+    """A fresh database, fresh topics and a fresh consumer group on the shared stack; workers started for it."""
+
+    def __init__(self, stack: Stack, name: str, **settings: str) -> None:
+        self.stack = stack
+        self.name = name
+        self.tag = f"{name.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+        database = f"bench_{name}_{self.tag[-6:]}"
+        with psycopg.connect(stack.endpoints.database_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{database}"')
+        self.url = stack.url(database)
+        self.topics = {key: f"{default}.{self.tag}" for key, default in TOPICS.items()}
+        self.env = {
             **os.environ,
-            **endpoints.environ(),
-            "BACKORDER_METRICS_PORT": str(localstack.free_port()),
-            "BACKORDER_BATCH_SIZE": str(args.batch_size),
+            **stack.endpoints.environ(),
+            "DATABASE_URL": self.url,
+            "BACKORDER_GROUP_ID": f"bench-{self.tag}",
             "BACKORDER_LOG_LEVEL": "WARNING",
-            "BACKORDER_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
+            **{f"BACKORDER_TOPIC_{key.upper()}": topic for key, topic in self.topics.items()},
+            **settings,
         }
-        cli = [sys.executable, "-m", "worker"]
-        localstack.prepare_worker(env, quiet=True)
-        with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
-            start_orders = conn.execute("SELECT count(*) FROM customer_order").fetchone()[0]  # type: ignore[index]
-            start_receipts = conn.execute("SELECT count(*) FROM stock_receipt").fetchone()[0]  # type: ignore[index]
+        localstack.prepare_worker(self.env, quiet=True)
+        self.workers: list[tuple[subprocess.Popen[bytes], int]] = []
+        self.conn = psycopg.connect(self.url, autocommit=True)
 
-        run = uuid.uuid4().hex[:6]
-        producer = Producer({"bootstrap.servers": endpoints.kafka_bootstrap_servers, "linger.ms": 20})
-        placed = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-        demand = [0] * args.skus
-        for i in range(args.orders):
-            sku, quantity = i % args.skus, 1 + i % 3
-            demand[sku] += quantity
-            record = {
+    def start_worker(self, **settings: str) -> subprocess.Popen[bytes]:
+        port = localstack.free_port()
+        env = {**self.env, "BACKORDER_METRICS_PORT": str(port), **settings}
+        with LOG_PATH.open("ab") as log:  # the workers' own logs stay out of the figures
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"],
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.workers.append((proc, port))
+        return proc
+
+    def worker_pids(self) -> list[int]:
+        return [proc.pid for proc, _ in self.workers]
+
+    def stop_workers(self) -> None:
+        for proc, _ in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.workers:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.workers = []
+
+    def close(self) -> None:
+        self.stop_workers()
+        self.conn.close()
+
+    def cpu(self) -> dict[str, float]:
+        return {
+            "worker": tree_cpu_seconds(self.worker_pids()),
+            "postgres": tree_cpu_seconds([self.stack.postmaster_pid]),
+            "kafka": tree_cpu_seconds([self.stack.kafka_pid] if self.stack.kafka_pid else []),
+        }
+
+    def count(self, sql: str) -> int:
+        return int(one(self.conn, sql))
+
+    def outbox_drained(self) -> bool:
+        return self.count("SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL") == 0
+
+
+@contextlib.contextmanager
+def scenario(stack: Stack, name: str, **settings: str) -> Iterator[Scenario]:
+    say(f"{name}: starting  [load {loadavg()}]")
+    started = time.monotonic()
+    sc = Scenario(stack, name, **settings)
+    try:
+        yield sc
+    finally:
+        sc.close()
+        say(f"{name}: done in {time.monotonic() - started:.0f}s")
+
+
+def producer(stack: Stack) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": stack.endpoints.kafka_bootstrap_servers,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+    )
+
+
+def produce(prod: Producer, topic: str, key: bytes, value: bytes, timestamp_ms: int = 0) -> None:
+    while True:
+        try:
+            prod.produce(topic, key=key, value=value, timestamp=timestamp_ms)
+            prod.poll(0)
+            return
+        except BufferError:
+            prod.poll(0.05)
+
+
+def watermark_total(stack: Stack, topics: list[str]) -> Callable[[], int]:
+    """A function that returns how many messages the topics hold (sum of high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": stack.endpoints.kafka_bootstrap_servers, "group.id": "bench-watch"})
+    metadata = consumer.list_topics(timeout=10)
+    partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
+
+    def total() -> int:
+        return sum(consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1] for tp in partitions)
+
+    return total
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def sku_name(tag: str, i: int) -> str:
+    return f"{tag}-SKU-{i:03d}"
+
+
+def make_orders(
+    tag: str, count: int, skus: int, rng: random.Random, one_sku: str | None = None
+) -> list[dict[str, Any]]:
+    """Orders of 1-3 lines (one line when `one_sku`), tiers, shipping, need-by dates and split preferences mixed."""
+    now = dt.datetime.now(dt.UTC)
+    today = now.date()
+    orders = []
+    for i in range(count):
+        picked = [one_sku] if one_sku else [sku_name(tag, s) for s in rng.sample(range(skus), 1 + rng.randrange(3))]
+        orders.append(
+            {
                 "event_id": str(uuid.uuid4()),
-                "occurred_at": placed + dt.timedelta(seconds=i),
-                "order_id": f"{run}-{i}",
-                "customer_id": f"c{i % 997}",
-                "customer_tier": "STANDARD",
-                "shipping_service": "STANDARD",
-                "need_by": None,
-                "split_preference": None,
+                "occurred_at": now,
+                "order_id": f"{tag}-O-{i}",
+                "customer_id": f"c{rng.randrange(5000)}",
+                "customer_tier": rng.choice(("STANDARD",) * 7 + ("VIP", "VIP", "WHOLESALE")),
+                "shipping_service": "EXPEDITED" if rng.random() < 0.2 else "STANDARD",
+                "need_by": today + dt.timedelta(days=rng.randrange(1, 10)) if rng.random() < 0.1 else None,
+                "split_preference": rng.choice((None, None, "SHIP_AVAILABLE_NOW", "SHIP_COMPLETE")),
                 "currency": "USD",
                 "lines": [
                     {
-                        "line_id": "1",
-                        "sku": f"{run}-SKU-{sku}",
+                        "line_id": str(n + 1),
+                        "sku": sku,
                         "product_name": "Bench item",
-                        "quantity": quantity,
-                        "unit_price_minor": 1000,
+                        "quantity": 1 + rng.randrange(3),
+                        "unit_price_minor": 500 + rng.randrange(5000),
                     }
+                    for n, sku in enumerate(picked)
                 ],
             }
-            producer.produce(
-                "order-created", key=record["order_id"].encode(), value=codec.encode("backorder.OrderCreated", record)
-            )
-            producer.poll(0)
-        for sku, units in enumerate(demand):
-            record = {
-                "event_id": str(uuid.uuid4()),
-                "occurred_at": placed + dt.timedelta(days=30),
-                "receipt_id": f"{run}-R-{sku}",
-                "sku": f"{run}-SKU-{sku}",
-                "quantity": units,
-                "supplier_id": None,
-                "purchase_order_id": None,
-            }
-            producer.produce(
-                "inventory-received",
-                key=record["sku"].encode(),
-                value=codec.encode("backorder.InventoryReceived", record),
-            )
-        producer.flush(60)
-        events = args.orders + args.skus
-        print(f"bench: {args.orders} orders on {args.skus} SKUs and {args.skus} receipts are on the topics")
+        )
+    return orders
 
-        started = time.monotonic()
-        worker = subprocess.Popen([*cli, "run"], env=env, cwd=ROOT, start_new_session=True)
-        try:
-            with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
 
-                def handled() -> bool:
-                    row = conn.execute(
-                        "SELECT (SELECT count(*) FROM customer_order), (SELECT count(*) FROM stock_receipt)"
-                    ).fetchone()
-                    return row == (start_orders + args.orders, start_receipts + args.skus)
+def receipt(tag: str, n: int, sku: str, quantity: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": dt.datetime.now(dt.UTC),
+        "receipt_id": f"{tag}-R-{n}",
+        "sku": sku,
+        "quantity": quantity,
+        "supplier_id": None,
+        "purchase_order_id": None,
+    }
 
-                def drained() -> bool:
-                    row = conn.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetchone()
-                    return row == (0,)
 
-                handled_s = wait("every event to be handled", handled, started)
-                published_s = wait("the outbox to drain", drained, started)
-                span = conn.execute(
-                    "SELECT extract(epoch FROM max(t) - min(t)) FROM (SELECT recorded_at AS t FROM customer_order"
-                    " WHERE order_id LIKE %(run)s UNION ALL SELECT recorded_at FROM stock_receipt"
-                    " WHERE receipt_id LIKE %(run)s) AS s",
-                    {"run": f"{run}-%"},
-                ).fetchone()[0]  # type: ignore[index]
-                outbound = conn.execute(
-                    "SELECT count(*) FROM outbox WHERE created_at >= now() - %s",
-                    (dt.timedelta(seconds=published_s + 5),),
-                ).fetchone()[0]  # type: ignore[index]
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(60)
-    print(
-        f"bench: {events} inbound events handled in {handled_s:.1f}s from worker start "
-        f"({events / handled_s:.0f} events/s, includes start-up and the group join)"
+def stock_for_half(tag: str, orders: list[dict[str, Any]], skus: int) -> list[dict[str, Any]]:
+    """Receipts for every other SKU: three quarters of what the orders want of it (in stock, then backordered)."""
+    demand = [0] * skus
+    for order in orders:
+        for line in order["lines"]:
+            demand[int(line["sku"].rsplit("-", 1)[1])] += line["quantity"]
+    return [receipt(tag, s, sku_name(tag, s), max(1, demand[s] * 3 // 4)) for s in range(0, skus, 2)]
+
+
+def send_receipts(sc: Scenario, prod: Producer, receipts: list[dict[str, Any]]) -> None:
+    for r in receipts:
+        produce(
+            prod, sc.topics["inventory_received"], r["sku"].encode(), CODEC.encode("backorder.InventoryReceived", r)
+        )
+    prod.flush(60)
+
+
+def encoded_orders(orders: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    return [(o["order_id"].encode(), CODEC.encode("backorder.OrderCreated", o)) for o in orders]
+
+
+# ---------------------------------------------------------------------------------------- scenarios
+
+
+@dataclasses.dataclass
+class Burst:
+    orders: int
+    handled: int
+    seconds: float
+    cpu_s: dict[str, float]
+    complete: bool
+
+    @property
+    def rate(self) -> float:
+        return self.handled / self.seconds if self.seconds > 0 else float("nan")
+
+    def cpu_us(self, part: str) -> float:
+        return self.cpu_s[part] / max(self.handled, 1) * 1e6
+
+
+def burst(
+    sc: Scenario, orders: list[dict[str, Any]], skus: int, workers: int, limit_s: float, **settings: str
+) -> Burst:
+    """Receipts for half the SKUs handled first; then every order put on the topic at once while the
+    worker(s) idle. Orders/s from the first order recorded (its transaction began, just after it was
+    consumed) to the moment the last one is visible committed; CPU from before the orders were sent
+    until their outbound events are published."""
+    prod = producer(sc.stack)
+    for _ in range(workers):
+        sc.start_worker(**settings)
+    receipts = stock_for_half(sc.tag, orders, skus)
+    send_receipts(sc, prod, receipts)
+    if not wait_until(lambda: sc.count("SELECT count(*) FROM stock_receipt") == len(receipts), limit_s):
+        say(f"{sc.name}: the receipts were not handled within {limit_s:.0f}s")
+    wait_until(sc.outbox_drained, limit_s)
+    if workers > 1:
+        time.sleep(3)  # let the group settle on its assignment before the burst
+    values = encoded_orders(orders)
+    before = sc.cpu()
+    for key, value in values:
+        produce(prod, sc.topics["order_created"], key, value)
+    prod.flush(60)
+    complete = wait_until(lambda: sc.count("SELECT count(*) FROM customer_order") == len(orders), limit_s, 0.02)
+    ended = time.time()
+    handled = sc.count("SELECT count(*) FROM customer_order")
+    first = one(sc.conn, "SELECT extract(epoch FROM min(recorded_at)) FROM customer_order")
+    seconds = ended - float(first) if first is not None else float("nan")
+    wait_until(sc.outbox_drained, limit_s / 2)
+    after = sc.cpu()
+    return Burst(len(orders), handled, seconds, {k: after[k] - before[k] for k in before}, complete)
+
+
+def partial_note(b: Burst) -> str:
+    return "" if b.complete else f"(partial: {b.handled} of {b.orders} orders within the limit)"
+
+
+def run_pipe(stack: Stack, args: argparse.Namespace) -> None:
+    """A bare consume -> fastavro decode -> encode -> produce loop in this process, no database."""
+    tag = f"pipe-{uuid.uuid4().hex[:6]}"
+    source, sink = f"bench-pipe-in.{tag}", f"bench-pipe-out.{tag}"
+    admin = AdminClient({"bootstrap.servers": stack.endpoints.kafka_bootstrap_servers})
+    for future in admin.create_topics(
+        [NewTopic(t, num_partitions=6, replication_factor=1) for t in (source, sink)]
+    ).values():
+        future.result()
+    say(f"pipe: starting  [load {loadavg()}]")
+    prod = producer(stack)
+    for key, value in encoded_orders(make_orders(tag, args.orders, args.skus, random.Random(1))):
+        produce(prod, source, key, value)
+    prod.flush(60)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.endpoints.kafka_bootstrap_servers,
+            "group.id": f"bench-{tag}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.offset.store": False,
+        }
     )
-    print(f"bench: {outbound} outbound events published by {published_s:.1f}s ({outbound / published_s:.0f} events/s)")
-    print(f"bench: first to last event recorded in {span:.1f}s ({events / float(span):.0f} events/s while consuming)")
+    consumer.subscribe([source])
+    out = producer(stack)
+    seen, first = 0, None
+    deadline = time.monotonic() + args.limit
+    while seen < args.orders and time.monotonic() < deadline:
+        for msg in consumer.consume(500, 0.5):
+            if msg.error():
+                continue
+            first = first or time.monotonic()
+            name, record = CODEC.decode(msg.value())
+            produce(out, sink, msg.key(), CODEC.encode(name, record))
+            consumer.store_offsets(msg)
+            seen += 1
+    out.flush(60)
+    elapsed = time.monotonic() - (first or time.monotonic())
+    consumer.close()
+    figure("pipe_floor_msgs_per_s", seen / elapsed if elapsed else float("nan"))
+
+
+def run_naive(stack: Stack, args: argparse.Namespace) -> Burst:
+    with scenario(stack, "naive") as sc:
+        b = burst(
+            sc,
+            make_orders(sc.tag, args.naive_orders, args.skus, random.Random(2)),
+            args.skus,
+            1,
+            args.limit,
+            BACKORDER_BATCH_SIZE="1",
+        )
+    figure("naive_orders_per_s", b.rate, partial_note(b))
+    figure("naive_cpu_us_per_order", b.cpu_us("worker") + b.cpu_us("postgres") + b.cpu_us("kafka"))
+    return b
+
+
+def run_throughput(stack: Stack, args: argparse.Namespace, name: str = "throughput", workers: int = 1) -> Burst:
+    with scenario(stack, name) as sc:
+        b = burst(sc, make_orders(sc.tag, args.orders, args.skus, random.Random(3)), args.skus, workers, args.limit)
+    if workers == 1:
+        figure("throughput_orders_per_s", b.rate, partial_note(b))
+        for part in ("worker", "postgres", "kafka"):
+            figure(f"cpu_us_per_order_{part}", b.cpu_us(part))
+        figure("cpu_us_per_order_total", sum(b.cpu_us(p) for p in ("worker", "postgres", "kafka")))
+    else:
+        figure("two_workers_orders_per_s", b.rate, partial_note(b))
+        figure("two_workers_cpu_us_per_order_total", sum(b.cpu_us(p) for p in ("worker", "postgres", "kafka")))
+    return b
+
+
+def run_relay(stack: Stack, args: argparse.Namespace) -> None:
+    """Outbound rows written straight into a fresh outbox (BackorderStatusChanged events, as the worker
+    encodes them), then one worker started: events per second from the first to the last on Kafka."""
+    with scenario(stack, "relay") as sc:
+        now = dt.datetime.now(dt.UTC)
+        with sc.conn.cursor().copy("COPY outbox (event_id, topic, message_key, message_value) FROM STDIN") as copy:
+            for i in range(args.relay_events):
+                record = {
+                    "event_id": str(uuid.uuid4()),
+                    "occurred_at": now,
+                    "order_id": f"{sc.tag}-O-{i}",
+                    "line_id": "1",
+                    "sku": sku_name(sc.tag, i % args.skus),
+                    "status": "BACKORDERED",
+                    "quantity_ordered": 2,
+                    "quantity_allocated": 0,
+                    "quantity_backordered": 2,
+                    "expected_ship_date": None,
+                    "reason": "no stock",
+                }
+                value = CODEC.encode("backorder.BackorderStatusChanged", record)
+                copy.write_row((record["event_id"], sc.topics["backorder_status"], record["order_id"].encode(), value))
+        on_kafka = watermark_total(stack, [sc.topics["backorder_status"]])
+        sc.start_worker()
+        first: list[float] = []
+
+        def all_out() -> bool:
+            n = on_kafka()
+            if n and not first:
+                first.append(time.monotonic())
+            return n >= args.relay_events
+
+        complete = wait_until(all_out, args.limit, 0.1)
+        published = on_kafka()
+        seconds = time.monotonic() - first[0] if first else float("nan")
+    note = "" if complete else f"(partial: {published} of {args.relay_events} within the limit)"
+    figure("relay_events_per_s", published / seconds if seconds else float("nan"), note)
+
+
+def run_hot_sku(stack: Stack, args: argparse.Namespace) -> None:
+    with scenario(stack, "hot_sku") as sc:
+        hot = sku_name(sc.tag, 0)
+        orders = make_orders(sc.tag, args.hot_orders, 1, random.Random(4), one_sku=hot)
+        # No stock for the SKU: every order waits.
+        prod = producer(stack)
+        sc.start_worker()
+        values = encoded_orders(orders)
+        time.sleep(3)  # the worker joins its group
+        before = sc.cpu()
+        for key, value in values:
+            produce(prod, sc.topics["order_created"], key, value)
+        prod.flush(60)
+        complete = wait_until(lambda: sc.count("SELECT count(*) FROM customer_order") == len(orders), args.limit, 0.02)
+        ended = time.time()
+        handled = sc.count("SELECT count(*) FROM customer_order")
+        first = float(one(sc.conn, "SELECT extract(epoch FROM min(recorded_at)) FROM customer_order") or ended)
+        b = Burst(len(orders), handled, ended - first, {k: v - before[k] for k, v in sc.cpu().items()}, complete)
+        figure("hot_sku_orders_per_s", b.rate, partial_note(b))
+        wait_until(sc.outbox_drained, args.limit / 2)
+        demand = int(one(sc.conn, "SELECT coalesce(sum(quantity), 0) FROM order_line"))
+        pieces = 10
+        receipts = [
+            receipt(sc.tag, n, hot, demand // pieces + (demand % pieces if n == 0 else 0)) for n in range(pieces)
+        ]
+        started = time.monotonic()
+        send_receipts(sc, prod, receipts)
+        waiting = "SELECT count(*) FROM order_line WHERE status IN ('BACKORDERED', 'PARTIALLY_ALLOCATED')"
+        filled = wait_until(
+            lambda: sc.count("SELECT count(*) FROM stock_receipt") == pieces and sc.count(waiting) == 0, args.limit, 0.1
+        )
+        seconds = time.monotonic() - started
+        left = sc.count(waiting)
+    figure(
+        "hot_sku_fill_seconds",
+        seconds if filled else f">{seconds:.0f}",
+        "" if filled else f"(partial: {left} lines still waiting)",
+    )
+
+
+def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
+    """A queue of N waiting lines on one SKU written straight into the database (one line per order,
+    each wanting one unit), then one receipt of N units through Kafka."""
+    with scenario(stack, "deep_receipt") as sc:
+        sku, n = sku_name(sc.tag, 0), args.deep_lines
+        with sc.conn.transaction():
+            sc.conn.execute("INSERT INTO stock_level (sku, available, received_total) VALUES (%s, 0, 0)", (sku,))
+            sc.conn.execute(
+                """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                                               placed_at, event_id, order_units, outcome)
+                   SELECT %(tag)s || '-O-' || g, 'c' || g %% 5000, 'STANDARD', 'STANDARD', 'USD',
+                          now() - interval '1 day' + g * interval '1 ms', gen_random_uuid()::text, 1,
+                          'FULLY_BACKORDERED'
+                   FROM generate_series(1, %(n)s) g""",
+                {"tag": sc.tag, "n": n},
+            )
+            sc.conn.execute(
+                """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                                           placed_at, updated_at, backordered)
+                   SELECT %(tag)s || '-O-' || g, '1', %(sku)s, 'Bench item', 1, 1000, 'BACKORDERED',
+                          now() - interval '1 day' + g * interval '1 ms', now(), true
+                   FROM generate_series(1, %(n)s) g""",
+                {"tag": sc.tag, "sku": sku, "n": n},
+            )
+        sc.conn.execute("VACUUM ANALYZE")
+        fulfillments = watermark_total(stack, [sc.topics["fulfillment_requested"]])
+        prod = producer(stack)
+        worker = sc.start_worker()
+        warm = receipt(sc.tag, 0, sku_name(sc.tag, 1), 1)  # another SKU: the worker is consuming once it is in
+        send_receipts(sc, prod, [warm])
+        wait_until(lambda: sc.count("SELECT count(*) FROM stock_receipt") == 1, args.limit)
+        deep = receipt(sc.tag, 1, sku, n)
+        started = time.monotonic()
+        send_receipts(sc, prod, [deep])
+        committed = wait_until(
+            lambda: sc.count(f"SELECT count(*) FROM stock_receipt WHERE receipt_id = '{deep['receipt_id']}'") == 1,
+            args.limit,
+            0.02,
+        )
+        commit_s = time.monotonic() - started
+        published = wait_until(lambda: fulfillments() >= n, args.limit, 0.1)
+        last_s = time.monotonic() - started
+        sent = fulfillments()
+        rss = peak_rss_mb(worker.pid) if worker.poll() is None else float("nan")
+    figure("deep_receipt_commit_seconds", commit_s if committed else f">{commit_s:.0f}")
+    figure(
+        "deep_receipt_last_event_seconds",
+        last_s if published else f">{last_s:.0f}",
+        "" if published else f"(partial: {sent} of {n} fulfillment requests on Kafka)",
+    )
+    figure("deep_receipt_worker_peak_rss_mb", rss)
+
+
+def run_latency(stack: Stack, args: argparse.Namespace) -> None:
+    """Orders paced at --latency-rate per second for --latency-seconds; per order, from the inbound
+    message's timestamp to that of the first outbound event naming it (any of the three topics)."""
+    with scenario(stack, "latency") as sc:
+        total = int(args.latency_rate * args.latency_seconds)
+        orders = make_orders(sc.tag, total, args.skus, random.Random(5))
+        prod = producer(stack)
+        sc.start_worker()
+        receipts = stock_for_half(sc.tag, orders, args.skus)
+        send_receipts(sc, prod, receipts)
+        wait_until(lambda: sc.count("SELECT count(*) FROM stock_receipt") == len(receipts), args.limit)
+        wait_until(sc.outbox_drained, args.limit)
+        answered: dict[str, int] = {}
+        stop = threading.Event()
+        consumer = Consumer(
+            {"bootstrap.servers": stack.endpoints.kafka_bootstrap_servers, "group.id": f"bench-watch-{sc.tag}"}
+        )
+        metadata = consumer.list_topics(timeout=10)
+        outbound = [sc.topics[t] for t in OUTBOUND]
+        consumer.assign(
+            [TopicPartition(t, p, -1) for t in outbound for p in metadata.topics[t].partitions]  # from the end
+        )
+
+        def watch() -> None:
+            while not stop.is_set():
+                for msg in consumer.consume(1000, 0.2):
+                    if msg.error():
+                        continue
+                    order_id = str(CODEC.decode(msg.value())[1]["order_id"])
+                    stamp = msg.timestamp()[1]
+                    if order_id not in answered or stamp < answered[order_id]:
+                        answered[order_id] = stamp
+
+        watcher = threading.Thread(target=watch, name="bench-latency-watch", daemon=True)
+        watcher.start()
+        time.sleep(1)  # the assignment is in place before the first order
+        values = encoded_orders(orders)
+        sent: dict[str, int] = {}
+        tick = 0.01
+        per_tick = args.latency_rate * tick
+        started = time.monotonic()
+        for i, (key, value) in enumerate(values):
+            due = started + int(i / per_tick) * tick
+            if (pause := due - time.monotonic()) > 0:
+                time.sleep(pause)
+            stamp = int(time.time() * 1000)
+            sent[key.decode()] = stamp
+            produce(prod, sc.topics["order_created"], key, value, stamp)
+        prod.flush(60)
+        offered = len(values) / (time.monotonic() - started)
+        sending_ended = time.time()
+        wait_until(lambda: len(answered) >= total, args.latency_wait, 0.2)
+        stop.set()
+        watcher.join(10)
+        consumer.close()
+        waited_ms = (time.time() - sending_ended) * 1000
+    latencies = sorted(answered[o] - sent[o] for o in sent if o in answered)
+    missing = total - len(latencies)
+
+    def pct(q: float) -> object:
+        rank = max(int(q * total + 0.5) - 1, 0)  # unanswered orders count as slower than every answered one
+        return float(latencies[rank]) if rank < len(latencies) else f">{waited_ms:.0f}"
+
+    note = "" if not missing else f"({missing} of {total} orders unanswered {waited_ms / 1000:.0f}s after the last)"
+    figure("latency_offered_orders_per_s", offered)
+    figure("latency_p50_ms", pct(0.50), note)
+    figure("latency_p99_ms", pct(0.99), note)
+
+
+def state_function() -> Callable[[psycopg.Connection[Any]], Any] | None:
+    """The function the state refresh behind /metrics calls, wherever it lives now."""
+    for module in ("worker.adapters.postgres", "worker.adapters.read", "worker.adapters.postgres.read"):
+        with contextlib.suppress(ImportError):
+            found = getattr(importlib.import_module(module), "state_figures", None)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+    return None
+
+
+def run_scrape(stack: Stack, args: argparse.Namespace) -> None:
+    """N closed lines (9 in 10 shipped, 1 in 10 cancelled; 4 lines per order) written set-based,
+    then /metrics scraped and the state query (what the background refresh runs) timed."""
+    with scenario(stack, "scrape") as sc:
+        orders = (args.scrape_lines + 3) // 4
+        loaded = time.monotonic()
+        with sc.conn.transaction():
+            sc.conn.execute(
+                """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                                               placed_at, event_id, order_units, outcome)
+                   SELECT 'closed-' || g, 'c' || g %% 5000, 'STANDARD', 'STANDARD', 'USD',
+                          now() - interval '90 days' + g * interval '1 s', gen_random_uuid()::text, 4, 'IN_STOCK'
+                   FROM generate_series(1, %s) g""",
+                (orders,),
+            )
+            sc.conn.execute(
+                """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                                           placed_at, updated_at, quantity_allocated, quantity_shipped, shipped_at,
+                                           filled_at, quantity_cancelled, cancel_reason)
+                   SELECT 'closed-' || g, l::text, 'SKU-' || (g * 4 + l) %% 200, 'Bench item', 1, 1000,
+                          CASE WHEN g %% 10 = 0 THEN 'CANCELLED' ELSE 'SHIPPED' END, o.placed_at, o.placed_at,
+                          CASE WHEN g %% 10 = 0 THEN 0 ELSE 1 END, CASE WHEN g %% 10 = 0 THEN 0 ELSE 1 END,
+                          CASE WHEN g %% 10 = 0 THEN NULL ELSE o.placed_at END,
+                          CASE WHEN g %% 10 = 0 THEN NULL ELSE o.placed_at END,
+                          CASE WHEN g %% 10 = 0 THEN 1 ELSE 0 END,
+                          CASE WHEN g %% 10 = 0 THEN 'CUSTOMER' END
+                   FROM generate_series(1, %s) g CROSS JOIN generate_series(1, 4) l
+                   JOIN customer_order o ON o.order_id = 'closed-' || g""",
+                (orders,),
+            )
+        sc.conn.execute("VACUUM ANALYZE")
+        lines = sc.count("SELECT count(*) FROM order_line")
+        say(f"scrape: {lines} closed lines written in {time.monotonic() - loaded:.0f}s")
+        sc.start_worker()
+        _, port = sc.workers[0]
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape() -> float:
+            began = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=30) as response:
+                response.read()
+            return (time.perf_counter() - began) * 1000
+
+        def answers() -> bool:
+            try:
+                scrape()
+                return True
+            except OSError:
+                return False
+
+        if not wait_until(answers, args.limit, 0.5):
+            figure("scrape_ms", "n/a", "(/metrics never answered)")
+            return
+        scrapes = [scrape() for _ in range(20)]
+        figure("scrape_ms", statistics.median(scrapes), f"(median of 20; max {max(scrapes):.1f})")
+        read = state_function()
+        if read is None:
+            figure("state_refresh_ms", "n/a", "(state_figures not found)")
+            return
+        with psycopg.connect(sc.url, autocommit=True) as conn:
+            runs = []
+            for _ in range(5):
+                began = time.perf_counter()
+                read(conn)
+                runs.append((time.perf_counter() - began) * 1000)
+        figure("state_refresh_ms", statistics.median(runs), f"(median of 5; max {max(runs):.1f})")
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes everywhere: a check that it all runs")
+    parser.add_argument("--orders", type=int, help="orders of the throughput and two-worker bursts (20,000)")
+    parser.add_argument("--naive-orders", type=int, help="orders of the batch-size-1 burst (2,000)")
+    parser.add_argument("--skus", type=int, default=200)
+    parser.add_argument("--hot-orders", type=int, help="orders for the one hot SKU (20,000)")
+    parser.add_argument("--deep-lines", type=int, help="waiting lines the deep receipt meets (100,000)")
+    parser.add_argument("--latency-rate", type=float, help="orders per second offered (1,000)")
+    parser.add_argument("--latency-seconds", type=float, help="for how long (30)")
+    parser.add_argument("--latency-wait", type=float, help="how long to wait for answers after the last order (60)")
+    parser.add_argument("--relay-events", type=int, help="outbox rows the relay publishes (50,000)")
+    parser.add_argument("--scrape-lines", type=int, help="closed lines in the database for the scrape (1,000,000)")
+    parser.add_argument("--limit", type=float, help="bound on each wait, seconds (240)")
+    args = parser.parse_args(argv)
+    full = {
+        "orders": 20_000,
+        "naive_orders": 2_000,
+        "hot_orders": 20_000,
+        "deep_lines": 100_000,
+        "latency_rate": 1000.0,
+        "latency_seconds": 30.0,
+        "latency_wait": 60.0,
+        "relay_events": 50_000,
+        "scrape_lines": 1_000_000,
+        "limit": 240.0,
+    }
+    quick = {
+        "orders": 1_000,
+        "naive_orders": 200,
+        "hot_orders": 1_000,
+        "deep_lines": 2_000,
+        "latency_rate": 100.0,
+        "latency_seconds": 5.0,
+        "latency_wait": 20.0,
+        "relay_events": 2_000,
+        "scrape_lines": 20_000,
+        "limit": 60.0,
+    }
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    began = time.monotonic()
+    with localstack.local_stack(durable_postgres=True) as endpoints:
+        with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
+            backend = int(one(conn, "SELECT pg_backend_pid()"))
+            settings = {name: one(conn, f"SHOW {name}") for name in ("fsync", "synchronous_commit", "full_page_writes")}
+        stat = _stat(backend)
+        assert stat is not None
+        port = int(endpoints.kafka_bootstrap_servers.rsplit(":", 1)[1])
+        stack = Stack(endpoints, postmaster_pid=stat[0], kafka_pid=pid_listening_on(port))
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        say(
+            f"commit {commit.stdout.strip() or '?'}, {os.cpu_count()} CPUs, PostgreSQL "
+            + ", ".join(f"{k}={v}" for k, v in settings.items())
+            + f", Kafka broker pid {stack.kafka_pid}, postmaster pid {stack.postmaster_pid}"
+        )
+        say(
+            f"sizes: {', '.join(f'{k}={getattr(args, k)}' for k in ('orders', 'naive_orders', 'hot_orders'))}, "
+            f"deep_lines={args.deep_lines}, latency {args.latency_rate:.0f}/s for {args.latency_seconds:.0f}s, "
+            f"relay_events={args.relay_events}, scrape_lines={args.scrape_lines}, limit {args.limit:.0f}s per wait"
+        )
+        say(f"load average at start: {loadavg()}; worker logs in {LOG_PATH}")
+        naive = throughput = None
+        for name in args.only:
+            try:
+                if name == "pipe":
+                    run_pipe(stack, args)
+                elif name == "naive":
+                    naive = run_naive(stack, args)
+                elif name == "throughput":
+                    throughput = run_throughput(stack, args)
+                elif name == "relay":
+                    run_relay(stack, args)
+                elif name == "hot_sku":
+                    run_hot_sku(stack, args)
+                elif name == "deep_receipt":
+                    run_deep_receipt(stack, args)
+                elif name == "latency":
+                    run_latency(stack, args)
+                elif name == "two_workers":
+                    run_throughput(stack, args, "two_workers", workers=2)
+                elif name == "scrape":
+                    run_scrape(stack, args)
+            except Exception as exc:  # one scenario's failure does not cost the others' figures
+                say(f"{name}: failed: {exc!r}")
+        if naive is not None and throughput is not None:
+            figure("throughput_over_naive", throughput.rate / naive.rate)
+    say(f"load average at end: {loadavg()}")
+    say(f"bench: {time.monotonic() - began:.0f}s in all")
     return 0
 
 

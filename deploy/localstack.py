@@ -357,14 +357,16 @@ def _pg_bindir() -> Path:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster on 127.0.0.1, trust authentication, durability off for speed.
+    """A throwaway PostgreSQL cluster on 127.0.0.1, trust authentication, durability off for speed
+    (`durable=True`: fsync, synchronous_commit and full_page_writes on, as in production; for the bench).
 
     As root (CI, containers) the server runs as the `postgres` system user, since PostgreSQL refuses
     to run as root.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
         self.workdir = workdir
+        self.durable = durable
         self.port = free_port()
         self.datadir = workdir / "pgdata"
         self.log_path = workdir / "postgres.log"
@@ -412,9 +414,10 @@ class PostgresServer:
             )
             if init.returncode != 0:
                 raise StackError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        durability = "on" if self.durable else "off"
         options = (
-            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync={durability} "
+            f"-c synchronous_commit={durability} -c full_page_writes={durability} -c max_connections=200"
         )
         started = self._run(
             str(self.bindir / "pg_ctl"),
@@ -483,8 +486,10 @@ def _containers(need_kafka: bool, need_postgres: bool) -> Iterator[tuple[str | N
 
 
 @contextlib.contextmanager
-def local_stack(workdir: Path | None = None) -> Iterator[Endpoints]:
-    """Yields where Kafka and PostgreSQL answer; stops whatever it started on the way out."""
+def local_stack(workdir: Path | None = None, *, durable_postgres: bool = False) -> Iterator[Endpoints]:
+    """Yields where Kafka and PostgreSQL answer; stops whatever it started on the way out.
+
+    `durable_postgres`: a PostgreSQL started here runs with production durability (see PostgresServer)."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     database_url = os.environ.get("DATABASE_URL")
     with contextlib.ExitStack() as stack:
@@ -501,7 +506,7 @@ def local_stack(workdir: Path | None = None) -> Iterator[Endpoints]:
         if bootstrap is None or database_url is None:
             root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="backorder-stack-")))
             if database_url is None:
-                postgres = PostgresServer(root / "postgres")
+                postgres = PostgresServer(root / "postgres", durable=durable_postgres)
                 stack.callback(postgres.stop)
                 postgres.start()
                 database_url = postgres.url
