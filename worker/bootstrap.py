@@ -28,7 +28,7 @@ from worker.entrypoints.supervision import Heartbeat, Supervisor
 from worker.service.batch import MessageResult, handle_batch
 from worker.service.handlers import sweep_once
 from worker.service.messages import InboundMessage
-from worker.service.ports import StoreUnavailable
+from worker.service.ports import StoreUnavailable, UnitOfWorkFactory
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -131,6 +131,12 @@ def run_worker(settings: Settings) -> None:
         metrics.watch_state(state)
         metrics.watch_pool(pool.get_stats)
 
+        # Shutdown, in the order the callbacks run: stop accepting HTTP requests, commit and close the
+        # consumer, drain the relay, then join what is left (sweep, HTTP handler threads), each step with
+        # what remains of BACKORDER_SHUTDOWN_TIMEOUT_SECONDS.
+        join_last: list[Callable[[], object]] = []
+        resources.callback(lambda: [join() for join in join_last])
+
         stop_relay = threading.Event()
         relay: OutboxRelay | None = None
         if settings.relay_enabled:
@@ -139,6 +145,7 @@ def run_worker(settings: Settings) -> None:
                 pool,
                 producer,
                 batch_size=settings.relay_batch_size,
+                batch_bytes=settings.relay_batch_bytes,
                 interval_s=settings.relay_interval_seconds,
                 delivery_timeout_s=settings.relay_delivery_timeout_seconds,
                 retention=postgres.Retention(
@@ -168,6 +175,7 @@ def run_worker(settings: Settings) -> None:
                     backoff_initial_s=settings.db_retry_initial_seconds,
                     backoff_max_s=settings.db_retry_max_seconds,
                     on_round=relay_beat.beat,
+                    drain_s=deadline.remaining,
                 )
 
             relay_thread = threading.Thread(
@@ -202,11 +210,9 @@ def run_worker(settings: Settings) -> None:
             )
             sweeper.start()
 
-            def stop_sweeper() -> None:
-                stop_sweeps.set()
-                sweeper.join(deadline.remaining())
-
-            resources.callback(stop_sweeper)
+            # A sweep stops between two of its transactions; one in progress is rolled back if it outlasts the bound.
+            resources.callback(stop_sweeps.set)
+            join_last.append(lambda: sweeper.join(deadline.remaining()))
 
         consumer = Consumer(
             {
@@ -275,7 +281,8 @@ def run_worker(settings: Settings) -> None:
             settings.metrics_host, settings.metrics_port, metrics.registry, live=live, ready=ready
         )
         endpoints.start()
-        resources.callback(endpoints.stop)
+        resources.callback(endpoints.stop_accepting)
+        join_last.append(lambda: endpoints.stop(deadline.remaining()))
         log.info(
             "http_listening", host=settings.metrics_host, port=endpoints.port, paths=["/metrics", "/healthz", "/readyz"]
         )
@@ -299,18 +306,22 @@ def run_worker(settings: Settings) -> None:
 
 def _sweep_forever(
     stop: threading.Event,
-    factory: postgres.PostgresUnitOfWorkFactory,
+    factory: UnitOfWorkFactory,
     shop: ShopPolicy,
     interval_s: float,
     on_events: Callable[[], None] | None,
     heartbeat: Heartbeat | None = None,
 ) -> None:
-    """The time-driven work (status updates, stale backorders), one instance at a time across the group."""
+    """The time-driven work (status updates, stale backorders), one instance at a time across the group.
+
+    A sweep beats `heartbeat` as it begins and after each of its transactions (a bounded number of
+    orders each), so a long sweep over a big backlog is progress, not a stall."""
+    beat = heartbeat.beat if heartbeat is not None else None
     while not stop.wait(interval_s):
-        if heartbeat is not None:
-            heartbeat.beat()
+        if beat is not None:
+            beat()
         try:
-            sent = sweep_once(factory, shop, utc_now(), wait=False)
+            sent = sweep_once(factory, shop, utc_now(), wait=False, on_progress=beat, until=stop.is_set)
         except StoreUnavailable as exc:
             log.warning("sweep_postponed", error=str(exc))
             continue

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from typing import Any
 
 import pytest
 
 from tests import factories
-from tests.unit.fakes import FakeUnitOfWork
+from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory
 from tests.unit.test_allocation import backorder
 from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
 from worker.domain.events import CustomerNotification, NotificationType
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.timeline import Cadence
 from worker.service import commands
-from worker.service.handlers import handle, sweep
+from worker.service.handlers import handle, sweep, sweep_once
 
 TODAY = dt.date(2026, 2, 1)
 RULES = EtaRules(handling_days=1, default_supplier_margin_days=2)
@@ -130,6 +131,63 @@ def test_status_updates_are_sent_once_per_step() -> None:
         sweep(uow, SHOP, NOW + dt.timedelta(days=day))
     updates = notices(uow, NotificationType.BACKORDER_STATUS_UPDATE)
     assert [n.reason.split(":")[0] for n in updates if n.reason] == ["day 7", "day 14", "day 21"]
+
+
+def backlog(orders: int) -> FakeState:
+    """`orders` waiting orders: every third one of an SKU whose backorders go stale after 30 days and
+    placed long ago, the others due for a status update a week after NOW."""
+    uow = FakeUnitOfWork()
+    run(uow, "backorder.ProductPolicy", factories.policy("OLD", "2025-01-01", stale_after_days=30))
+    for i in range(orders):
+        sku, placed = ("OLD", "2025-12-01") if i % 3 == 0 else ("SKU", f"2026-01-{10 + i % 15:02d}")
+        run(uow, "backorder.OrderCreated", factories.order(f"O-{i:03d}", placed, [(sku, 1)]))
+    return uow.state
+
+
+def test_a_sweep_in_bounded_transactions_sends_what_one_transaction_sends() -> None:
+    state = backlog(30)
+    as_of = NOW + dt.timedelta(days=7)
+    already = len(state.outbox)
+    whole = FakeUnitOfWork(copy.deepcopy(state))
+    sweep(whole, SHOP, as_of)
+    store = FakeUnitOfWorkFactory(copy.deepcopy(state))
+    progress: list[int] = []
+
+    sent = sweep_once(
+        store,
+        SHOP,
+        as_of,
+        wait=False,
+        orders_per_transaction=4,
+        on_progress=lambda: progress.append(store.transactions),
+    )
+
+    assert store.state.outbox[already:] == whole.state.outbox[already:]
+    assert sent == len(whole.state.outbox) - already
+    assert len(notices(whole, NotificationType.BACKORDER_CANCELLED)) == 10
+    assert len(notices(whole, NotificationType.BACKORDER_STATUS_UPDATE)) == 20
+    # The listing, then 10 stale orders 4 at a time (3 transactions), then 30 orders 4 at a time (8):
+    # each transaction committed on its own and reported as progress.
+    assert store.transactions == 1 + 3 + 8
+    assert progress == list(range(1, 13))
+
+
+def test_a_sweep_stopped_between_transactions_keeps_what_it_committed_and_the_next_sends_nothing_twice() -> None:
+    state = backlog(30)
+    as_of = NOW + dt.timedelta(days=7)
+    already = len(state.outbox)
+    whole = FakeUnitOfWork(copy.deepcopy(state))
+    sweep(whole, SHOP, as_of)
+    store = FakeUnitOfWorkFactory(copy.deepcopy(state))
+
+    first = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4, until=lambda: store.transactions >= 6)
+    assert store.transactions == 6 and first == len(store.state.outbox) - already > 0
+    second = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4)
+
+    assert first is not None and second is not None
+    assert first + second == len(whole.state.outbox) - already
+    assert sorted(e.event_id for e in store.state.outbox) == sorted(e.event_id for e in whole.state.outbox)
+    assert sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4) == 0
 
 
 def test_a_new_lead_time_moves_the_dates_of_what_waits_beyond_the_restocks() -> None:

@@ -113,3 +113,49 @@ def test_a_client_trickling_its_request_is_cut_off_at_the_timeout(endpoints: Htt
         time.sleep(0.05)
     conn.close()
     assert cut_off is not None and cut_off < TIMEOUT + 1.0, cut_off
+
+
+def test_stop_returns_within_its_bound_while_slow_requests_hold_every_handler_and_fill_the_queue() -> None:
+    release = threading.Event()
+
+    def slow_check() -> tuple[bool, str]:  # as a client that does not read its answer holds a handler
+        release.wait(30)
+        return True, "slow"
+
+    server = HttpEndpoints(
+        "127.0.0.1",
+        0,
+        CollectorRegistry(),
+        live=slow_check,
+        ready=slow_check,
+        threads=4,
+        timeout_seconds=5.0,
+        queue_size=4,
+    )
+    server.start()
+    clients = []
+    try:
+        for _ in range(4 + 4):  # four held by the handler threads, four waiting in the full queue
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: worker\r\n\r\n")
+            clients.append(conn)
+        time.sleep(0.5)
+        started = time.monotonic()
+        ended = server.stop(1.0)
+        took = time.monotonic() - started
+        print(f"stop(1.0) with every handler held and the queue full: returned after {took:.2f} s")
+        assert took < 1.5
+        assert not ended  # the held handlers were left behind (daemon threads), not waited for
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+    finally:
+        release.set()
+        for conn in clients:
+            conn.close()
+
+
+def test_stop_joins_idle_handlers_at_once(endpoints: HttpEndpoints) -> None:
+    assert get(endpoints, "/healthz")[0] == 200
+    started = time.monotonic()
+    assert endpoints.stop(5.0)
+    assert time.monotonic() - started < 1.0

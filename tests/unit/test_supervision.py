@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import cast
 
+from confluent_kafka import Producer
+from psycopg_pool import ConnectionPool
+
+from tests import factories
+from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory
+from worker.adapters import postgres
+from worker.adapters.relay import OutboxRelay
+from worker.bootstrap import _sweep_forever
+from worker.domain.events import CustomerNotification
+from worker.domain.policy import ShopPolicy
 from worker.entrypoints.supervision import Supervisor
+from worker.service import commands
+from worker.service.handlers import SWEEP_ORDERS_PER_TRANSACTION, handle
+from worker.service.ports import UnitOfWork
 
 
 class Clock:
@@ -75,3 +93,87 @@ def test_watch_reports_the_first_failure_once() -> None:
     reported: list[str] = []
     supervisor.watch(threading.Event(), reported.append, every_s=0.01)
     assert reported == ["outbox-relay died (returned)"]
+
+
+# ------------------------------------------------------------------ long work reports its progress
+
+
+class SlowStore(FakeUnitOfWorkFactory):
+    """Each transaction takes 40 s of the supervisor's clock; what the supervisor says is noted as each begins."""
+
+    def __init__(self, state: FakeState, clock: Clock, supervisor: Supervisor) -> None:
+        super().__init__(state)
+        self.clock = clock
+        self.supervisor = supervisor
+        self.health: list[str | None] = []
+
+    @contextmanager
+    def __call__(self) -> Iterator[UnitOfWork]:
+        self.clock.now += 40
+        self.health.append(self.supervisor.check())
+        with super().__call__() as uow:
+            yield uow
+
+
+def test_a_sweep_longer_than_its_bound_beats_after_each_transaction_and_stays_healthy() -> None:
+    clock = Clock()
+    supervisor = Supervisor(clock)
+    beat = supervisor.heartbeat("sweep", 60)
+    uow = FakeUnitOfWork()
+    placed = (dt.datetime.now(dt.UTC) - dt.timedelta(days=8)).strftime("%Y-%m-%dT%H:%M")
+    orders = 2 * SWEEP_ORDERS_PER_TRANSACTION + 1
+    for i in range(orders):
+        record = factories.order(f"O-{i}", placed, [("S", 1)])
+        command = commands.command_for("backorder.OrderCreated", "backorder.OrderCreated", record)
+        uow.lock_stock(["S"])
+        handle(command, uow, ShopPolicy(), dt.datetime.now(dt.UTC))
+    store = SlowStore(uow.state, clock, supervisor)
+    stop = threading.Event()
+    started = clock.now
+
+    _sweep_forever(stop, store, ShopPolicy(), 0.001, on_events=stop.set, heartbeat=beat)
+
+    updates = [
+        e for e in store.state.outbox if isinstance(e, CustomerNotification) and e.type == "BACKORDER_STATUS_UPDATE"
+    ]
+    assert len(updates) == orders
+    assert clock.now - started == 40 * (1 + 3)  # the listing and three chunks: 160 s, past the 60 s bound
+    assert store.health == [None] * 4
+    assert supervisor.check() is None
+
+
+def test_a_purge_longer_than_the_relays_bound_beats_after_each_statement() -> None:
+    clock = Clock()
+    supervisor = Supervisor(clock)
+    beat = supervisor.heartbeat("outbox-relay", 60)
+    health: list[str | None] = []
+
+    class Connection:
+        """Each DELETE takes 40 s and removes a full chunk twice, then the rest."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def execute(self, sql: str, params: object) -> SimpleNamespace:
+            clock.now += 40
+            health.append(supervisor.check())
+            self.calls += 1
+            return SimpleNamespace(rowcount=postgres.PURGE_CHUNK_ROWS if self.calls % 3 else 7)
+
+    retention = postgres.Retention(*(dt.timedelta(days=1),) * 4)
+    relay = OutboxRelay(
+        cast(ConnectionPool, None),
+        cast(Producer, None),
+        batch_size=1,
+        interval_s=1.0,
+        delivery_timeout_s=1.0,
+        retention=retention,
+    )
+    relay.on_purge_progress = beat.beat
+    conn = Connection()
+
+    relay._purge(conn)
+
+    assert conn.calls == 5 * 3  # five kinds, three statements each: 600 s in all
+    assert health == [None] * 15
+    assert supervisor.check() is None

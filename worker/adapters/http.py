@@ -109,8 +109,9 @@ class _BoundedServer(WSGIServer):
                 self._expire(selector)
             for conn in list(self._pending):
                 self._drop(selector, conn)
-        for _ in self._workers:
-            self._requests.put(None)
+        for _ in self._workers:  # never blocks: a handler that finds no sentinel ends on the stopping flag
+            with contextlib.suppress(queue.Full):
+                self._requests.put_nowait(None)
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
         while True:
@@ -166,7 +167,13 @@ class _BoundedServer(WSGIServer):
     # --- the handler threads ---
 
     def _answer(self) -> None:
-        while (item := self._requests.get()) is not None:
+        while not self._stopping.is_set():
+            try:
+                item = self._requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
             conn, address, head = item
             try:
                 conn.setblocking(True)
@@ -177,13 +184,29 @@ class _BoundedServer(WSGIServer):
                 self.shutdown_request(conn)
 
     def shutdown(self) -> None:
-        self._stopping.set()
-        self._wake_w.send(b"x")
+        """Stop accepting and reading; handler threads end after the request each is answering."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+
+    def join_handlers(self, deadline: float) -> bool:
+        """Wait for the handler threads until `deadline` (monotonic), all sharing it; True if all ended.
+        Requests still queued are closed unanswered."""
+        for worker in self._workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        while True:
+            try:
+                item = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                with contextlib.suppress(OSError):
+                    item[0].close()
+        return not any(worker.is_alive() for worker in self._workers)
 
     def server_close(self) -> None:
         super().server_close()
-        for worker in self._workers:
-            worker.join(timeout=self.timeout_seconds)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -235,8 +258,19 @@ class HttpEndpoints:
         self._server.start_handlers()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """Accept and read no more requests (returns at once); the ones being answered go on until `stop`."""
+        self._server.shutdown()
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop serving within `timeout_s` in all (the reading thread and every handler share that bound,
+        slow clients or not); True if every thread ended, False if some were left behind (daemon threads:
+        they end with the process)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
         self._server.shutdown()
         if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        self._server.server_close()
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        ended = self._server.join_handlers(deadline) and not self._thread.is_alive()
+        if not self._thread.is_alive():
+            self._server.server_close()
+        return ended

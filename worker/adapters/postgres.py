@@ -890,11 +890,21 @@ def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def unpublished(conn: psycopg.Connection[Any], limit: int) -> list[OutboxRow]:
+def unpublished(conn: psycopg.Connection[Any], limit: int, max_bytes: int) -> list[OutboxRow]:
+    """The oldest rows to publish: at most `limit`, and only while the keys and values before a row add up
+    to less than `max_bytes` (so the row that crosses it comes too, and a round always has one row)."""
     rows = conn.execute(
         """SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at, source_time
-           FROM outbox WHERE published_at IS NULL AND failed_at IS NULL ORDER BY outbox_id LIMIT %s""",
-        (limit,),
+           FROM (SELECT page.*,
+                        coalesce(sum(coalesce(octet_length(message_key), 0) + coalesce(octet_length(message_value), 0))
+                                 OVER (ORDER BY outbox_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                          AS bytes_before
+                 FROM (SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at,
+                              source_time
+                       FROM outbox WHERE published_at IS NULL AND failed_at IS NULL
+                       ORDER BY outbox_id LIMIT %s) AS page) AS budgeted
+           WHERE bytes_before < %s ORDER BY outbox_id""",
+        (limit, max_bytes),
     ).fetchall()
     return [
         OutboxRow(
@@ -933,8 +943,12 @@ class Retention:
 PURGE_CHUNK_ROWS = 5000  # rows deleted per statement: short transactions, no long lock on a big table
 
 
-def purge(conn: psycopg.Connection[Any], retention: Retention) -> dict[str, int]:
-    """Delete what is past its retention, in chunks; rows deleted per kind. `conn` must be in autocommit."""
+def purge(
+    conn: psycopg.Connection[Any], retention: Retention, on_progress: Callable[[], None] | None = None
+) -> dict[str, int]:
+    """Delete what is past its retention, in chunks; rows deleted per kind. `conn` must be in autocommit.
+
+    `on_progress` is called after each statement, so a supervisor sees a long purge progress."""
     statements = {
         "published_outbox": (
             """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
@@ -977,6 +991,8 @@ def purge(conn: psycopg.Connection[Any], retention: Retention) -> dict[str, int]
         while True:
             deleted = conn.execute(sql, {"age": age, "chunk": PURGE_CHUNK_ROWS}).rowcount
             total += deleted
+            if on_progress is not None:
+                on_progress()
             if deleted < PURGE_CHUNK_ROWS:
                 break
         purged[kind] = total

@@ -5,11 +5,16 @@ events of each key in the order they were written. The producer is idempotent, s
 do not duplicate; a relay killed between Kafka's acknowledgement and the stamp publishes those rows
 again after restart, with the same event ids, which consumers deduplicate.
 
-A row Kafka refuses for good (too large, not authorised, an unknown topic, an invalid record) is
-parked: stamped `failed_at` with the error, counted, never retried, and it blocks nothing behind it.
-Rows acknowledged in a round are stamped whatever else happened in it, so they are never sent twice
-because of a neighbour. A transient failure (the broker down, a message timed out) leaves the row
-to the next round.
+A row Kafka refuses for good because of what it is (too large, an invalid record) is parked: stamped
+`failed_at` with the error, counted, never retried, and it blocks nothing behind it. Rows acknowledged
+in a round are stamped whatever else happened in it, so they are never sent twice because of a
+neighbour. Every other failure is the environment's (the broker down, a message timed out, a missing
+ACL, an outbound topic not created yet): it leaves the rows to a later round, is counted as a publish
+failure and logged, and a round in which Kafka took nothing is retried with backoff. Parking those
+would silently drop every event of the topic until someone noticed.
+
+A round reads at most `batch_size` rows and stops at `batch_bytes` of keys and values (the row that
+crosses it included), which bounds what it holds in Python and in the producer's queue.
 """
 
 from __future__ import annotations
@@ -35,17 +40,15 @@ PublishedCallback = Callable[[dict[str, int], int, list[float], list[float]], No
 # (topic, reason): one row refused for good and parked
 RefusedCallback = Callable[[str, str], None]
 
-# Errors that retrying the same message cannot cure, by the bounded `reason` they are counted under.
+# Errors the row itself causes, which no change around it cures, by the bounded `reason` they are counted
+# under. Not here, because fixing the deployment cures them: TOPIC_AUTHORIZATION_FAILED (an ACL),
+# UNKNOWN_TOPIC_OR_PART, _UNKNOWN_TOPIC, _UNKNOWN_PARTITION (a topic not created yet), TOPIC_EXCEPTION (a
+# topic name configured wrong), _INVALID_ARG (how the worker calls the producer, the same for every row),
+# INVALID_MSG (a corrupt batch on the way, retriable) and INVALID_TIMESTAMP (clocks or the topic's config).
 REFUSALS: dict[int, str] = {
     KafkaError.MSG_SIZE_TOO_LARGE: "too_large",
     KafkaError.RECORD_LIST_TOO_LARGE: "too_large",
-    KafkaError.TOPIC_AUTHORIZATION_FAILED: "not_authorized",
-    KafkaError.UNKNOWN_TOPIC_OR_PART: "unknown_topic",
-    KafkaError._UNKNOWN_TOPIC: "unknown_topic",
-    KafkaError._UNKNOWN_PARTITION: "unknown_topic",
-    KafkaError.TOPIC_EXCEPTION: "invalid",
     KafkaError.INVALID_RECORD: "invalid",
-    KafkaError._INVALID_ARG: "invalid",
 }
 REFUSAL_REASONS = tuple(sorted(set(REFUSALS.values())))
 PURGE_INTERVAL_S = 60.0
@@ -65,8 +68,15 @@ class Round:
     delivered: list[int] = field(default_factory=list)
     per_topic: dict[str, int] = field(default_factory=dict)
     refused: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # outbox id -> (topic, reason, error)
-    not_acknowledged: int = 0  # left to the next round
+    not_acknowledged: int = 0  # left to the next round, `failed` included
+    failed: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, error name) -> rows left by it
     producer_error: KafkaException | None = None  # the producer failed as a whole: the round stopped there
+
+    def fail(self, topic: str, err: KafkaError | None, rows: int = 1) -> None:
+        """`rows` of `topic` not acknowledged, for a reason that is not theirs: left to a later round."""
+        self.not_acknowledged += rows
+        name = err.name() if err is not None else "NOT_ACKNOWLEDGED"
+        self.failed[topic, name] = self.failed.get((topic, name), 0) + rows
 
 
 class OutboxRelay:
@@ -76,6 +86,7 @@ class OutboxRelay:
         producer: Producer,
         *,
         batch_size: int,
+        batch_bytes: int = 16 * 1024 * 1024,
         interval_s: float,
         delivery_timeout_s: float,
         retention: postgres.Retention,
@@ -85,6 +96,9 @@ class OutboxRelay:
         self._pool = pool
         self._producer = producer
         self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
+        self._full = False  # the last round stopped at a bound: more rows may be waiting
+        self._stalled = False  # the last round had rows and Kafka took none of them
         self._interval_s = interval_s
         self._delivery_timeout_s = delivery_timeout_s
         self._retention = retention
@@ -101,13 +115,16 @@ class OutboxRelay:
             with conn.transaction():
                 if not postgres.try_lock_relay(conn):
                     return 0
-                rows = postgres.unpublished(conn, self._batch_size)
+                rows = postgres.unpublished(conn, self._batch_size, self._batch_bytes)
                 if rows:
                     result = self.publish(rows)
                     postgres.mark_published(conn, result.delivered)
                     postgres.park(conn, {i: f"{reason}: {error}" for i, (_, reason, error) in result.refused.items()})
             self._purge(conn)
         self._report(rows, result)
+        read_bytes = sum(len(row.key or b"") + len(row.value or b"") for row in rows)
+        self._full = len(rows) >= self._batch_size or read_bytes >= self._batch_bytes
+        self._stalled = bool(rows) and not result.delivered and bool(result.not_acknowledged)
         if result.producer_error is not None:
             raise result.producer_error
         return len(result.delivered)
@@ -124,20 +141,28 @@ class OutboxRelay:
                 return
             reason = refusal_reason(err)
             if reason is None:
-                result.not_acknowledged += 1
+                result.fail(row.topic, err)
             else:
                 result.refused[row.outbox_id] = (row.topic, reason, err.str())
 
+        held: set[str] = set()  # topics whose rows wait for a later round from here on, to keep their order
         for row in rows:
+            if row.topic in held:
+                result.fail(row.topic, None)
+                continue
             try:
                 self._produce(row, report)
             except KafkaException as exc:  # refused before it was sent, e.g. larger than message.max.bytes
                 err = exc.args[0]
-                reason = refusal_reason(err) if isinstance(err, KafkaError) else None
-                if reason is None:
+                if not isinstance(err, KafkaError) or err.fatal():
                     result.producer_error = exc
                     break
-                result.refused[row.outbox_id] = (row.topic, reason, err.str())
+                reason = refusal_reason(err)
+                if reason is None:  # e.g. a topic unknown to the cluster: the topic's rows wait, the others go
+                    result.fail(row.topic, err)
+                    held.add(row.topic)
+                else:
+                    result.refused[row.outbox_id] = (row.topic, reason, err.str())
         pending = self._producer.flush(self._delivery_timeout_s + 5)  # delivery reports run in here
         result.not_acknowledged += pending
         return result
@@ -163,6 +188,8 @@ class OutboxRelay:
             log.error("outbox_row_refused", outbox_id=outbox_id, topic=topic, reason=reason, error=error)
             if self._on_refused is not None:
                 self._on_refused(topic, reason)
+        for (topic, error), count in result.failed.items():  # at most a few per round: topics x error kinds
+            log.warning("outbox_publish_failed", topic=topic, error=error, rows=count)
         if result.not_acknowledged or result.producer_error is not None:
             log.warning(
                 "outbox_publish_incomplete",
@@ -178,6 +205,9 @@ class OutboxRelay:
             latencies = [(acknowledged - caused[i]).total_seconds() for i in result.delivered if i in caused]
             self._on_published(result.per_topic, result.not_acknowledged, delays, latencies)
 
+    # Called as each purge statement ends (set by `run` to its `on_round`): a long purge is progress, not a stall.
+    on_purge_progress: Callable[[], None] | None = None
+
     def _purge(self, conn: Any) -> None:
         """Apply the retentions, at most once a minute, outside the publishing transaction."""
         now = time.monotonic()
@@ -185,7 +215,7 @@ class OutboxRelay:
             return
         self._last_purge = now
         try:
-            purged = {kind: n for kind, n in postgres.purge(conn, self._retention).items() if n}
+            purged = {kind: n for kind, n in postgres.purge(conn, self._retention, self.on_purge_progress).items() if n}
         except psycopg.Error as exc:  # the next purge may succeed; publishing must go on meanwhile
             log.warning("purge_failed", error=f"{type(exc).__name__}: {exc}")
             return
@@ -199,33 +229,52 @@ class OutboxRelay:
         backoff_initial_s: float,
         backoff_max_s: float,
         on_round: Callable[[], None] | None = None,
+        drain_s: Callable[[], float] | None = None,
     ) -> None:
-        """Publish until `stop` is set, then drain what is pending (bounded by the delivery timeout).
+        """Publish until `stop` is set, then drain what is pending for `drain_s()` seconds (asked when the
+        drain begins: what is left of the shutdown) or else the delivery timeout.
 
-        `on_round` is called as each round begins, so a supervisor can tell a stuck relay from a busy one.
+        `on_round` is called as each round begins and as each purge statement ends, so a supervisor can
+        tell a stuck relay from a busy one.
         """
+        self.on_purge_progress = on_round
         delay = backoff_initial_s
         while not stop.is_set():
             if on_round is not None:
                 on_round()
             try:
-                published = self.publish_once()
-                delay = backoff_initial_s
+                self.publish_once()
             except (*postgres.UNAVAILABLE, KafkaException) as exc:
                 log.warning("outbox_relay_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                 stop.wait(delay)
                 delay = min(delay * 2, backoff_max_s)
                 continue
-            if published < self._batch_size:
+            if self._stalled:  # Kafka took nothing (a missing topic or ACL, a broker away): not again at once
+                log.warning("outbox_relay_retry", error="no row of the round was acknowledged", retry_in_s=delay)
+                stop.wait(delay)
+                delay = min(delay * 2, backoff_max_s)
+                continue
+            delay = backoff_initial_s
+            if not self._full:
                 self.wake.wait(self._interval_s)
                 self.wake.clear()
-        self.drain(self._delivery_timeout_s)
+        self.drain(drain_s() if drain_s is not None else self._delivery_timeout_s)
 
     def drain(self, timeout_s: float) -> None:
+        """Publish what is pending for at most `timeout_s`: each round waits for Kafka only as long as is
+        left (a round's rows not acknowledged by then stay unstamped and are published again later, with
+        the same event ids)."""
         deadline = time.monotonic() + timeout_s
+        delivery_timeout_s = self._delivery_timeout_s
         try:
-            while time.monotonic() < deadline and self.publish_once() > 0:
-                pass
+            # A round waits for Kafka up to its delivery timeout plus 5 s: it is given what is left, and
+            # none begins with 5 s or less left.
+            while (left := deadline - time.monotonic()) > 5.0:
+                self._delivery_timeout_s = min(delivery_timeout_s, left - 5.0)
+                if self.publish_once() == 0:
+                    break
         except (*postgres.UNAVAILABLE, KafkaException) as exc:
             log.warning("outbox_drain_incomplete", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._delivery_timeout_s = delivery_timeout_s
         self._producer.flush(max(0.0, deadline - time.monotonic()))

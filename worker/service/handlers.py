@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from itertools import groupby
 
@@ -256,40 +256,111 @@ def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPoli
     return Outcome.PROCESSED
 
 
-def sweep_once(unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, as_of: dt.datetime, *, wait: bool) -> int | None:
-    """One sweep in its own transaction; the number of events it sent, or None if another sweep was running
-    and `wait` is false."""
+SWEEP_ORDERS_PER_TRANSACTION = 200  # a sweep's transactions stay short whatever the backlog
+
+Progress = Callable[[], None]
+
+
+def sweep_once(
+    unit_of_work: UnitOfWorkFactory,
+    shop: ShopPolicy,
+    as_of: dt.datetime,
+    *,
+    wait: bool,
+    orders_per_transaction: int = SWEEP_ORDERS_PER_TRANSACTION,
+    on_progress: Progress | None = None,
+    until: Callable[[], bool] | None = None,
+) -> int | None:
+    """One sweep at `as_of` in bounded transactions; the number of events it sent, or None if another sweep
+    was running and `wait` is false.
+
+    The orders waiting when it begins are swept `orders_per_transaction` at a time, each chunk committed
+    and reported to `on_progress` (so a supervisor sees a long sweep progress): first the stale
+    cancellations, then the status updates due. Every chunk takes the sweep lock again (it ends with its
+    transaction) and re-reads its orders under it, so two sweeps take turns chunk by chunk: a line the
+    other one cancelled no longer waits, and a status update is claimed once ever. A sweep that finds the
+    lock taken between its chunks (and may not wait) stops there: the other sweep, begun later, covers the rest;
+    so does one whose `until()` turns true (the worker is stopping): the next sweep does what it left.
+    """
     with unit_of_work() as uow:
         if not uow.lock_sweep(wait):
             return None
-        return len(sweep(uow, shop, as_of))
+        waiting = uow.all_waiting_lines()
+        stale = sorted(_stale_lines(uow, shop, as_of, waiting))
+        orders = sorted({line.order_id for line in waiting})
+    if on_progress is not None:
+        on_progress()
+    sent = 0
+    for work, order_ids in ((_cancel_stale, stale), (_send_status_updates, orders)):
+        for begin in range(0, len(order_ids), max(1, orders_per_transaction)):
+            chunk = order_ids[begin : begin + max(1, orders_per_transaction)]
+            if until is not None and until():
+                return sent
+            with unit_of_work() as uow:
+                if not uow.lock_sweep(wait):
+                    log.info("sweep_yielded", sent=sent)
+                    return sent
+                lines = [line for line in uow.order_lines(chunk) if line.waiting]
+                events = work(uow, shop, as_of, lines)
+                uow.emit(events)
+            sent += len(events)
+            if on_progress is not None:
+                on_progress()
+    return sent
 
 
 def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[OutboundEvent]:
-    """The time-driven work at `as_of`: cancel stale backorders, then send the status updates due.
+    """The time-driven work at `as_of` in one transaction: cancel stale backorders, then send the status
+    updates due.
 
     The caller holds the sweep lock (one sweep at a time); a status update is claimed per order and
     step in the database, so none is ever sent twice.
     """
-    events: list[OutboundEvent] = []
+    events = _cancel_stale(uow, shop, as_of, uow.all_waiting_lines())
+    events += _send_status_updates(uow, shop, as_of, uow.all_waiting_lines())
+    uow.emit(events)
+    return events
+
+
+def _stale_lines(
+    uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, waiting: Iterable[OrderLineState]
+) -> dict[str, list[OrderLineState]]:
+    """The waiting lines past their SKU's `stale_after_days` at `as_of`, by order."""
     stale: dict[str, list[OrderLineState]] = defaultdict(list)
     limits: dict[str, int | None] = {}
-    for line in uow.all_waiting_lines():
+    for line in waiting:
         if line.sku not in limits:
             limits[line.sku] = _policy(uow, shop, line.sku).stale_after_days
         limit = limits[line.sku]
         if limit is not None and as_of - line.placed_at > dt.timedelta(days=limit):
             stale[line.order_id].append(line)
+    return stale
+
+
+def _cancel_stale(
+    uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, waiting: Iterable[OrderLineState]
+) -> list[OutboundEvent]:
+    """Cancel the stale ones among `waiting` (the events are returned, not emitted)."""
+    events: list[OutboundEvent] = []
+    stale = _stale_lines(uow, shop, as_of, waiting)
     if stale:
         uow.lock_stock(uow.skus_of_orders(stale))
     for order_id, lines in sorted(stale.items()):
-        days = max(limits[line.sku] or 0 for line in lines)
+        days = max(_policy(uow, shop, line.sku).stale_after_days or 0 for line in lines)
         cancellation = Cancellation(
             order_id, tuple(line.line_id for line in lines), CancelReason.STALE, f"waited more than {days} days", as_of
         )
         cause = f"stale/{order_id}/{as_of.isoformat()}"  # one sweep, one cause: ids never collide
         events += _cancel_and_reallocate(uow, cancellation, cause, cause, shop, as_of)
-    for order_id, lines in _by_order(uow.all_waiting_lines()).items():
+    return events
+
+
+def _send_status_updates(
+    uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, waiting: Iterable[OrderLineState]
+) -> list[OutboundEvent]:
+    """The status updates due for the orders of `waiting`, each claimed (the events are returned, not emitted)."""
+    events: list[OutboundEvent] = []
+    for order_id, lines in _by_order(waiting).items():
         due = shop.cadence.due_step(as_of - lines[0].placed_at)
         if due is None or not uow.claim_status_update(order_id, due[0]):
             continue
@@ -307,7 +378,6 @@ def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[Outboun
                 + (f"; expected to ship {expected.isoformat()}" if expected else "; expected ship date unknown"),
             )
         )
-    uow.emit(events)
     return events
 
 
