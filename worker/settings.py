@@ -156,6 +156,8 @@ class Settings(BaseSettings):
 
     relay_enabled: bool = True
     relay_batch_size: PositiveInt = 1000
+    # A round also stops once its keys and values reach this many bytes (the row that crosses it included).
+    relay_batch_bytes: PositiveInt = 16 * 1024 * 1024
     relay_interval_seconds: PositiveFloat = 0.2
     relay_delivery_timeout_seconds: PositiveFloat = 30.0
     outbox_retention_hours: PositiveFloat = 24.0

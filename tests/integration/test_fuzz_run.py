@@ -33,6 +33,12 @@ SOAK = soak()
 HOSTILE = 100_000 if SOAK else 2_500
 VALID_EVERY = 8  # one valid event after every 8 hostile ones
 HUGE_CAP = 300 if SOAK else 40  # messages of 100 kB to ~1 MB: enough to matter, not a disk's worth
+# Back to back on one key, between two Hypothesis rounds: a consumed batch, the dead letters' outbox rows and a
+# relay round would each hold all of them (~142 MB, several copies) if only message counts bounded them. The
+# values are kept whole in their dead letters (under 900,000 bytes with the headers).
+BURST = 160
+BURST_BYTES = 890_000
+RSS_BOUND_MIB = 512.0  # what the worker must stay under, whatever the deployment's limit
 ROUND = 500  # hostile messages per Hypothesis run (each run has its own seed)
 SEED = 8
 MAGIC = b"\xc3\x01"
@@ -354,7 +360,7 @@ def test_fuzz_run(deployment: Deployment, capsys: pytest.CaptureFixture[str]) ->
     hostile = Hostile(codec, tag)
     producer = TrackingProducer(deployment.bootstrap)
     worker = deployment.start_worker()
-    limit_mib = memory_limit_mib()
+    limit_mib = min(memory_limit_mib(), RSS_BOUND_MIB)
     peak = {"rss": 0.0}
     bad: dict[str, str] = {}  # tag -> category, for every hostile message
     digests: dict[str, str] = {}  # tag -> sha1 of the value, for values small enough to be kept whole
@@ -392,7 +398,7 @@ def test_fuzz_run(deployment: Deployment, capsys: pytest.CaptureFixture[str]) ->
             producer.send(deployment.topics["order-created"], f"valid-{n}", order["order_id"].encode(), value)
 
     def send_hostile(spec: Spec) -> None:
-        if len(bad) >= HOSTILE:
+        if len(bad) - burst_sent[0] >= HOSTILE:
             return
         topic_kind, value = hostile.build(spec)
         key = {"natural": f"K{len(bad)}".encode(), "none": None, "empty": b""}[spec.key_variant]
@@ -411,11 +417,23 @@ def test_fuzz_run(deployment: Deployment, capsys: pytest.CaptureFixture[str]) ->
         if len(bad) % VALID_EVERY == 0:
             send_valid()
 
+    burst_sent = [0]
+
+    def send_burst() -> None:
+        for i in range(BURST):
+            burst_sent[0] += 1
+            data = random.Random(SEED * 1_000 + i).randbytes(BURST_BYTES)
+            hostile_tag = f"burst-{i}"
+            bad[hostile_tag] = "burst"
+            producer.send(deployment.topics["order-created"], hostile_tag, b"burst", b"\x00" + data[1:])
+
     started = time.monotonic()
     with Sampler(sample_rss, every_s=0.5):
         for round_no in range(HOSTILE // ROUND + 2):  # bounded: each round sends up to ROUND
-            if len(bad) >= HOSTILE:
+            if len(bad) >= HOSTILE + BURST:
                 break
+            if round_no == 1:
+                send_burst()
 
             @seed(SEED + round_no)
             @settings(
@@ -433,7 +451,7 @@ def test_fuzz_run(deployment: Deployment, capsys: pytest.CaptureFixture[str]) ->
             assert worker.proc.poll() is None, f"the worker exited with {worker.proc.returncode}"
         producer.flush(timeout_s=300)
         sent_s = time.monotonic() - started
-        assert len(bad) == HOSTILE, f"Hypothesis drew {len(bad)} hostile messages, not {HOSTILE}"
+        assert len(bad) == HOSTILE + BURST, f"Hypothesis drew {len(bad) - BURST} hostile messages, not {HOSTILE}"
 
         landed = producer.snapshot()
         expected = {landed[t]: t for t in bad}

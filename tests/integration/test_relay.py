@@ -152,3 +152,15 @@ def test_state_figures_and_report_survive_amounts_beyond_bigint(deployment: Depl
     assert gold.value_minor == 2 * biggest
     report = deployment.cli("report")
     assert "current backorders: 1 orders, 1 lines, 2 units" in report
+
+
+def test_a_round_reads_up_to_its_byte_budget_and_always_one_row(deployment: Deployment, pool: ConnectionPool) -> None:
+    topic = deployment.topics["dlq"]
+    for i in range(5):
+        outbox_row(deployment, topic, bytes([i]) * 297)  # 300 bytes with the key
+    with pool.connection() as conn:
+        assert len(postgres.unpublished(conn, 100, 900)) == 3  # 600 bytes before the third: it comes too
+        assert len(postgres.unpublished(conn, 100, 901)) == 4
+        assert len(postgres.unpublished(conn, 100, 1)) == 1  # a row larger than the budget still goes
+        assert len(postgres.unpublished(conn, 2, 10_000)) == 2
+        assert [r.value for r in postgres.unpublished(conn, 100, 10_000)] == [bytes([i]) * 297 for i in range(5)]

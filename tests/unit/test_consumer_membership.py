@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from worker.adapters.kafka import consumer_config
+from worker.adapters.kafka import consumer_config, producer_config
 from worker.settings import Settings
 
 
@@ -43,3 +43,17 @@ def test_a_session_the_broker_refuses_or_a_heartbeat_not_below_it_is_refused(
     monkeypatch.setenv("BACKORDER_HEARTBEAT_INTERVAL_SECONDS", heartbeat)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_what_the_kafka_clients_hold_is_bounded_in_bytes_by_default() -> None:
+    consumer = consumer_config(Settings())
+    assert consumer["fetch.max.bytes"] == 16 * 1024 * 1024  # librdkafka's default: 50 MiB per fetch
+    assert consumer["queued.max.messages.kbytes"] == 16 * 1024  # default: 64 MiB fetched ahead
+    assert producer_config(Settings())["queue.buffering.max.kbytes"] == 64 * 1024  # default: 1 GiB
+
+
+def test_the_memory_bounds_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKORDER_KAFKA_CONSUMER_CONFIG", '{"fetch.max.bytes": 1048576}')
+    monkeypatch.setenv("BACKORDER_KAFKA_PRODUCER_CONFIG", '{"queue.buffering.max.kbytes": 2048}')
+    assert consumer_config(Settings())["fetch.max.bytes"] == 1_048_576
+    assert producer_config(Settings())["queue.buffering.max.kbytes"] == 2048

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import generate_latest
 from psycopg_pool import ConnectionPool
@@ -35,12 +39,15 @@ class FakeProducer:
         self.max_bytes = max_bytes
         self.answers = answers or {}  # value -> the error its delivery report carries
         self.raise_on: dict[bytes, KafkaError] = {}  # value -> what produce() raises for it
+        self.raise_on_topic: dict[str, KafkaError] = {}  # topic -> what produce() raises for its rows
         self.queued: list[tuple[str, bytes, Callable[[KafkaError | None, Any], None]]] = []
         self.sent: list[bytes] = []
 
     def produce(self, topic: str, *, key: Any, value: bytes, headers: Any, on_delivery: Any) -> None:
         if value in self.raise_on:
             raise KafkaException(self.raise_on[value])
+        if topic in self.raise_on_topic:
+            raise KafkaException(self.raise_on_topic[topic])
         if len(value) > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         self.queued.append((topic, value, on_delivery))
@@ -69,8 +76,8 @@ def relay(producer: FakeProducer) -> OutboxRelay:
     )
 
 
-def row(outbox_id: int, value: bytes) -> postgres.OutboxRow:
-    return postgres.OutboxRow(outbox_id, "out", b"k", value, [], NOW, None)
+def row(outbox_id: int, value: bytes, topic: str = "out") -> postgres.OutboxRow:
+    return postgres.OutboxRow(outbox_id, topic, b"k", value, [], NOW, None)
 
 
 def test_a_row_refused_in_produce_is_parked_and_the_rows_around_it_are_delivered() -> None:
@@ -90,15 +97,54 @@ def test_delivery_reports_tell_a_refusal_from_a_passing_failure() -> None:
             b"auth": KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED),
             b"late": KafkaError(KafkaError._MSG_TIMED_OUT),
             b"big": KafkaError(KafkaError.MSG_SIZE_TOO_LARGE),
+            b"bad": KafkaError(KafkaError.INVALID_RECORD),
         }
     )
-    rows = [row(1, b"auth"), row(2, b"ok"), row(3, b"late"), row(4, b"big")]
+    rows = [row(1, b"auth"), row(2, b"ok"), row(3, b"late"), row(4, b"big"), row(5, b"bad")]
 
     result = relay(producer).publish(rows)
 
     assert result.delivered == [2]
-    assert {i: reason for i, (_, reason, _) in result.refused.items()} == {1: "not_authorized", 4: "too_large"}
-    assert result.not_acknowledged == 1  # the timed-out row is left to the next round
+    assert {i: reason for i, (_, reason, _) in result.refused.items()} == {4: "too_large", 5: "invalid"}
+    assert result.not_acknowledged == 2  # the unauthorised and the timed-out rows are left to a later round
+    assert result.failed == {("out", "TOPIC_AUTHORIZATION_FAILED"): 1, ("out", "_MSG_TIMED_OUT"): 1}
+
+
+# A missing ACL, an outbound topic not created yet, a topic name configured wrong, the worker's own call:
+# fixed around the rows, not in them. Parking them would drop every event of the topic for good.
+ENVIRONMENTAL = [
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.TOPIC_EXCEPTION,
+    KafkaError._INVALID_ARG,
+]
+
+
+@pytest.mark.parametrize("code", ENVIRONMENTAL)
+def test_an_environmental_answer_leaves_the_rows_for_a_later_round(code: int) -> None:
+    producer = FakeProducer(answers={b"a": KafkaError(code), b"b": KafkaError(code)})
+
+    result = relay(producer).publish([row(1, b"a"), row(2, b"b")])
+
+    assert result.refused == {} and result.delivered == []
+    assert result.not_acknowledged == 2
+    assert result.failed == {("out", KafkaError(code).name()): 2}
+
+
+@pytest.mark.parametrize("code", ENVIRONMENTAL)
+def test_an_environmental_refusal_in_produce_holds_that_topic_and_lets_the_others_go(code: int) -> None:
+    producer = FakeProducer()
+    producer.raise_on_topic["missing"] = KafkaError(code)
+    rows = [row(1, b"a", "missing"), row(2, b"b", "out"), row(3, b"c", "missing"), row(4, b"d", "out")]
+
+    result = relay(producer).publish(rows)
+
+    assert result.refused == {} and result.producer_error is None
+    assert result.delivered == [2, 4] and producer.sent == [b"b", b"d"]
+    assert result.not_acknowledged == 2
+    assert result.failed == {("missing", KafkaError(code).name()): 1, ("missing", "NOT_ACKNOWLEDGED"): 1}
 
 
 def test_a_broken_producer_stops_the_round_but_keeps_what_was_acknowledged() -> None:
@@ -111,6 +157,87 @@ def test_a_broken_producer_stops_the_round_but_keeps_what_was_acknowledged() -> 
     assert result.delivered == [1]  # stamped in any case: never published twice because of a neighbour
     assert result.refused == {}  # nothing parked for the producer's own fault
     assert result.producer_error is not None
+
+
+class FakeConnection:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+class FakePool:
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[FakeConnection]:
+        yield FakeConnection()
+
+
+class FakeOutbox:
+    """`postgres`'s outbox functions over a list: the byte budget as `unpublished` applies it in SQL."""
+
+    def __init__(self, rows: list[postgres.OutboxRow]) -> None:
+        self.rows = rows
+        self.reads: list[int] = []  # rows read per round
+
+    def unpublished(self, _conn: Any, limit: int, max_bytes: int) -> list[postgres.OutboxRow]:
+        taken: list[postgres.OutboxRow] = []
+        before = 0
+        for r in self.rows[:limit]:
+            if before >= max_bytes:
+                break
+            taken.append(r)
+            before += len(r.key or b"") + len(r.value or b"")
+        self.reads.append(len(taken))
+        return taken
+
+    def mark_published(self, _conn: Any, ids: list[int]) -> None:
+        self.rows = [r for r in self.rows if r.outbox_id not in ids]
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(postgres, "try_lock_relay", lambda _conn: True)
+        monkeypatch.setattr(postgres, "unpublished", self.unpublished)
+        monkeypatch.setattr(postgres, "mark_published", self.mark_published)
+        monkeypatch.setattr(postgres, "park", lambda _conn, _refused: None)
+        monkeypatch.setattr(postgres, "purge", lambda *_args: {})
+
+
+def running_relay(producer: FakeProducer, *, batch_bytes: int, interval_s: float, seconds: float) -> None:
+    relay = OutboxRelay(
+        cast(ConnectionPool, FakePool()),
+        cast(Producer, producer),
+        batch_size=100,
+        batch_bytes=batch_bytes,
+        interval_s=interval_s,
+        delivery_timeout_s=1,
+        retention=postgres.Retention(*(dt.timedelta(days=1),) * 4),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"backoff_initial_s": 0.05, "backoff_max_s": 5})
+    thread.start()
+    time.sleep(seconds)
+    stop.set()
+    relay.wake.set()
+    thread.join(10)
+
+
+def test_rounds_stop_at_the_byte_budget_and_the_next_comes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = FakeOutbox([row(i, bytes([i]) * 999) for i in range(1, 11)])  # 1,000 bytes each with the key
+    outbox.install(monkeypatch)
+    producer = FakeProducer(max_bytes=10_000)
+
+    running_relay(producer, batch_bytes=2_500, interval_s=0.5, seconds=0.3)
+
+    assert outbox.reads[:4] == [3, 3, 3, 1]  # 2,000 bytes before the third row: it still comes
+    assert [v[0] for v in producer.sent] == list(range(1, 11))  # all of them, in order, within one interval
+
+
+def test_a_round_kafka_takes_nothing_of_is_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = FakeOutbox([row(1, b"a"), row(2, b"b")])
+    outbox.install(monkeypatch)
+    producer = FakeProducer(answers={v: KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED) for v in (b"a", b"b")})
+
+    running_relay(producer, batch_bytes=1_000, interval_s=0.001, seconds=1.0)
+
+    assert len(outbox.rows) == 2  # nothing parked, nothing lost
+    assert 3 <= len(outbox.reads) <= 6  # 0.05, 0.1, 0.2, 0.4 s apart, not every 1 ms interval
 
 
 def message(value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> InboundMessage:

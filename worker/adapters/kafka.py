@@ -13,6 +13,11 @@ from confluent_kafka.cimpl import NewTopic
 from worker.service.messages import InboundMessage
 from worker.settings import KafkaConfig, Settings
 
+# Memory bounds of the Kafka clients (see the README's "Memory"); BACKORDER_KAFKA_*_CONFIG may override them.
+CONSUMER_FETCH_MAX_BYTES = 16 * 1024 * 1024
+CONSUMER_QUEUED_MAX_KBYTES = 16 * 1024
+PRODUCER_QUEUE_MAX_KBYTES = 64 * 1024
+
 
 def consumer_config(settings: Settings) -> KafkaConfig:
     membership: KafkaConfig = {
@@ -36,6 +41,13 @@ def consumer_config(settings: Settings) -> KafkaConfig:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "statistics.interval.ms": 15000,  # consumer lag per partition, for the metrics
+        # Memory: what librdkafka fetches ahead is bounded in bytes, not only in messages (by default up to
+        # 64 MiB queued plus 50 MiB per fetch, and 100,000 messages per partition, ~1 MB each under hostile
+        # input). With the high-level consumer the queue bound is for the whole consumer, whatever the
+        # number of partitions; it may be overshot by one fetch, which these 16 MiB bound too (a single
+        # message larger than that is still fetched: Kafka returns at least one).
+        "fetch.max.bytes": CONSUMER_FETCH_MAX_BYTES,
+        "queued.max.messages.kbytes": CONSUMER_QUEUED_MAX_KBYTES,
         **settings.kafka_client_config(),
         **settings.kafka_consumer_config,
     }
@@ -50,6 +62,9 @@ def producer_config(settings: Settings) -> KafkaConfig:
         # Every message gets a final delivery report within the relay's wait, so the relay knows
         # exactly which outbox rows Kafka has.
         "message.timeout.ms": int(settings.relay_delivery_timeout_seconds * 1000),
+        # Memory: the producer's queue holds copies of what the relay hands it (default 1 GiB); when it is
+        # full, produce() says so and the relay waits for deliveries to drain it.
+        "queue.buffering.max.kbytes": PRODUCER_QUEUE_MAX_KBYTES,
         **settings.kafka_client_config(),
         **settings.kafka_producer_config,
     }
