@@ -47,6 +47,15 @@ TOPIC_KINDS = {
     "backorder-status": "BACKORDER_STATUS",
     "dlq": "DEAD_LETTER",
 }
+# The headers the contract puts on every dead letter.
+DLQ_HEADERS = (
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.error.class",
+    "dlq.error.message",
+    "dlq.failed_at",
+)
 RECORD_OF = {
     "order-created": "backorder.OrderCreated",
     "inventory-received": "backorder.InventoryReceived",

@@ -10,17 +10,9 @@ import uuid
 from confluent_kafka import Consumer
 
 from tests import factories
-from tests.integration.conftest import Deployment, wait_for
+from tests.integration.conftest import DLQ_HEADERS, Deployment, wait_for
 
 SKU = "DLQ-SKU"
-DLQ_HEADERS = (
-    "dlq.original.topic",
-    "dlq.original.partition",
-    "dlq.original.offset",
-    "dlq.error.class",
-    "dlq.error.message",
-    "dlq.failed_at",
-)
 
 
 def test_bad_messages_are_dead_lettered_and_processing_goes_on(deployment: Deployment) -> None:

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from tests import factories
-from tests.integration.conftest import RECORD_OF, ROOT, Deployment, wait_for
+from tests.integration.conftest import DLQ_HEADERS, RECORD_OF, ROOT, Deployment, wait_for
 from tests.integration.scenario import Landed, Sampler, Seen, TrackingProducer, loadavg, read_topic, rss_mib, soak
 from worker.adapters.avro import AvroCodec
 
@@ -43,14 +43,6 @@ ROUND = 500  # hostile messages per Hypothesis run (each run has its own seed)
 SEED = 8
 MAGIC = b"\xc3\x01"
 INBOUND = ("order-created", "inventory-received", "order-cancelled", "product-policy")
-DLQ_HEADERS = (
-    "dlq.original.topic",
-    "dlq.original.partition",
-    "dlq.original.offset",
-    "dlq.error.class",
-    "dlq.error.message",
-    "dlq.failed_at",
-)
 ERROR_CLASSES = {
     "UndecodableMessage",
     "UnknownSchema",

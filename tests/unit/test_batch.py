@@ -26,9 +26,9 @@ def message(offset: int, topic: str, record: dict[str, Any]) -> InboundMessage:
     return InboundMessage(topic, 0, offset, None, CODEC.encode(TOPICS[topic], record))
 
 
-def run(factory: FakeUnitOfWorkFactory, messages: list[InboundMessage]) -> list[MessageResult]:
+def run(factory: FakeUnitOfWorkFactory, messages: list[InboundMessage], **options: Any) -> list[MessageResult]:
     return handle_batch(
-        messages, decoder=CODEC, expected_records=TOPICS, unit_of_work=factory, shop=ShopPolicy(), now=NOW
+        messages, decoder=CODEC, expected_records=TOPICS, unit_of_work=factory, shop=ShopPolicy(), now=NOW, **options
     )
 
 
@@ -104,15 +104,8 @@ def test_a_batch_of_large_orders_commits_in_bounded_transactions() -> None:
     ]
     progress: list[int] = []
 
-    results = handle_batch(
-        messages,
-        decoder=CODEC,
-        expected_records=TOPICS,
-        unit_of_work=factory,
-        shop=ShopPolicy(),
-        now=NOW,
-        on_progress=lambda: progress.append(len(factory.state.lines)),
-        lines_per_transaction=7,
+    results = run(
+        factory, messages, on_progress=lambda: progress.append(len(factory.state.lines)), lines_per_transaction=7
     )
 
     assert [r.outcome for r in results] == [Outcome.PROCESSED] * 10
@@ -123,13 +116,5 @@ def test_a_batch_of_large_orders_commits_in_bounded_transactions() -> None:
 def test_an_order_larger_than_the_transaction_budget_is_a_transaction_alone() -> None:
     factory = FakeUnitOfWorkFactory()
     messages = [message(0, "orders", factories.order("O-BIG", "2026-01-01", [(f"S{n}", 1) for n in range(9)]))]
-    results = handle_batch(
-        messages,
-        decoder=CODEC,
-        expected_records=TOPICS,
-        unit_of_work=factory,
-        shop=ShopPolicy(),
-        now=NOW,
-        lines_per_transaction=4,
-    )
+    results = run(factory, messages, lines_per_transaction=4)
     assert [r.outcome for r in results] == [Outcome.PROCESSED] and factory.transactions == 1

@@ -232,14 +232,15 @@ def test_close_gives_up_at_its_bound_when_the_client_hangs() -> None:
         consumer.close_blocks.set()
 
 
-def test_a_lost_deadlock_is_retried_at_once_without_pausing() -> None:
+def run_losing_deadlocks(times: int) -> tuple[int, list[set[tuple[str, int]]], FakeConsumer]:
+    """One batch whose transaction loses a deadlock `times` times in a row: (attempts, pauses, consumer)."""
     consumer = FakeConsumer([[message(0, 1)]])
     attempts = 0
 
     def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
         nonlocal attempts
         attempts += 1
-        if attempts <= 2:
+        if attempts <= times:
             raise StoreConflict("DeadlockDetected: deadlock detected")
         return processed(messages)
 
@@ -250,29 +251,19 @@ def test_a_lost_deadlock_is_retried_at_once_without_pausing() -> None:
     consumer.pause = lambda partitions: paused.append({(p.topic, p.partition) for p in partitions})  # type: ignore[method-assign]
     stop_when_drained(consumer, loop)
     loop.run()
+    return attempts, paused, consumer
+
+
+def test_a_lost_deadlock_is_retried_at_once_without_pausing() -> None:
+    attempts, paused, consumer = run_losing_deadlocks(2)
     assert attempts == 3 and paused == []  # not an outage: nothing paused, no backoff
     assert consumer.stored == [(TOPIC, 0, 2)]
 
 
 def test_a_batch_that_keeps_losing_deadlocks_backs_off_as_for_an_outage() -> None:
-    consumer = FakeConsumer([[message(0, 1)]])
-    attempts = 0
-
-    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
-        nonlocal attempts
-        attempts += 1
-        if attempts <= CONFLICT_RETRIES + 1:
-            raise StoreConflict("DeadlockDetected: deadlock detected")
-        return processed(messages)
-
-    loop = make_loop(consumer, handle)
-    consumer.subscribe([TOPIC], loop._assigned, loop._revoked, loop._lost)
-    consumer.assign(0)
-    paused: list[set[tuple[str, int]]] = []
-    consumer.pause = lambda partitions: paused.append({(p.topic, p.partition) for p in partitions})  # type: ignore[method-assign]
-    stop_when_drained(consumer, loop)
-    loop.run()
+    attempts, paused, consumer = run_losing_deadlocks(CONFLICT_RETRIES + 1)
     assert attempts == CONFLICT_RETRIES + 2 and paused == [{(TOPIC, 0)}]
+    assert consumer.stored == [(TOPIC, 0, 2)]
 
 
 def test_what_has_arrived_is_handled_at_once_not_held_back_to_fill_a_batch() -> None:

@@ -176,21 +176,14 @@ class ConsumeLoop:
             started = time.monotonic()
             try:
                 results = self._handle(inbound)
-            except StoreConflict as exc:
-                conflicts += 1
-                if conflicts <= CONFLICT_RETRIES:  # another worker won a deadlock: go again at once
+            except StoreUnavailable as exc:
+                if isinstance(exc, StoreConflict) and conflicts < CONFLICT_RETRIES:
+                    conflicts += 1  # another worker won a deadlock: go again at once
                     log.info("batch_conflict_retry", error=str(exc), attempt=conflicts, batch=len(inbound))
                     if self._on_conflict is not None:
                         self._on_conflict()
                     time.sleep(random.uniform(0.0, 0.05 * conflicts))
                     continue
-                log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2), batch=len(inbound))
-                if not self._back_off(delay, paused):
-                    return None
-                paused = True
-                delay = min(delay * 2, self._retry_max_s) * random.uniform(0.8, 1.0)
-                continue
-            except StoreUnavailable as exc:
                 log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2), batch=len(inbound))
                 if not self._back_off(delay, paused):
                     return None
