@@ -8,6 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import examples
 from worker.domain.allocation import Allocation, ShipCompleteMode, allocate
 from worker.domain.model import Backorder, CustomerTier, LineStatus, ShippingService, SplitPreference
 from worker.domain.priority import PriorityRules, in_priority_order
@@ -80,7 +81,7 @@ def run(queue: tuple[Backorder, ...], units: int, mode: ShipCompleteMode) -> All
     return allocate(queue, units, rules=RULES, mode=mode, now=NOW)
 
 
-@settings(max_examples=1200)
+@settings(max_examples=examples(1200))
 @given(queue=queues, units=units_, mode=modes)
 def test_every_unit_ends_in_exactly_one_place(queue: tuple[Backorder, ...], units: int, mode: ShipCompleteMode) -> None:
     result = run(queue, units, mode)
@@ -98,7 +99,7 @@ def test_every_unit_ends_in_exactly_one_place(queue: tuple[Backorder, ...], unit
     assert len({(f.backorder.order_id, f.backorder.line_id) for f in result.fills}) == len(result.fills)
 
 
-@settings(max_examples=1200)
+@settings(max_examples=examples(1200))
 @given(queue=queues, units=units_, mode=modes)
 def test_a_line_is_passed_over_only_by_the_documented_ship_complete_rule(
     queue: tuple[Backorder, ...], units: int, mode: ShipCompleteMode
@@ -119,7 +120,7 @@ def test_a_line_is_passed_over_only_by_the_documented_ship_complete_rule(
         left -= got
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(queue=queues, units=units_, mode=modes, seed=st.integers())
 def test_same_input_same_output_whatever_order_the_queue_comes_in(
     queue: tuple[Backorder, ...], units: int, mode: ShipCompleteMode, seed: int

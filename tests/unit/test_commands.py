@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests import factories
+from tests import examples, factories
 from worker.service import limits
 from worker.service.commands import (
     Command,
@@ -382,7 +382,7 @@ _ANY_TEXT = st.text(_ANY_CHARACTER, max_size=40) | st.text(st.sampled_from("a\x0
         st.builds(lambda head, tail: head * 199 + tail, st.sampled_from(["x", "é", "😀"]), _ANY_TEXT),
     )
 )
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 def test_every_identifier_validation_accepts_can_be_stored(value: str) -> None:
     if limits.identifier_problem(value) is None:
         stored = value.encode("utf-8")  # raises on a lone surrogate
@@ -393,7 +393,7 @@ def test_every_identifier_validation_accepts_can_be_stored(value: str) -> None:
 
 
 @given(_ANY_TEXT)
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_every_free_text_validation_accepts_can_be_stored(value: str) -> None:
     if limits.text_problem(value, 30) is None:
         assert b"\x00" not in value.encode("utf-8")

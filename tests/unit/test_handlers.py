@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests import factories
+from tests import examples, factories
 from tests.unit.fakes import FakeUnitOfWork
 from worker.domain.allocation import ShipCompleteMode
 from worker.domain.events import (
@@ -300,7 +300,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(ops=operations, mode=st.sampled_from(ShipCompleteMode), scope=st.sampled_from(ShipCompleteScope))
 def test_units_are_never_lost_or_created_whatever_happens(
     ops: list[tuple[Any, ...]], mode: ShipCompleteMode, scope: ShipCompleteScope
