@@ -11,15 +11,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
+import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, Producer
 from psycopg_pool import ConnectionPool
 
-from worker.adapters import postgres
 from worker.adapters.avro import AvroCodec, EventSerializer
 from worker.adapters.http import HttpEndpoints
 from worker.adapters.kafka import consumer_config, producer_config
 from worker.adapters.metrics import Metrics, StateRefresher
+from worker.adapters.postgres.common import open_pool, transaction
+from worker.adapters.postgres.migrations import Migration, migrate, pending_migrations
+from worker.adapters.postgres.read import PostgresReadModel, StateReader
+from worker.adapters.postgres.retention import Retention
+from worker.adapters.postgres.unit_of_work import PostgresUnitOfWork, PostgresUnitOfWorkFactory
 from worker.adapters.relay import REFUSAL_REASONS, OutboxRelay
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
 from worker.domain.policy import ShopPolicy
@@ -28,7 +33,7 @@ from worker.entrypoints.supervision import Heartbeat, Supervisor
 from worker.service.batch import MessageResult, handle_batch
 from worker.service.handlers import sweep_once
 from worker.service.messages import InboundMessage
-from worker.service.ports import StoreUnavailable, UnitOfWorkFactory
+from worker.service.ports import ReadModel, StateFigures, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,17 +80,46 @@ def event_serializer(settings: Settings, codec: AvroCodec) -> EventSerializer:
     )
 
 
+def migrate_database(settings: Settings) -> list[Migration]:
+    """Apply the migrations the configured database lacks; the ones applied now."""
+    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+        return migrate(conn)
+
+
 @contextlib.contextmanager
-def open_store(settings: Settings) -> Iterator[postgres.PostgresUnitOfWorkFactory]:
-    """Units of work on the configured database, for the operator commands."""
-    pool = postgres.open_pool(settings.database_url.get_secret_value(), 1, 1, name="backorder-worker-cli")
+def _operator_pool(settings: Settings) -> Iterator[ConnectionPool]:
+    """One connection to the configured, migrated database, for an operator command."""
+    pool = open_pool(settings.database_url.get_secret_value(), 1, 1, name="backorder-worker-cli")
     try:
         _require_schema(pool)
-        yield postgres.PostgresUnitOfWorkFactory(
-            pool, event_serializer(settings, AvroCodec.from_directory()), settings.topic_dead_letter
-        )
+        yield pool
     finally:
         pool.close()
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[PostgresUnitOfWorkFactory]:
+    """Units of work on the configured database, for the operator commands that write (sweep)."""
+    with _operator_pool(settings) as pool:
+        yield PostgresUnitOfWorkFactory(
+            pool, event_serializer(settings, AvroCodec.from_directory()), settings.topic_dead_letter
+        )
+
+
+@contextlib.contextmanager
+def open_read_model(settings: Settings) -> Iterator[ReadModel]:
+    """The read side of the configured database (what is committed), for the operator commands that look."""
+    with _operator_pool(settings) as pool, pool.connection() as conn:
+        yield PostgresReadModel(conn)
+
+
+@contextlib.contextmanager
+def what_if(settings: Settings) -> Iterator[tuple[UnitOfWork, ReadModel]]:
+    """A unit of work that is always rolled back, and a read model inside that same transaction: it sees
+    what the unit of work has written so far (a simulation reads back the decisions it has just made)."""
+    with _operator_pool(settings) as pool, transaction(pool, rollback=True) as conn:
+        serializer = event_serializer(settings, AvroCodec.from_directory())
+        yield PostgresUnitOfWork(conn, serializer, settings.topic_dead_letter), PostgresReadModel(conn)
 
 
 def _kafka_error(err: KafkaError) -> None:
@@ -100,21 +134,17 @@ def run_worker(settings: Settings) -> None:
     supervisor = Supervisor()
     deadline = ShutdownDeadline(settings.shutdown_timeout_seconds)
     with contextlib.ExitStack() as resources:
-        pool = postgres.open_pool(
-            settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size
-        )
+        pool = open_pool(settings.database_url.get_secret_value(), settings.db_pool_min_size, settings.db_pool_max_size)
         resources.callback(lambda: pool.close(timeout=max(0.1, deadline.remaining())))
         _require_schema(pool)
-        factory = postgres.PostgresUnitOfWorkFactory(
-            pool, event_serializer(settings, codec), settings.topic_dead_letter
-        )
+        factory = PostgresUnitOfWorkFactory(pool, event_serializer(settings, codec), settings.topic_dead_letter)
 
         # The backlog state behind /metrics: read by one thread on its own connection, never per scrape.
-        state_reader = postgres.StateReader(settings.database_url.get_secret_value())
+        state_reader = StateReader(settings.database_url.get_secret_value())
         resources.callback(state_reader.close)
         state_beat = supervisor.heartbeat("state-refresh", settings.state_refresh_seconds + settings.loop_stall_seconds)
 
-        def read_state() -> postgres.StateFigures:
+        def read_state() -> StateFigures:
             state_beat.beat()  # a read begins: one stuck longer than the bound is a stalled loop
             return state_reader.read()
 
@@ -148,7 +178,7 @@ def run_worker(settings: Settings) -> None:
                 batch_bytes=settings.relay_batch_bytes,
                 interval_s=settings.relay_interval_seconds,
                 delivery_timeout_s=settings.relay_delivery_timeout_seconds,
-                retention=postgres.Retention(
+                retention=Retention(
                     published_outbox=dt.timedelta(hours=settings.outbox_retention_hours),
                     parked_outbox=dt.timedelta(hours=settings.outbox_parked_retention_hours),
                     dead_letters=dt.timedelta(days=settings.dead_letter_retention_days),
@@ -336,7 +366,7 @@ def _sweep_forever(
 
 def _require_schema(pool: ConnectionPool) -> None:
     with pool.connection(timeout=60.0) as conn:
-        pending = postgres.pending_migrations(conn)
+        pending = pending_migrations(conn)
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
         raise SchemaNotMigrated(f"the database lacks migrations {names}: run `backorder-worker migrate` first")

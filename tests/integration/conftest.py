@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
 from worker.adapters.avro import AvroCodec
-from worker.adapters.postgres import migrate
+from worker.adapters.postgres.migrations import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import Deployment
-from worker.adapters.postgres import PostgresUnitOfWork
+from worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
 
 CLOSED = 30_000
 

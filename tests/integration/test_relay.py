@@ -12,10 +12,13 @@ from confluent_kafka import Producer
 from psycopg_pool import ConnectionPool
 
 from tests.integration.conftest import Deployment
-from worker.adapters import postgres
+from worker.adapters.postgres import outbox
+from worker.adapters.postgres.common import open_pool
+from worker.adapters.postgres.read import PostgresReadModel
+from worker.adapters.postgres.retention import Retention, purge
 from worker.adapters.relay import OutboxRelay
 
-RETENTION = postgres.Retention(
+RETENTION = Retention(
     published_outbox=dt.timedelta(hours=24),
     parked_outbox=dt.timedelta(days=7),
     dead_letters=dt.timedelta(days=30),
@@ -25,7 +28,7 @@ RETENTION = postgres.Retention(
 
 @pytest.fixture
 def pool(deployment: Deployment) -> Iterator[ConnectionPool]:
-    pool = postgres.open_pool(deployment.database_url, 1, 2, name="test-relay")
+    pool = open_pool(deployment.database_url, 1, 2, name="test-relay")
     yield pool
     pool.close()
 
@@ -72,7 +75,7 @@ def test_a_row_kafka_refuses_is_parked_counted_and_blocks_nothing(deployment: De
     assert rows[0][1:3] == (False, True) and "too_large" in rows[0][3]
     assert rows[1][:3] == (True, True, False)
     with pool.connection() as conn:
-        figures = postgres.state_figures(conn)
+        figures = PostgresReadModel(conn).state_figures()
     assert (figures.outbox_backlog, figures.outbox_parked) == (0, 1)
 
 
@@ -112,7 +115,7 @@ def test_retention_purges_what_hostile_input_can_grow(deployment: Deployment) ->
         )
         conn.execute("INSERT INTO stock_level (sku) VALUES ('NAMED-TODAY')")
 
-        purged = postgres.purge(conn, RETENTION)
+        purged = purge(conn, RETENTION)
 
     assert purged == {
         "published_outbox": 1,
@@ -145,8 +148,8 @@ def test_state_figures_and_report_survive_amounts_beyond_bigint(deployment: Depl
                    placed_at, updated_at) VALUES ('RICH', 'L', 'GOLD', 'p', 2, %s, 'BACKORDERED', now(), now())""",
             (biggest,),
         )
-        figures = postgres.state_figures(conn)
-        [gold] = postgres.sku_backlog(conn)
+        figures = PostgresReadModel(conn).state_figures()
+        [gold] = PostgresReadModel(conn).sku_backlog()
 
     assert figures.open_value_minor_by_currency == {"USD": 2 * biggest}
     assert gold.value_minor == 2 * biggest
@@ -159,8 +162,8 @@ def test_a_round_reads_up_to_its_byte_budget_and_always_one_row(deployment: Depl
     for i in range(5):
         outbox_row(deployment, topic, bytes([i]) * 297)  # 300 bytes with the key
     with pool.connection() as conn:
-        assert len(postgres.unpublished(conn, 100, 900)) == 3  # 600 bytes before the third: it comes too
-        assert len(postgres.unpublished(conn, 100, 901)) == 4
-        assert len(postgres.unpublished(conn, 100, 1)) == 1  # a row larger than the budget still goes
-        assert len(postgres.unpublished(conn, 2, 10_000)) == 2
-        assert [r.value for r in postgres.unpublished(conn, 100, 10_000)] == [bytes([i]) * 297 for i in range(5)]
+        assert len(outbox.unpublished(conn, 100, 900)) == 3  # 600 bytes before the third: it comes too
+        assert len(outbox.unpublished(conn, 100, 901)) == 4
+        assert len(outbox.unpublished(conn, 100, 1)) == 1  # a row larger than the budget still goes
+        assert len(outbox.unpublished(conn, 2, 10_000)) == 2
+        assert [r.value for r in outbox.unpublished(conn, 100, 10_000)] == [bytes([i]) * 297 for i in range(5)]

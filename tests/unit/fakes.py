@@ -1,4 +1,4 @@
-"""An in-memory UnitOfWork, so handlers can be tested without a database."""
+"""An in-memory UnitOfWork and ReadModel over one state, so handlers and views can be tested without a database."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from worker.domain.model import (
 )
 from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage
-from worker.service.ports import Decision, Seen, StoreUnavailable, UnitOfWork
+from worker.service.ports import Decision, Seen, SkuBacklog, StateFigures, StoreUnavailable, UnitOfWork
 
 
 @dataclass
@@ -196,17 +196,6 @@ class FakeUnitOfWork:
             self.state.available[b.sku] -= f.quantity
             assert self.state.available[b.sku] >= 0
 
-    def decisions(
-        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
-    ) -> list[Decision]:
-        return [
-            d
-            for d in self.state.decision_log
-            if (order_id is None or d.order_id == order_id)
-            and (sku is None or d.sku == sku)
-            and (cause is None or d.cause == cause)
-        ]
-
     def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
         known = self.state.restocks.get((restock.purchase_order_id, sku))
         if known is not None and known[0] >= decided_at:
@@ -281,6 +270,39 @@ class FakeUnitOfWork:
     def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
         self.state.dead.append((message, error))
         return True
+
+
+class FakeReadModel:
+    """The read side over the same FakeState as a FakeUnitOfWork: it sees what that one has written.
+
+    The report's figures are aggregates the SQL computes; they are tested against PostgreSQL
+    (tests/integration/test_observability.py), not here."""
+
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+
+    def waiting_lines(self, sku: str) -> Sequence[Backorder]:
+        return [line.as_backorder() for line in self.state.lines.values() if line.sku == sku and line.status in WAITING]
+
+    def decisions(
+        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
+    ) -> list[Decision]:
+        return [
+            d
+            for d in self.state.decision_log
+            if (order_id is None or d.order_id == order_id)
+            and (sku is None or d.sku == sku)
+            and (cause is None or d.cause == cause)
+        ]
+
+    def state_figures(self) -> StateFigures:
+        raise NotImplementedError("tested against PostgreSQL")
+
+    def sku_backlog(self) -> list[SkuBacklog]:
+        raise NotImplementedError("tested against PostgreSQL")
+
+    def cancelled_backorders(self) -> tuple[int, int]:
+        raise NotImplementedError("tested against PostgreSQL")
 
 
 class FakeUnitOfWorkFactory:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from worker.entrypoints.cli import build_parser
+from worker.service.views import BACKORDER_RATE_TARGET, CANCEL_RATE_TARGET, FILL_TIME_TARGET_DAYS
 from worker.settings import DEFAULT_SECRETS_DIR, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,31 @@ def test_the_dashboard_and_the_rules_use_only_documented_metrics_and_recorded_ru
         assert f"`{name}`" in README, f"{name} is charted or alerted on but not in the README's metric table"
     recorded = set(re.findall(r"record: (\S+)", rules))
     assert set(re.findall(r"backorder:[a-z0-9_:]+", exprs)) <= recorded
+
+
+def test_the_alerts_and_the_dashboard_hold_the_business_targets_the_report_states() -> None:
+    """The targets are defined once, in worker/service/views.py; the YAML and JSON cannot import them."""
+    targets = {
+        "backorder:backorder_rate:ratio1d": BACKORDER_RATE_TARGET,
+        "backorder:fill_time_days:avg7d": FILL_TIME_TARGET_DAYS,
+        "backorder:cancel_rate:ratio7d": CANCEL_RATE_TARGET,
+    }
+    alerts = {
+        rule["expr"].split(" > ")[0]: rule
+        for group in documents(DEPLOY / "prometheus" / "rules.yml")[0]["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "backorders.json").read_text())
+    panels = {t["expr"]: p for p in dashboard["panels"] for t in p.get("targets", [])}
+    for series, target in targets.items():
+        shown = f"{target:.0%}" if target < 1 else str(target)
+        alert = alerts[series]
+        assert float(alert["expr"].split(" > ")[1].split()[0]) == target, series
+        assert f"(target < {shown})" in alert["annotations"]["summary"], series
+        panel = panels[series]
+        assert f"target < {shown})" in panel["title"], series
+        assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == target, series
 
 
 def test_the_wheel_carries_schemas_migrations_and_templates(tmp_path: Path) -> None:

@@ -15,11 +15,14 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import generate_latest
 from psycopg_pool import ConnectionPool
 
-from worker.adapters import postgres
+from worker.adapters import relay as relay_module
 from worker.adapters.metrics import Metrics, StateRefresher
-from worker.adapters.postgres import DEAD_LETTER_MAX_BYTES, ERROR_TEXT_MAX_BYTES, dead_letter_message, error_text
+from worker.adapters.postgres import outbox
+from worker.adapters.postgres.outbox import DEAD_LETTER_MAX_BYTES, ERROR_TEXT_MAX_BYTES, dead_letter_message, error_text
+from worker.adapters.postgres.retention import Retention
 from worker.adapters.relay import OutboxRelay
 from worker.service.messages import InboundMessage
+from worker.service.ports import Histogram, StateFigures
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -72,12 +75,12 @@ def relay(producer: FakeProducer) -> OutboxRelay:
         batch_size=100,
         interval_s=1,
         delivery_timeout_s=1,
-        retention=postgres.Retention(*(dt.timedelta(days=1),) * 4),
+        retention=Retention(*(dt.timedelta(days=1),) * 4),
     )
 
 
-def row(outbox_id: int, value: bytes, topic: str = "out") -> postgres.OutboxRow:
-    return postgres.OutboxRow(outbox_id, topic, b"k", value, [], NOW, None)
+def row(outbox_id: int, value: bytes, topic: str = "out") -> outbox.OutboxRow:
+    return outbox.OutboxRow(outbox_id, topic, b"k", value, [], NOW, None)
 
 
 def test_a_row_refused_in_produce_is_parked_and_the_rows_around_it_are_delivered() -> None:
@@ -171,14 +174,14 @@ class FakePool:
 
 
 class FakeOutbox:
-    """`postgres`'s outbox functions over a list: the byte budget as `unpublished` applies it in SQL."""
+    """The outbox functions over a list: the byte budget as `unpublished` applies it in SQL."""
 
-    def __init__(self, rows: list[postgres.OutboxRow]) -> None:
+    def __init__(self, rows: list[outbox.OutboxRow]) -> None:
         self.rows = rows
         self.reads: list[int] = []  # rows read per round
 
-    def unpublished(self, _conn: Any, limit: int, max_bytes: int) -> list[postgres.OutboxRow]:
-        taken: list[postgres.OutboxRow] = []
+    def unpublished(self, _conn: Any, limit: int, max_bytes: int) -> list[outbox.OutboxRow]:
+        taken: list[outbox.OutboxRow] = []
         before = 0
         for r in self.rows[:limit]:
             if before >= max_bytes:
@@ -192,11 +195,11 @@ class FakeOutbox:
         self.rows = [r for r in self.rows if r.outbox_id not in ids]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(postgres, "try_lock_relay", lambda _conn: True)
-        monkeypatch.setattr(postgres, "unpublished", self.unpublished)
-        monkeypatch.setattr(postgres, "mark_published", self.mark_published)
-        monkeypatch.setattr(postgres, "park", lambda _conn, _refused: None)
-        monkeypatch.setattr(postgres, "purge", lambda *_args: {})
+        monkeypatch.setattr(outbox, "try_lock_relay", lambda _conn: True)
+        monkeypatch.setattr(outbox, "unpublished", self.unpublished)
+        monkeypatch.setattr(outbox, "mark_published", self.mark_published)
+        monkeypatch.setattr(outbox, "park", lambda _conn, _refused: None)
+        monkeypatch.setattr(relay_module, "purge", lambda *_args: {})
 
 
 def running_relay(producer: FakeProducer, *, batch_bytes: int, interval_s: float, seconds: float) -> None:
@@ -207,7 +210,7 @@ def running_relay(producer: FakeProducer, *, batch_bytes: int, interval_s: float
         batch_bytes=batch_bytes,
         interval_s=interval_s,
         delivery_timeout_s=1,
-        retention=postgres.Retention(*(dt.timedelta(days=1),) * 4),
+        retention=Retention(*(dt.timedelta(days=1),) * 4),
     )
     stop = threading.Event()
     thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"backoff_initial_s": 0.05, "backoff_max_s": 5})
@@ -289,9 +292,9 @@ def test_error_text_is_bounded_and_safe_for_a_text_column() -> None:
     assert long.endswith("... (10000 bytes)")
 
 
-def figures(outbox_backlog: int) -> postgres.StateFigures:
-    empty = postgres.Histogram([(1.0, 0)], 0.0, 0)
-    return postgres.StateFigures(
+def figures(outbox_backlog: int) -> StateFigures:
+    empty = Histogram([(1.0, 0)], 0.0, 0)
+    return StateFigures(
         outbox_backlog=outbox_backlog,
         outbox_parked=0,
         outbox_oldest_age_seconds=0.0,
@@ -316,7 +319,7 @@ def figures(outbox_backlog: int) -> postgres.StateFigures:
 def test_scrapes_read_the_last_refresh_and_never_the_database() -> None:
     reads: list[int] = []
 
-    def read() -> postgres.StateFigures:
+    def read() -> StateFigures:
         reads.append(1)
         return figures(len(reads))
 
@@ -335,7 +338,7 @@ def test_scrapes_read_the_last_refresh_and_never_the_database() -> None:
 
 
 def test_a_failed_refresh_hides_the_figures_and_says_so() -> None:
-    def read() -> postgres.StateFigures:
+    def read() -> StateFigures:
         raise OSError("database down")
 
     metrics = Metrics()

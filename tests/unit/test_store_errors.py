@@ -8,7 +8,7 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
-from worker.adapters.postgres import _unavailable, is_unavailable, with_timeouts
+from worker.adapters.postgres.common import is_unavailable, store_error, with_timeouts
 from worker.service.ports import StoreConflict, StoreUnavailable
 
 
@@ -56,9 +56,9 @@ def test_an_error_the_data_caused_is_the_message_s_fault(error: Exception) -> No
 
 
 def test_a_lost_deadlock_is_retried_at_once_not_as_an_outage() -> None:
-    assert isinstance(_unavailable(errors.DeadlockDetected()), StoreConflict)
-    assert isinstance(_unavailable(errors.SerializationFailure()), StoreConflict)
-    unavailable = _unavailable(errors.AdminShutdown())
+    assert isinstance(store_error(errors.DeadlockDetected()), StoreConflict)
+    assert isinstance(store_error(errors.SerializationFailure()), StoreConflict)
+    unavailable = store_error(errors.AdminShutdown())
     assert isinstance(unavailable, StoreUnavailable) and not isinstance(unavailable, StoreConflict)
 
 

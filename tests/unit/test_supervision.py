@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from tests import factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory
-from worker.adapters import postgres
+from worker.adapters.postgres import retention
 from worker.adapters.relay import OutboxRelay
 from worker.bootstrap import _sweep_forever
 from worker.domain.events import CustomerNotification
@@ -158,16 +158,16 @@ def test_a_purge_longer_than_the_relays_bound_beats_after_each_statement() -> No
             clock.now += 40
             health.append(supervisor.check())
             self.calls += 1
-            return SimpleNamespace(rowcount=postgres.PURGE_CHUNK_ROWS if self.calls % 3 else 7)
+            return SimpleNamespace(rowcount=retention.PURGE_CHUNK_ROWS if self.calls % 3 else 7)
 
-    retention = postgres.Retention(*(dt.timedelta(days=1),) * 4)
+    kept_for = retention.Retention(*(dt.timedelta(days=1),) * 4)
     relay = OutboxRelay(
         cast(ConnectionPool, None),
         cast(Producer, None),
         batch_size=1,
         interval_s=1.0,
         delivery_timeout_s=1.0,
-        retention=retention,
+        retention=kept_for,
     )
     relay.on_purge_progress = beat.beat
     conn = Connection()

@@ -27,10 +27,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.adapters.postgres import StateFigures
 from worker.domain.model import CancelReason, OrderOutcome
 from worker.service.batch import MessageResult
 from worker.service.handlers import Outcome
+from worker.service.ports import StateFigures
 
 log = structlog.get_logger(__name__)
 

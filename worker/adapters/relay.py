@@ -31,7 +31,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from psycopg_pool import ConnectionPool
 
-from worker.adapters import postgres
+from worker.adapters.postgres import outbox
+from worker.adapters.postgres.common import UNAVAILABLE
+from worker.adapters.postgres.retention import Retention, purge
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +91,7 @@ class OutboxRelay:
         batch_bytes: int = 16 * 1024 * 1024,
         interval_s: float,
         delivery_timeout_s: float,
-        retention: postgres.Retention,
+        retention: Retention,
         on_published: PublishedCallback | None = None,
         on_refused: RefusedCallback | None = None,
     ) -> None:
@@ -109,17 +111,17 @@ class OutboxRelay:
 
     def publish_once(self) -> int:
         """Publish one batch of pending rows; returns how many Kafka acknowledged."""
-        rows: list[postgres.OutboxRow] = []
+        rows: list[outbox.OutboxRow] = []
         result = Round()
         with self._pool.connection() as conn:
             with conn.transaction():
-                if not postgres.try_lock_relay(conn):
+                if not outbox.try_lock_relay(conn):
                     return 0
-                rows = postgres.unpublished(conn, self._batch_size, self._batch_bytes)
+                rows = outbox.unpublished(conn, self._batch_size, self._batch_bytes)
                 if rows:
                     result = self.publish(rows)
-                    postgres.mark_published(conn, result.delivered)
-                    postgres.park(conn, {i: f"{reason}: {error}" for i, (_, reason, error) in result.refused.items()})
+                    outbox.mark_published(conn, result.delivered)
+                    outbox.park(conn, {i: f"{reason}: {error}" for i, (_, reason, error) in result.refused.items()})
             self._purge(conn)
         self._report(rows, result)
         read_bytes = sum(len(row.key or b"") + len(row.value or b"") for row in rows)
@@ -129,11 +131,11 @@ class OutboxRelay:
             raise result.producer_error
         return len(result.delivered)
 
-    def publish(self, rows: Sequence[postgres.OutboxRow]) -> Round:
+    def publish(self, rows: Sequence[outbox.OutboxRow]) -> Round:
         """Hand `rows` to the producer and wait for Kafka's answers (up to the delivery timeout)."""
         result = Round()
 
-        def report(row: postgres.OutboxRow, err: KafkaError | None, msg: Message) -> None:
+        def report(row: outbox.OutboxRow, err: KafkaError | None, msg: Message) -> None:
             if err is None:
                 result.delivered.append(row.outbox_id)
                 topic = msg.topic() or row.topic
@@ -168,7 +170,7 @@ class OutboxRelay:
         return result
 
     def _produce(
-        self, row: postgres.OutboxRow, report: Callable[[postgres.OutboxRow, KafkaError | None, Message], None]
+        self, row: outbox.OutboxRow, report: Callable[[outbox.OutboxRow, KafkaError | None, Message], None]
     ) -> None:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
             report(row, err, msg)
@@ -183,7 +185,7 @@ class OutboxRelay:
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.5)
 
-    def _report(self, rows: Sequence[postgres.OutboxRow], result: Round) -> None:
+    def _report(self, rows: Sequence[outbox.OutboxRow], result: Round) -> None:
         for outbox_id, (topic, reason, error) in result.refused.items():
             log.error("outbox_row_refused", outbox_id=outbox_id, topic=topic, reason=reason, error=error)
             if self._on_refused is not None:
@@ -215,7 +217,7 @@ class OutboxRelay:
             return
         self._last_purge = now
         try:
-            purged = {kind: n for kind, n in postgres.purge(conn, self._retention, self.on_purge_progress).items() if n}
+            purged = {kind: n for kind, n in purge(conn, self._retention, self.on_purge_progress).items() if n}
         except psycopg.Error as exc:  # the next purge may succeed; publishing must go on meanwhile
             log.warning("purge_failed", error=f"{type(exc).__name__}: {exc}")
             return
@@ -244,7 +246,7 @@ class OutboxRelay:
                 on_round()
             try:
                 self.publish_once()
-            except (*postgres.UNAVAILABLE, KafkaException) as exc:
+            except (*UNAVAILABLE, KafkaException) as exc:
                 log.warning("outbox_relay_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                 stop.wait(delay)
                 delay = min(delay * 2, backoff_max_s)
@@ -273,7 +275,7 @@ class OutboxRelay:
                 self._delivery_timeout_s = min(delivery_timeout_s, left - 5.0)
                 if self.publish_once() == 0:
                     break
-        except (*postgres.UNAVAILABLE, KafkaException) as exc:
+        except (*UNAVAILABLE, KafkaException) as exc:
             log.warning("outbox_drain_incomplete", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._delivery_timeout_s = delivery_timeout_s

@@ -8,12 +8,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-import psycopg
 import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from worker.adapters.postgres import StateFigures
 from worker.entrypoints.logs import configure_logging
 from worker.service.ports import Decision
 from worker.settings import Settings, masked_database_url
@@ -22,10 +20,9 @@ log = structlog.get_logger(__name__)
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from worker.adapters.postgres import migrate
+    from worker.bootstrap import migrate_database
 
-    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        applied = migrate(conn)
+    applied = migrate_database(settings)
     for migration in applied:
         log.info("migration_applied", version=migration.version, name=migration.name)
     log.info("schema_current", applied_now=len(applied))
@@ -57,12 +54,12 @@ def _run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _queue(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.bootstrap import open_store, utc_now
+    from worker.bootstrap import open_read_model, utc_now
     from worker.service.views import queue
 
     now = utc_now()
-    with open_store(settings) as store, store(rollback=True) as uow:
-        entries = queue(uow, args.sku, settings.shop_policy(), now)
+    with open_read_model(settings) as read:
+        entries = queue(read, args.sku, settings.shop_policy(), now)
     rows = [
         (
             str(e.position),
@@ -87,14 +84,14 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.bootstrap import open_store, utc_now
+    from worker.bootstrap import utc_now, what_if
     from worker.service.views import simulate_receipt
 
     if args.receive <= 0:
         print("backorder-worker: --receive must be > 0", file=sys.stderr)
         return 2
-    with open_store(settings) as store, store(rollback=True) as uow:
-        decisions = simulate_receipt(uow, args.sku, args.receive, settings.shop_policy(), utc_now())
+    with what_if(settings) as (uow, read):
+        decisions = simulate_receipt(uow, read, args.sku, args.receive, settings.shop_policy(), utc_now())
     _print_decisions(decisions)
     given = sum(d.quantity for d in decisions)
     print(
@@ -105,10 +102,10 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _decisions(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.bootstrap import open_store
+    from worker.bootstrap import open_read_model
 
-    with open_store(settings) as store, store(rollback=True) as uow:
-        decisions = uow.decisions(order_id=args.order, sku=args.sku)
+    with open_read_model(settings) as read:
+        decisions = read.decisions(order_id=args.order, sku=args.sku)
     _print_decisions(decisions)
     return 0
 
@@ -163,12 +160,13 @@ def _preview(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _report(settings: Settings, _args: argparse.Namespace) -> int:
-    from worker.adapters import postgres
+    from worker.bootstrap import open_read_model
+    from worker.service.views import tracking_view
 
-    with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        figures = postgres.state_figures(conn)
-        skus = postgres.sku_backlog(conn)
-        backordered_lines, cancelled_lines = postgres.cancelled_backorders(conn)
+    with open_read_model(settings) as read:
+        figures = read.state_figures()
+        skus = read.sku_backlog()
+        backordered_lines, cancelled_lines = read.cancelled_backorders()
     for line in tracking_view(figures, backordered_lines, cancelled_lines):
         print(line)
     print()
@@ -189,39 +187,6 @@ def _report(settings: Settings, _args: argparse.Namespace) -> int:
         ],
     )
     return 0
-
-
-def tracking_view(figures: StateFigures, backordered_lines: int, cancelled_lines: int) -> list[str]:
-    """The business documents' tracking view, with the targets they set."""
-    orders = sum(figures.orders_by_outcome.values())
-    backordered = figures.orders_by_outcome.get("PARTLY_BACKORDERED", 0) + figures.orders_by_outcome.get(
-        "FULLY_BACKORDERED", 0
-    )
-    fills = figures.fill_to_shipment
-    within = (
-        figures.open_lines_expected_within_7_days / figures.open_backorder_lines
-        if figures.open_backorder_lines
-        else 0.0
-    )
-    value = (
-        ", ".join(
-            f"{amount / 100:,.2f} {currency}"
-            for currency, amount in sorted(figures.open_value_minor_by_currency.items())
-        )
-        or "0"
-    )
-    return [
-        f"current backorders: {figures.open_backorder_orders} orders, {figures.open_backorder_lines} lines, "
-        f"{figures.open_backorder_units} units",
-        f"oldest: {int(figures.oldest_open_age_seconds // 86400)} days",
-        f"expected fulfillment: {within:.0%} within 7 days",
-        f"total value: {value}",
-        f"backorder rate: {backordered / orders if orders else 0:.1%} of {orders} orders (target < 5%)",
-        f"fill time: {fills.total_seconds / fills.count / 86400 if fills.count else 0:.1f} days on average over "
-        f"{fills.count} shipped backorders (target < 14)",
-        f"cancel rate: {cancelled_lines / backordered_lines if backordered_lines else 0:.1%} of "
-        f"{backordered_lines} backordered lines (target < 20%)",
-    ]
 
 
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:

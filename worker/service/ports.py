@@ -48,6 +48,55 @@ class Decision:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative counts at each bucket's upper bound (seconds), the sum and the count."""
+
+    buckets: list[tuple[float, int]]
+    total_seconds: float
+    count: int
+
+
+@dataclass(frozen=True)
+class StateFigures:
+    """The backlog and the business totals as the database holds them now (behind /metrics and the report)."""
+
+    outbox_backlog: int
+    outbox_parked: int
+    outbox_oldest_age_seconds: float
+    open_backorder_lines: int
+    open_backorder_units: int
+    units_received: int
+    units_allocated: int
+    units_reserved: int
+    units_rejected: int
+    cancelled_lines_by_reason: dict[str, int]
+    orders_by_outcome: dict[str, int]
+    backordered_lines: int
+    open_backorder_orders: int
+    open_value_minor_by_currency: dict[str, int]
+    oldest_open_age_seconds: float
+    open_lines_expected_within_7_days: int
+    fill_to_allocation: Histogram
+    fill_to_shipment: Histogram
+
+
+@dataclass(frozen=True)
+class SkuBacklog:
+    """The open backlog of one SKU in one currency."""
+
+    sku: str
+    orders: int
+    lines: int
+    units: int
+    value_minor: int
+    currency: str
+    oldest_days: int
+    available: int
+    next_restock: dt.date | None
+    next_restock_units: int
+
+
 class StoreUnavailable(Exception):
     """The database cannot be reached or gave up on the transaction; the whole batch is retried later."""
 
@@ -153,12 +202,6 @@ class UnitOfWork(Protocol):
         """Apply the fills: units leave the SKUs' available stock for the lines; shipment_ids by order_id."""
         ...
 
-    def decisions(
-        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
-    ) -> list[Decision]:
-        """Allocation decisions, oldest first, filtered by whichever of order, SKU and cause is given."""
-        ...
-
     # ---- expected supply, dates, timeline, shipments
 
     def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
@@ -219,6 +262,32 @@ class UnitOfWork(Protocol):
 
     def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
         """Send the message to the dead-letter topic through the outbox; False if it was sent before."""
+        ...
+
+
+class ReadModel(Protocol):
+    """The read side: what operators, reports and metrics look at. It never writes, and it is not the
+    unit of work: a read model on a connection of its own sees what is committed; one given with a unit
+    of work (a simulation) sees what that transaction has written so far."""
+
+    def waiting_lines(self, sku: str) -> Sequence[Backorder]:
+        """The SKU's lines that wait for units, in no particular order."""
+        ...
+
+    def decisions(
+        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
+    ) -> list[Decision]:
+        """Allocation decisions, oldest first, filtered by whichever of order, SKU and cause is given."""
+        ...
+
+    def state_figures(self) -> StateFigures: ...
+
+    def sku_backlog(self) -> list[SkuBacklog]:
+        """The open backlog per SKU (and currency), largest value first."""
+        ...
+
+    def cancelled_backorders(self) -> tuple[int, int]:
+        """(lines that waited for stock, of them cancelled): the cancel rate."""
         ...
 
 

@@ -1,4 +1,6 @@
-"""What-if and inspection for operators: an SKU's queue in serving order, and a simulated receipt."""
+"""The read side for operators: an SKU's queue in serving order, a simulated receipt, and the tracking view
+with the targets the business documents set (defined here once; deploy/prometheus/rules.yml alerts on
+the same figures, and a unit test holds the two together)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ from worker.domain.policy import ShopPolicy
 from worker.domain.priority import in_priority_order
 from worker.service.commands import ReceiveStock
 from worker.service.handlers import receive_stock
-from worker.service.ports import Decision, UnitOfWork
+from worker.service.ports import Decision, ReadModel, StateFigures, UnitOfWork
+
+BACKORDER_RATE_TARGET = 0.05  # of orders placed, at most this share has a line that waits
+FILL_TIME_TARGET_DAYS = 14  # a backorder ships within this many days on average
+CANCEL_RATE_TARGET = 0.20  # of lines that waited, at most this share is cancelled
 
 
 @dataclass(frozen=True)
@@ -29,9 +35,9 @@ class QueueEntry:
     split: SplitPreference
 
 
-def queue(uow: UnitOfWork, sku: str, shop: ShopPolicy, now: dt.datetime) -> list[QueueEntry]:
+def queue(read: ReadModel, sku: str, shop: ShopPolicy, now: dt.datetime) -> list[QueueEntry]:
     """The SKU's waiting lines in the order the next units would go to them."""
-    ranked = in_priority_order(uow.waiting_lines(sku), shop.priority, now)
+    ranked = in_priority_order(read.waiting_lines(sku), shop.priority, now)
     return [
         QueueEntry(
             position=i,
@@ -50,10 +56,13 @@ def queue(uow: UnitOfWork, sku: str, shop: ShopPolicy, now: dt.datetime) -> list
     ]
 
 
-def simulate_receipt(uow: UnitOfWork, sku: str, units: int, shop: ShopPolicy, now: dt.datetime) -> list[Decision]:
+def simulate_receipt(
+    uow: UnitOfWork, read: ReadModel, sku: str, units: int, shop: ShopPolicy, now: dt.datetime
+) -> list[Decision]:
     """The decisions a receipt of `units` would make now, made by the real handler.
 
-    The caller must give a unit of work that is rolled back: this one writes like a real receipt.
+    The caller must give a unit of work that is rolled back (this one writes like a real receipt) and a
+    read model that sees that same transaction, so that the decisions read back are the ones just made.
     """
     receipt_id = f"simulation-{uuid.uuid4()}"
     receipt = StockReceipt(
@@ -61,4 +70,38 @@ def simulate_receipt(uow: UnitOfWork, sku: str, units: int, shop: ShopPolicy, no
     )
     uow.lock_stock([sku])
     receive_stock(ReceiveStock(event_id=receipt_id, receipt=receipt, content_hash=b""), uow, shop, now)
-    return uow.decisions(cause=f"inventory-received/{receipt_id}")
+    return read.decisions(cause=f"inventory-received/{receipt_id}")
+
+
+def tracking_view(figures: StateFigures, backordered_lines: int, cancelled_lines: int) -> list[str]:
+    """The business documents' tracking view, with the targets they set."""
+    orders = sum(figures.orders_by_outcome.values())
+    backordered = figures.orders_by_outcome.get("PARTLY_BACKORDERED", 0) + figures.orders_by_outcome.get(
+        "FULLY_BACKORDERED", 0
+    )
+    fills = figures.fill_to_shipment
+    within = (
+        figures.open_lines_expected_within_7_days / figures.open_backorder_lines
+        if figures.open_backorder_lines
+        else 0.0
+    )
+    value = (
+        ", ".join(
+            f"{amount / 100:,.2f} {currency}"
+            for currency, amount in sorted(figures.open_value_minor_by_currency.items())
+        )
+        or "0"
+    )
+    return [
+        f"current backorders: {figures.open_backorder_orders} orders, {figures.open_backorder_lines} lines, "
+        f"{figures.open_backorder_units} units",
+        f"oldest: {int(figures.oldest_open_age_seconds // 86400)} days",
+        f"expected fulfillment: {within:.0%} within 7 days",
+        f"total value: {value}",
+        f"backorder rate: {backordered / orders if orders else 0:.1%} of {orders} orders "
+        f"(target < {BACKORDER_RATE_TARGET:.0%})",
+        f"fill time: {fills.total_seconds / fills.count / 86400 if fills.count else 0:.1f} days on average over "
+        f"{fills.count} shipped backorders (target < {FILL_TIME_TARGET_DAYS})",
+        f"cancel rate: {cancelled_lines / backordered_lines if backordered_lines else 0:.1%} of "
+        f"{backordered_lines} backordered lines (target < {CANCEL_RATE_TARGET:.0%})",
+    ]

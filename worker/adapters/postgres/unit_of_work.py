@@ -1,175 +1,49 @@
-"""PostgreSQL: migrations, the unit of work behind a batch, the outbox queries, and state for metrics.
-
-All SQL of the worker lives here and in `worker/migrations/`.
-"""
+"""The write side: the service layer's UnitOfWork on one PostgreSQL transaction around a batch."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import re
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
+from worker.adapters.postgres.common import (
+    ORDER_LOCK_CLASS,
+    SWEEP_LOCK,
+    WAITING_SQL,
+    WAITING_STATUSES,
+    is_unavailable,
+    select_lines,
+    store_error,
+    transaction,
+)
+from worker.adapters.postgres.outbox import dead_letter_message, error_text
 from worker.domain.allocation import Fill
 from worker.domain.eta import Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent, event_id
 from worker.domain.model import (
-    WAITING,
     Backorder,
     Cancellation,
     CancelReason,
-    CustomerTier,
     LineStatus,
     Order,
     OrderLineState,
     OrderOutcome,
     PaymentTiming,
-    ShippingService,
     SplitPreference,
     StockReceipt,
 )
 from worker.domain.policy import ProductPolicy
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
-from worker.service.ports import Decision, Seen, StoreConflict, StoreUnavailable
+from worker.service.ports import Seen
 
 Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
-
-# Keys for pg_advisory locks; any fixed numbers do, as long as nothing else uses them.
-MIGRATION_LOCK = 7_310_001
-RELAY_LOCK = 7_310_002
-SWEEP_LOCK = 7_310_003
-ORDER_LOCK_CLASS = 7310  # pg_advisory_xact_lock(ORDER_LOCK_CLASS, hashtext(order_id)) serialises an order's events
 LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many receipts
-
-_WAITING = sorted(str(s) for s in WAITING)
-# The same list written into the SQL text: a parameter (`status = ANY($1)`) hides it from the planner,
-# which then cannot use the partial index of waiting lines once a statement is prepared (generic plan).
-_WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in _WAITING) + ")"
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
-# SQLSTATE classes of errors that the data of a statement caused: a value out of range or too long
-# (22), a constraint it breaks (23), a program limit it reaches, such as an index row too large (54).
-# Those are a message's fault. Every other error (no connection, shutting down, out of resources, a
-# missing table or privilege, a deadlock, an internal error) is the database's: retried, never blamed on
-# the message, so an outage or a broken deployment cannot dead-letter valid events.
-_DATA_CLASSES = ("22", "23", "54")
-_CONFLICT_CLASS = "40"  # a deadlock or serialization failure: retrying the transaction at once succeeds
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """True when the database failed for reasons of its own (retry later); False when the data caused it."""
-    if isinstance(exc, PoolTimeout | psycopg.InterfaceError):
-        return True
-    if not isinstance(exc, psycopg.Error):
-        return False
-    state = exc.sqlstate
-    if state is None:  # raised by the client: a lost connection, or a value it refused to send (NUL)
-        return isinstance(exc, psycopg.OperationalError)
-    return state[:2] not in _DATA_CLASSES
-
-
-def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
-    text = f"{type(exc).__name__}: {exc}"
-    return StoreConflict(text) if (exc.sqlstate or "")[:2] == _CONFLICT_CLASS else StoreUnavailable(text)
-
-
-# A server that vanishes without closing its connections (a network partition, a host lost) must not
-# hang a statement for the kernel's default of hours: libpq's TCP keepalives and user timeout turn it
-# into a connection error within about 30 s, which the worker treats as the database being down.
-CONNECTION_OPTIONS: dict[str, int] = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 30_000,
-}
-
-
-def with_timeouts(conninfo: str) -> str:
-    """The connection string with CONNECTION_OPTIONS added where it does not set them itself."""
-    return make_conninfo("", **{**CONNECTION_OPTIONS, **conninfo_to_dict(conninfo)})
-
-
-def open_pool(conninfo: str, min_size: int, max_size: int, name: str = "backorder-worker") -> ConnectionPool:
-    """An opened pool. It does not wait for the database: a worker starts and retries while it is down."""
-    pool = ConnectionPool(
-        with_timeouts(conninfo),
-        min_size=min_size,
-        max_size=max_size,
-        open=False,
-        name=name,
-        timeout=10.0,
-        kwargs={"autocommit": True, "application_name": name},
-        check=ConnectionPool.check_connection,  # a connection that died with the server is replaced
-    )
-    pool.open(wait=False)
-    return pool
-
-
-# ------------------------------------------------------------------------------------------ migrations
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def available_migrations() -> list[Migration]:
-    found = []
-    for entry in resources.files("worker").joinpath("migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text()))
-    return sorted(found, key=lambda m: m.version)
-
-
-def _applied(conn: psycopg.Connection[Any]) -> set[int]:
-    conn.execute("""
-        CREATE TABLE IF NOT EXISTS schema_migration (
-            version     integer PRIMARY KEY,
-            name        text NOT NULL,
-            applied_at  timestamptz NOT NULL DEFAULT now()
-        )""")
-    return {row[0] for row in conn.execute("SELECT version FROM schema_migration")}
-
-
-def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
-    """Apply the migrations not applied yet, each in its own transaction; safe to run concurrently."""
-    done: list[Migration] = []
-    for migration in available_migrations():
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            if migration.version in _applied(conn):
-                continue
-            conn.execute(migration.sql.encode())
-            conn.execute(
-                "INSERT INTO schema_migration (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
-            )
-            done.append(migration)
-    return done
-
-
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[Migration]:
-    with conn.transaction():
-        applied = _applied(conn)
-    return [m for m in available_migrations() if m.version not in applied]
-
-
-# ------------------------------------------------------------------------------------------ unit of work
 
 
 class PostgresUnitOfWork:
@@ -209,7 +83,7 @@ class PostgresUnitOfWork:
                 yield
         except psycopg.Error as exc:
             if is_unavailable(exc):
-                raise _unavailable(exc) from exc
+                raise store_error(exc) from exc
             self._available, self._policies = available, policies
             raise UnprocessableEvent(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
@@ -364,48 +238,11 @@ class PostgresUnitOfWork:
         ids = sorted(set(order_ids))
         if not ids:
             return []
-        return self._lines("l.order_id = ANY(%s) ORDER BY l.order_id, l.line_id", (ids,))
+        return select_lines(self._conn, "l.order_id = ANY(%s) ORDER BY l.order_id, l.line_id", (ids,))
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
-        lines = self._lines(f"l.sku = %s AND l.status IN {_WAITING_SQL}", (sku,))
+        lines = select_lines(self._conn, f"l.sku = %s AND l.status IN {WAITING_SQL}", (sku,))
         return [line.as_backorder() for line in lines]
-
-    def _lines(self, where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
-        rows = self._conn.execute(
-            f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
-                       o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
-                       l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
-                       l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped
-                FROM order_line l JOIN customer_order o USING (order_id)
-                WHERE {where}""",
-            params,
-        ).fetchall()
-        return [
-            OrderLineState(
-                order_id=r[0],
-                line_id=r[1],
-                sku=r[2],
-                product_name=r[3],
-                customer_id=r[4],
-                customer_tier=CustomerTier(r[5]),
-                shipping_service=ShippingService(r[6]),
-                need_by=r[7],
-                order_units=r[8],
-                split=SplitPreference(r[9]),
-                placed_at=r[10],
-                unit_price_minor=r[11],
-                ordered=r[12],
-                allocated=r[13],
-                reserved=r[14],
-                rejected=r[15],
-                cancelled=r[16],
-                status=LineStatus(r[17]),
-                reason=r[18],
-                expected_ship_date=r[19],
-                shipped=r[20],
-            )
-            for r in rows
-        ]
 
     def customer_waiting(self, customer_id: str, sku: str, other_than_order: str) -> int:
         row = self._conn.execute(
@@ -510,7 +347,7 @@ class PostgresUnitOfWork:
                     AS f(order_id, line_id, allocated, reserved, status, reason)
                WHERE l.order_id = f.order_id AND l.line_id = f.line_id""",
             (
-                _WAITING,
+                WAITING_STATUSES,
                 at,
                 at,
                 [x.order_id for x in b],
@@ -558,20 +395,6 @@ class PostgresUnitOfWork:
         ).fetchone()
         assert row is not None
         self._available[sku] = row[0]
-
-    def decisions(
-        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
-    ) -> list[Decision]:
-        rows = self._conn.execute(
-            """SELECT allocated_at, cause, order_id, line_id, sku, quantity, reserved, shipped, rank, reason
-               FROM allocation
-               WHERE (%(order)s::text IS NULL OR order_id = %(order)s)
-                 AND (%(sku)s::text IS NULL OR sku = %(sku)s)
-                 AND (%(cause)s::text IS NULL OR cause = %(cause)s)
-               ORDER BY allocation_id""",
-            {"order": order_id, "sku": sku, "cause": cause},
-        ).fetchall()
-        return [Decision(*row) for row in rows]
 
     # ---- expected supply, dates, timeline, shipments
 
@@ -665,7 +488,7 @@ class PostgresUnitOfWork:
     def has_expected_dates(self, sku: str) -> bool:
         row = self._conn.execute(
             f"""SELECT EXISTS (SELECT 1 FROM order_line
-                               WHERE sku = %s AND status IN {_WAITING_SQL} AND expected_ship_date IS NOT NULL)""",
+                               WHERE sku = %s AND status IN {WAITING_SQL} AND expected_ship_date IS NOT NULL)""",
             (sku,),
         ).fetchone()
         return bool(row and row[0])
@@ -680,8 +503,10 @@ class PostgresUnitOfWork:
         self._conn.execute("UPDATE customer_order SET eta_told = %s WHERE order_id = %s", (date, order_id))
 
     def all_waiting_lines(self) -> list[OrderLineState]:
-        return self._lines(
-            "(l.status = ANY(%s) OR l.quantity_reserved > 0) ORDER BY l.order_id, l.line_id", (_WAITING,)
+        return select_lines(
+            self._conn,
+            "(l.status = ANY(%s) OR l.quantity_reserved > 0) ORDER BY l.order_id, l.line_id",
+            (WAITING_STATUSES,),
         )
 
     def claim_status_update(self, order_id: str, step: int) -> bool:
@@ -779,79 +604,6 @@ class PostgresUnitOfWork:
             raise RuntimeError(f"stock of {sku!r} was not locked at the start of the batch")
 
 
-ERROR_TEXT_MAX_BYTES = 1024  # what a dead letter's error message keeps (it may echo the input)
-DEAD_LETTER_MAX_BYTES = 900_000  # key + value + headers a dead letter may carry; the producer sends up to 1,000,000
-
-
-def error_text(text: str) -> str:
-    """`text` safe for a text column and a header: no NUL, no lone surrogate, at most ERROR_TEXT_MAX_BYTES."""
-    encoded = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace")
-    if len(encoded) <= ERROR_TEXT_MAX_BYTES:
-        return encoded.decode()
-    marker = f"... ({len(encoded)} bytes)".encode()
-    return encoded[: ERROR_TEXT_MAX_BYTES - len(marker)].decode("utf-8", "ignore") + marker.decode()
-
-
-def _header_name(name: str) -> str:
-    return name.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
-
-
-def dead_letter_message(
-    message: InboundMessage, error_class: str, error_message: str, at: dt.datetime
-) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """The dead letter of `message`: key, value and headers as the contract describes them.
-
-    The worker's `dlq.*` headers are the only ones of that name: a producer's own are renamed
-    `original.dlq.*`. What would not fit in one Kafka message (DEAD_LETTER_MAX_BYTES) is left out, the
-    larger of value and original headers first, then the other, then the key, each replaced by a header
-    saying so.
-    """
-    original = [
-        (f"original.{name}" if name.startswith("dlq.") else name, value)
-        for name, value in ((_header_name(n), v) for n, v in message.headers)
-    ]
-    ours = [
-        ("dlq.original.topic", message.topic.encode()),
-        ("dlq.original.partition", str(message.partition).encode()),
-        ("dlq.original.offset", str(message.offset).encode()),
-        ("dlq.error.class", error_class.encode()),
-        ("dlq.error.message", error_message.encode()),
-        ("dlq.failed_at", at.isoformat().encode()),
-    ]
-    key, value = message.key, message.value
-
-    def size() -> int:
-        return len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in original + ours)
-
-    def omit_value() -> None:
-        nonlocal value
-        if value is not None and size() > DEAD_LETTER_MAX_BYTES:
-            ours.extend(
-                [
-                    ("dlq.value.omitted.bytes", str(len(value)).encode()),
-                    ("dlq.value.sha256", hashlib.sha256(value).hexdigest().encode()),
-                ]
-            )
-            value = None
-
-    def omit_headers() -> None:
-        nonlocal original
-        if original and size() > DEAD_LETTER_MAX_BYTES:
-            ours.append(("dlq.headers.omitted.bytes", str(sum(len(n) + len(v) for n, v in original)).encode()))
-            original = []
-
-    # The larger of the two goes first, so that what is kept is as much of the original as fits.
-    larger_first = (omit_value, omit_headers)
-    if len(value or b"") < sum(len(n) + len(v) for n, v in original):
-        larger_first = (omit_headers, omit_value)
-    for omit in larger_first:
-        omit()
-    if key is not None and size() > DEAD_LETTER_MAX_BYTES:
-        ours.append(("dlq.key.omitted.bytes", str(len(key)).encode()))
-        key = None
-    return key, value, original + ours
-
-
 class PostgresUnitOfWorkFactory:
     def __init__(self, pool: ConnectionPool, serialize: Serializer, dead_letter_topic: str) -> None:
         self._pool = pool
@@ -861,326 +613,5 @@ class PostgresUnitOfWorkFactory:
     @contextmanager
     def __call__(self, *, rollback: bool = False) -> Iterator[PostgresUnitOfWork]:
         """A unit of work that commits at the end of the block (or, with rollback=True, never does)."""
-        try:
-            with self._pool.connection() as conn, conn.transaction(force_rollback=rollback):
-                yield PostgresUnitOfWork(conn, self._serialize, self._dead_letter_topic)
-        except psycopg.Error as exc:
-            if is_unavailable(exc):
-                raise _unavailable(exc) from exc
-            raise
-
-
-# --------------------------------------------------------------------------------------------- outbox
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    outbox_id: int
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    created_at: dt.datetime
-    source_time: dt.datetime | None
-
-
-def try_lock_relay(conn: psycopg.Connection[Any]) -> bool:
-    """Only one relay in the group publishes at a time, which keeps each key's events in order."""
-    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RELAY_LOCK,)).fetchone()
-    return bool(row and row[0])
-
-
-def unpublished(conn: psycopg.Connection[Any], limit: int, max_bytes: int) -> list[OutboxRow]:
-    """The oldest rows to publish: at most `limit`, and only while the keys and values before a row add up
-    to less than `max_bytes` (so the row that crosses it comes too, and a round always has one row)."""
-    rows = conn.execute(
-        """SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at, source_time
-           FROM (SELECT page.*,
-                        coalesce(sum(coalesce(octet_length(message_key), 0) + coalesce(octet_length(message_value), 0))
-                                 OVER (ORDER BY outbox_id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
-                          AS bytes_before
-                 FROM (SELECT outbox_id, topic, message_key, message_value, header_names, header_values, created_at,
-                              source_time
-                       FROM outbox WHERE published_at IS NULL AND failed_at IS NULL
-                       ORDER BY outbox_id LIMIT %s) AS page) AS budgeted
-           WHERE bytes_before < %s ORDER BY outbox_id""",
-        (limit, max_bytes),
-    ).fetchall()
-    return [
-        OutboxRow(
-            r[0], r[1], _bytes(r[2]), _bytes(r[3]), [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)], r[6], r[7]
-        )
-        for r in rows
-    ]
-
-
-def mark_published(conn: psycopg.Connection[Any], outbox_ids: Sequence[int]) -> None:
-    if outbox_ids:
-        conn.execute("UPDATE outbox SET published_at = now() WHERE outbox_id = ANY(%s)", (list(outbox_ids),))
-
-
-def park(conn: psycopg.Connection[Any], refused: Mapping[int, str]) -> None:
-    """Rows Kafka refused for good (outbox id -> why): never retried, kept for an operator to look at."""
-    if refused:
-        conn.execute(
-            """UPDATE outbox SET failed_at = now(), last_error = f.error
-               FROM unnest(%s::bigint[], %s::text[]) AS f(outbox_id, error) WHERE outbox.outbox_id = f.outbox_id""",
-            (list(refused), [error_text(e) for e in refused.values()]),
-        )
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long what the worker keeps only for a while is kept (see the README's retention table)."""
-
-    published_outbox: dt.timedelta
-    parked_outbox: dt.timedelta
-    dead_letters: dt.timedelta
-    pending_cancellations: dt.timedelta
-    empty_stock_rows: dt.timedelta = dt.timedelta(days=1)
-
-
-PURGE_CHUNK_ROWS = 5000  # rows deleted per statement: short transactions, no long lock on a big table
-
-
-def purge(
-    conn: psycopg.Connection[Any], retention: Retention, on_progress: Callable[[], None] | None = None
-) -> dict[str, int]:
-    """Delete what is past its retention, in chunks; rows deleted per kind. `conn` must be in autocommit.
-
-    `on_progress` is called after each statement, so a supervisor sees a long purge progress."""
-    statements = {
-        "published_outbox": (
-            """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
-                   WHERE published_at < now() - %(age)s LIMIT %(chunk)s)""",
-            retention.published_outbox,
-        ),
-        "parked_outbox": (
-            """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
-                   WHERE failed_at < now() - %(age)s LIMIT %(chunk)s)""",
-            retention.parked_outbox,
-        ),
-        "dead_letters": (
-            """DELETE FROM dead_letter WHERE (source_topic, source_partition, source_offset) IN (
-                   SELECT source_topic, source_partition, source_offset FROM dead_letter
-                   WHERE failed_at < now() - %(age)s LIMIT %(chunk)s)""",
-            retention.dead_letters,
-        ),
-        "pending_cancellations": (
-            """DELETE FROM pending_cancellation WHERE (order_id, event_id) IN (
-                   SELECT order_id, event_id FROM pending_cancellation
-                   WHERE recorded_at < now() - %(age)s LIMIT %(chunk)s)""",
-            retention.pending_cancellations,
-        ),
-        # A stock row that never held anything is what a missing row means; rows a batch has locked
-        # are skipped (it may be about to use them), and a batch that needs one again recreates it.
-        "empty_stock_rows": (
-            """DELETE FROM stock_level WHERE sku IN (
-                   SELECT s.sku FROM stock_level s
-                   WHERE s.available = 0 AND s.received_total = 0 AND s.updated_at < now() - %(age)s
-                     AND NOT EXISTS (SELECT 1 FROM order_line l WHERE l.sku = s.sku
-                                     AND l.status IN ('BACKORDERED', 'PARTIALLY_ALLOCATED'))
-                     AND NOT EXISTS (SELECT 1 FROM product_policy p WHERE p.sku = s.sku)
-                   LIMIT %(chunk)s FOR UPDATE SKIP LOCKED)""",
-            retention.empty_stock_rows,
-        ),
-    }
-    purged: dict[str, int] = {}
-    for kind, (sql, age) in statements.items():
-        total = 0
-        while True:
-            deleted = conn.execute(sql, {"age": age, "chunk": PURGE_CHUNK_ROWS}).rowcount
-            total += deleted
-            if on_progress is not None:
-                on_progress()
-            if deleted < PURGE_CHUNK_ROWS:
-                break
-        purged[kind] = total
-    return purged
-
-
-def _bytes(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
-
-
-# ---------------------------------------------------------------------------------------------- state
-
-
-@dataclass(frozen=True)
-class StateFigures:
-    outbox_backlog: int
-    outbox_parked: int
-    outbox_oldest_age_seconds: float
-    open_backorder_lines: int
-    open_backorder_units: int
-    units_received: int
-    units_allocated: int
-    units_reserved: int
-    units_rejected: int
-    cancelled_lines_by_reason: dict[str, int]
-    orders_by_outcome: dict[str, int]
-    backordered_lines: int
-    open_backorder_orders: int
-    open_value_minor_by_currency: dict[str, int]
-    oldest_open_age_seconds: float
-    open_lines_expected_within_7_days: int
-    fill_to_allocation: Histogram
-    fill_to_shipment: Histogram
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """Cumulative counts at each bucket's upper bound (seconds), the sum and the count."""
-
-    buckets: list[tuple[float, int]]
-    total_seconds: float
-    count: int
-
-
-FILL_BUCKETS_SECONDS = tuple(
-    float(h * 3600) for h in (1, 6, 12, 24, 48, 72, 120, 168, 240, 336, 504, 720, 1080, 1440)
-)  # an hour to 60 days
-
-
-def _histogram(conn: psycopg.Connection[Any], seconds_sql: str) -> Histogram:
-    """A histogram of `seconds_sql` (an expression over order_line of backordered lines) in one query."""
-    filters = ", ".join(f"count(*) FILTER (WHERE d <= {bound})" for bound in FILL_BUCKETS_SECONDS)
-    row = conn.execute(
-        f"""SELECT {filters}, coalesce(sum(d), 0), count(*)
-            FROM (SELECT {seconds_sql} AS d FROM order_line WHERE backordered) AS durations
-            WHERE d IS NOT NULL"""
-    ).fetchone()
-    assert row is not None
-    n = len(FILL_BUCKETS_SECONDS)
-    return Histogram(
-        list(zip(FILL_BUCKETS_SECONDS, (int(c) for c in row[:n]), strict=True)), float(row[n]), int(row[n + 1])
-    )
-
-
-def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
-    outbox = conn.execute(
-        """SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0),
-                  (SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL)
-           FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"""
-    ).fetchone()
-    lines = conn.execute(
-        """SELECT count(*) FILTER (WHERE status = ANY(%(waiting)s)),
-                  coalesce(sum(quantity - quantity_allocated - quantity_reserved - quantity_rejected
-                               - quantity_cancelled) FILTER (WHERE status = ANY(%(waiting)s)), 0),
-                  coalesce(sum(quantity_allocated), 0), coalesce(sum(quantity_reserved), 0),
-                  coalesce(sum(quantity_rejected), 0),
-                  (SELECT coalesce(sum(received_total), 0) FROM stock_level)
-           FROM order_line""",
-        {"waiting": _WAITING},
-    ).fetchone()
-    cancelled = conn.execute(
-        "SELECT cancel_reason, count(*) FROM order_line WHERE cancel_reason IS NOT NULL GROUP BY cancel_reason"
-    ).fetchall()
-    [backordered_lines] = conn.execute("SELECT count(*) FROM order_line WHERE backordered").fetchone() or (0,)
-    outcomes = conn.execute(
-        "SELECT outcome, count(*) FROM customer_order WHERE outcome IS NOT NULL GROUP BY outcome"
-    ).fetchall()
-    backlog = conn.execute(
-        """SELECT count(DISTINCT l.order_id), coalesce(extract(epoch FROM now() - min(l.placed_at)), 0),
-                  count(*) FILTER (WHERE l.expected_ship_date <= current_date + 7)
-           FROM order_line l WHERE l.status = ANY(%s)""",
-        (_WAITING,),
-    ).fetchone()
-    values = conn.execute(
-        """SELECT o.currency, sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
-                                   - l.quantity_cancelled)::numeric * l.unit_price_minor)
-           FROM order_line l JOIN customer_order o USING (order_id)
-           WHERE l.status = ANY(%s) GROUP BY o.currency""",
-        (_WAITING,),
-    ).fetchall()
-    assert backlog is not None
-    assert outbox is not None and lines is not None
-    return StateFigures(
-        outbox_backlog=int(outbox[0]),
-        outbox_parked=int(outbox[2]),
-        outbox_oldest_age_seconds=float(outbox[1]),
-        open_backorder_lines=int(lines[0]),
-        open_backorder_units=int(lines[1]),
-        units_allocated=int(lines[2]),
-        units_reserved=int(lines[3]),
-        units_rejected=int(lines[4]),
-        units_received=int(lines[5]),
-        cancelled_lines_by_reason={reason: int(count) for reason, count in cancelled},
-        orders_by_outcome={outcome: int(count) for outcome, count in outcomes},
-        backordered_lines=int(backordered_lines),
-        open_backorder_orders=int(backlog[0]),
-        oldest_open_age_seconds=float(backlog[1]),
-        open_lines_expected_within_7_days=int(backlog[2]),
-        open_value_minor_by_currency={currency: int(value) for currency, value in values},
-        fill_to_allocation=_histogram(conn, "extract(epoch FROM filled_at - placed_at)"),
-        fill_to_shipment=_histogram(conn, "extract(epoch FROM shipped_at - placed_at)"),
-    )
-
-
-class StateReader:
-    """Reads the state figures on a connection of its own (never the worker's pool), reconnecting as needed."""
-
-    def __init__(self, conninfo: str, name: str = "backorder-worker-state") -> None:
-        self._conninfo = conninfo
-        self._name = name
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def read(self) -> StateFigures:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(with_timeouts(self._conninfo), autocommit=True, application_name=self._name)
-        try:
-            return state_figures(self._conn)
-        except psycopg.Error:
-            self.close()  # the next read starts on a fresh connection
-            raise
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-@dataclass(frozen=True)
-class SkuBacklog:
-    sku: str
-    orders: int
-    lines: int
-    units: int
-    value_minor: int
-    currency: str
-    oldest_days: int
-    available: int
-    next_restock: dt.date | None
-    next_restock_units: int
-
-
-def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
-    """The open backlog per SKU (and currency), largest value first."""
-    rows = conn.execute(
-        """SELECT l.sku, count(DISTINCT l.order_id), count(*),
-                  sum(l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
-                      - l.quantity_cancelled),
-                  sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
-                       - l.quantity_cancelled)::numeric * l.unit_price_minor),
-                  o.currency, extract(day FROM now() - min(l.placed_at))::int,
-                  coalesce(max(s.available), 0),
-                  (SELECT min(expected_date) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0),
-                  (SELECT coalesce(sum(quantity), 0) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0)
-           FROM order_line l JOIN customer_order o USING (order_id) LEFT JOIN stock_level s ON s.sku = l.sku
-           WHERE l.status = ANY(%s)
-           GROUP BY l.sku, o.currency ORDER BY 5 DESC, 1""",
-        (_WAITING,),
-    ).fetchall()
-    return [
-        SkuBacklog(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), r[8], int(r[9]))
-        for r in rows
-    ]
-
-
-def cancelled_backorders(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    """(lines that waited for stock, of them cancelled): the cancel rate."""
-    row = conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE quantity_cancelled > 0) FROM order_line WHERE backordered"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+        with transaction(self._pool, rollback=rollback) as conn:
+            yield PostgresUnitOfWork(conn, self._serialize, self._dead_letter_topic)

@@ -1,0 +1,42 @@
+"""The operators' read side over the in-memory fakes: the queue in serving order, a simulated receipt."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tests import factories
+from tests.unit.fakes import FakeReadModel, FakeState, FakeUnitOfWork
+from worker.domain.policy import ShopPolicy
+from worker.service import commands
+from worker.service.handlers import handle
+from worker.service.ports import ReadModel
+from worker.service.views import queue, simulate_receipt
+
+NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
+SHOP = ShopPolicy()
+
+
+def placed(*orders: tuple[str, str, int]) -> FakeState:
+    """A state in which each (order id, placed on, units of SKU) waits: nothing is in stock."""
+    uow = FakeUnitOfWork()
+    for order_id, day, units in orders:
+        command = commands.command_for(
+            "backorder.OrderCreated", "backorder.OrderCreated", factories.order(order_id, day, [("SKU", units)])
+        )
+        uow.lock_stock(command.skus)
+        handle(command, uow, SHOP, NOW)
+    return uow.state
+
+
+def test_the_queue_lists_the_waiting_lines_in_the_order_units_would_go_to_them() -> None:
+    read: ReadModel = FakeReadModel(placed(("late", "2026-01-09", 2), ("early", "2026-01-02", 3)))
+    entries = queue(read, "SKU", SHOP, NOW)
+    assert [(e.position, e.order_id, e.wants) for e in entries] == [(1, "early", 3), (2, "late", 2)]
+    assert entries[0].waited == NOW - dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+
+
+def test_a_simulated_receipt_reads_back_the_decisions_of_its_own_transaction() -> None:
+    state = placed(("late", "2026-01-09", 2), ("early", "2026-01-02", 3))
+    decisions = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 4, SHOP, NOW)
+    assert [(d.order_id, d.quantity) for d in decisions] == [("early", 3), ("late", 1)]
+    assert {d.cause for d in decisions} == {decisions[0].cause}  # only this receipt's decisions

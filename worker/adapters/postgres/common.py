@@ -1,0 +1,145 @@
+"""What the PostgreSQL modules share: connections that give up on a vanished server, the pool, how an
+error is told apart (the database's or the data's), the advisory lock keys, and the lines of an order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from worker.domain.model import (
+    WAITING,
+    CustomerTier,
+    LineStatus,
+    OrderLineState,
+    ShippingService,
+    SplitPreference,
+)
+from worker.service.ports import StoreConflict, StoreUnavailable
+
+# Keys for pg_advisory locks; any fixed numbers do, as long as nothing else uses them.
+MIGRATION_LOCK = 7_310_001
+RELAY_LOCK = 7_310_002
+SWEEP_LOCK = 7_310_003
+ORDER_LOCK_CLASS = 7310  # pg_advisory_xact_lock(ORDER_LOCK_CLASS, hashtext(order_id)) serialises an order's events
+
+
+WAITING_STATUSES = sorted(str(s) for s in WAITING)
+# The same list written into the SQL text: a parameter (`status = ANY($1)`) hides it from the planner,
+# which then cannot use the partial index of waiting lines once a statement is prepared (generic plan).
+WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in WAITING_STATUSES) + ")"
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# SQLSTATE classes of errors that the data of a statement caused: a value out of range or too long
+# (22), a constraint it breaks (23), a program limit it reaches, such as an index row too large (54).
+# Those are a message's fault. Every other error (no connection, shutting down, out of resources, a
+# missing table or privilege, a deadlock, an internal error) is the database's: retried, never blamed on
+# the message, so an outage or a broken deployment cannot dead-letter valid events.
+_DATA_CLASSES = ("22", "23", "54")
+_CONFLICT_CLASS = "40"  # a deadlock or serialization failure: retrying the transaction at once succeeds
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the database failed for reasons of its own (retry later); False when the data caused it."""
+    if isinstance(exc, PoolTimeout | psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # raised by the client: a lost connection, or a value it refused to send (NUL)
+        return isinstance(exc, psycopg.OperationalError)
+    return state[:2] not in _DATA_CLASSES
+
+
+def store_error(exc: psycopg.Error) -> StoreUnavailable:
+    text = f"{type(exc).__name__}: {exc}"
+    return StoreConflict(text) if (exc.sqlstate or "")[:2] == _CONFLICT_CLASS else StoreUnavailable(text)
+
+
+# A server that vanishes without closing its connections (a network partition, a host lost) must not
+# hang a statement for the kernel's default of hours: libpq's TCP keepalives and user timeout turn it
+# into a connection error within about 30 s, which the worker treats as the database being down.
+CONNECTION_OPTIONS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def with_timeouts(conninfo: str) -> str:
+    """The connection string with CONNECTION_OPTIONS added where it does not set them itself."""
+    return make_conninfo("", **{**CONNECTION_OPTIONS, **conninfo_to_dict(conninfo)})
+
+
+def open_pool(conninfo: str, min_size: int, max_size: int, name: str = "backorder-worker") -> ConnectionPool:
+    """An opened pool. It does not wait for the database: a worker starts and retries while it is down."""
+    pool = ConnectionPool(
+        with_timeouts(conninfo),
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
+        timeout=10.0,
+        kwargs={"autocommit": True, "application_name": name},
+        check=ConnectionPool.check_connection,  # a connection that died with the server is replaced
+    )
+    pool.open(wait=False)
+    return pool
+
+
+@contextmanager
+def transaction(pool: ConnectionPool, *, rollback: bool = False) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of the pool inside one transaction that commits at the end of the block (or, with
+    rollback=True, never does); the database's own failures come out as StoreUnavailable."""
+    try:
+        with pool.connection() as conn, conn.transaction(force_rollback=rollback):
+            yield conn
+    except psycopg.Error as exc:
+        if is_unavailable(exc):
+            raise store_error(exc) from exc
+        raise
+
+
+def select_lines(conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
+    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`)."""
+    rows = conn.execute(
+        f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
+                   o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
+                   l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
+                   l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped
+            FROM order_line l JOIN customer_order o USING (order_id)
+            WHERE {where}""",
+        params,
+    ).fetchall()
+    return [
+        OrderLineState(
+            order_id=r[0],
+            line_id=r[1],
+            sku=r[2],
+            product_name=r[3],
+            customer_id=r[4],
+            customer_tier=CustomerTier(r[5]),
+            shipping_service=ShippingService(r[6]),
+            need_by=r[7],
+            order_units=r[8],
+            split=SplitPreference(r[9]),
+            placed_at=r[10],
+            unit_price_minor=r[11],
+            ordered=r[12],
+            allocated=r[13],
+            reserved=r[14],
+            rejected=r[15],
+            cancelled=r[16],
+            status=LineStatus(r[17]),
+            reason=r[18],
+            expected_ship_date=r[19],
+            shipped=r[20],
+        )
+        for r in rows
+    ]

@@ -1,0 +1,183 @@
+"""The read side on PostgreSQL: the service layer's ReadModel (queue views, decisions, the report) and
+the state figures behind /metrics. Nothing here writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from worker.adapters.postgres.common import WAITING_SQL, WAITING_STATUSES, select_lines, with_timeouts
+from worker.domain.model import Backorder
+from worker.service.ports import Decision, Histogram, SkuBacklog, StateFigures
+
+
+class PostgresReadModel:
+    """The ReadModel on one connection: in autocommit it reads what is committed; inside a transaction
+    (a simulation's) it reads what that transaction has written too."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def waiting_lines(self, sku: str) -> Sequence[Backorder]:
+        lines = select_lines(self._conn, f"l.sku = %s AND l.status IN {WAITING_SQL}", (sku,))
+        return [line.as_backorder() for line in lines]
+
+    def decisions(
+        self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
+    ) -> list[Decision]:
+        rows = self._conn.execute(
+            """SELECT allocated_at, cause, order_id, line_id, sku, quantity, reserved, shipped, rank, reason
+               FROM allocation
+               WHERE (%(order)s::text IS NULL OR order_id = %(order)s)
+                 AND (%(sku)s::text IS NULL OR sku = %(sku)s)
+                 AND (%(cause)s::text IS NULL OR cause = %(cause)s)
+               ORDER BY allocation_id""",
+            {"order": order_id, "sku": sku, "cause": cause},
+        ).fetchall()
+        return [Decision(*row) for row in rows]
+
+    def state_figures(self) -> StateFigures:
+        return state_figures(self._conn)
+
+    def sku_backlog(self) -> list[SkuBacklog]:
+        return sku_backlog(self._conn)
+
+    def cancelled_backorders(self) -> tuple[int, int]:
+        return cancelled_backorders(self._conn)
+
+
+FILL_BUCKETS_SECONDS = tuple(
+    float(h * 3600) for h in (1, 6, 12, 24, 48, 72, 120, 168, 240, 336, 504, 720, 1080, 1440)
+)  # an hour to 60 days
+
+
+def _histogram(conn: psycopg.Connection[Any], seconds_sql: str) -> Histogram:
+    """A histogram of `seconds_sql` (an expression over order_line of backordered lines) in one query."""
+    filters = ", ".join(f"count(*) FILTER (WHERE d <= {bound})" for bound in FILL_BUCKETS_SECONDS)
+    row = conn.execute(
+        f"""SELECT {filters}, coalesce(sum(d), 0), count(*)
+            FROM (SELECT {seconds_sql} AS d FROM order_line WHERE backordered) AS durations
+            WHERE d IS NOT NULL"""
+    ).fetchone()
+    assert row is not None
+    n = len(FILL_BUCKETS_SECONDS)
+    return Histogram(
+        list(zip(FILL_BUCKETS_SECONDS, (int(c) for c in row[:n]), strict=True)), float(row[n]), int(row[n + 1])
+    )
+
+
+def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
+    outbox = conn.execute(
+        """SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0),
+                  (SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL)
+           FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"""
+    ).fetchone()
+    lines = conn.execute(
+        """SELECT count(*) FILTER (WHERE status = ANY(%(waiting)s)),
+                  coalesce(sum(quantity - quantity_allocated - quantity_reserved - quantity_rejected
+                               - quantity_cancelled) FILTER (WHERE status = ANY(%(waiting)s)), 0),
+                  coalesce(sum(quantity_allocated), 0), coalesce(sum(quantity_reserved), 0),
+                  coalesce(sum(quantity_rejected), 0),
+                  (SELECT coalesce(sum(received_total), 0) FROM stock_level)
+           FROM order_line""",
+        {"waiting": WAITING_STATUSES},
+    ).fetchone()
+    cancelled = conn.execute(
+        "SELECT cancel_reason, count(*) FROM order_line WHERE cancel_reason IS NOT NULL GROUP BY cancel_reason"
+    ).fetchall()
+    [backordered_lines] = conn.execute("SELECT count(*) FROM order_line WHERE backordered").fetchone() or (0,)
+    outcomes = conn.execute(
+        "SELECT outcome, count(*) FROM customer_order WHERE outcome IS NOT NULL GROUP BY outcome"
+    ).fetchall()
+    backlog = conn.execute(
+        """SELECT count(DISTINCT l.order_id), coalesce(extract(epoch FROM now() - min(l.placed_at)), 0),
+                  count(*) FILTER (WHERE l.expected_ship_date <= current_date + 7)
+           FROM order_line l WHERE l.status = ANY(%s)""",
+        (WAITING_STATUSES,),
+    ).fetchone()
+    values = conn.execute(
+        """SELECT o.currency, sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                                   - l.quantity_cancelled)::numeric * l.unit_price_minor)
+           FROM order_line l JOIN customer_order o USING (order_id)
+           WHERE l.status = ANY(%s) GROUP BY o.currency""",
+        (WAITING_STATUSES,),
+    ).fetchall()
+    assert backlog is not None
+    assert outbox is not None and lines is not None
+    return StateFigures(
+        outbox_backlog=int(outbox[0]),
+        outbox_parked=int(outbox[2]),
+        outbox_oldest_age_seconds=float(outbox[1]),
+        open_backorder_lines=int(lines[0]),
+        open_backorder_units=int(lines[1]),
+        units_allocated=int(lines[2]),
+        units_reserved=int(lines[3]),
+        units_rejected=int(lines[4]),
+        units_received=int(lines[5]),
+        cancelled_lines_by_reason={reason: int(count) for reason, count in cancelled},
+        orders_by_outcome={outcome: int(count) for outcome, count in outcomes},
+        backordered_lines=int(backordered_lines),
+        open_backorder_orders=int(backlog[0]),
+        oldest_open_age_seconds=float(backlog[1]),
+        open_lines_expected_within_7_days=int(backlog[2]),
+        open_value_minor_by_currency={currency: int(value) for currency, value in values},
+        fill_to_allocation=_histogram(conn, "extract(epoch FROM filled_at - placed_at)"),
+        fill_to_shipment=_histogram(conn, "extract(epoch FROM shipped_at - placed_at)"),
+    )
+
+
+class StateReader:
+    """Reads the state figures on a connection of its own (never the worker's pool), reconnecting as needed."""
+
+    def __init__(self, conninfo: str, name: str = "backorder-worker-state") -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def read(self) -> StateFigures:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(with_timeouts(self._conninfo), autocommit=True, application_name=self._name)
+        try:
+            return state_figures(self._conn)
+        except psycopg.Error:
+            self.close()  # the next read starts on a fresh connection
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
+    """The open backlog per SKU (and currency), largest value first."""
+    rows = conn.execute(
+        """SELECT l.sku, count(DISTINCT l.order_id), count(*),
+                  sum(l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                      - l.quantity_cancelled),
+                  sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                       - l.quantity_cancelled)::numeric * l.unit_price_minor),
+                  o.currency, extract(day FROM now() - min(l.placed_at))::int,
+                  coalesce(max(s.available), 0),
+                  (SELECT min(expected_date) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0),
+                  (SELECT coalesce(sum(quantity), 0) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0)
+           FROM order_line l JOIN customer_order o USING (order_id) LEFT JOIN stock_level s ON s.sku = l.sku
+           WHERE l.status = ANY(%s)
+           GROUP BY l.sku, o.currency ORDER BY 5 DESC, 1""",
+        (WAITING_STATUSES,),
+    ).fetchall()
+    return [
+        SkuBacklog(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), r[8], int(r[9]))
+        for r in rows
+    ]
+
+
+def cancelled_backorders(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """(lines that waited for stock, of them cancelled): the cancel rate."""
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE quantity_cancelled > 0) FROM order_line WHERE backordered"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
