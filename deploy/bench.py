@@ -859,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_scrape(stack, args)
             except Exception as exc:  # one scenario's failure does not cost the others' figures
                 say(f"{name}: failed: {exc!r}")
+                if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+                    say(f"{name}: {exc.stderr.decode(errors='replace')[-2000:]}")
         if naive is not None and throughput is not None:
             figure("throughput_over_naive", throughput.rate / naive.rate)
     say(f"load average at end: {loadavg()}")
