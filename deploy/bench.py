@@ -864,6 +864,12 @@ def main(argv: list[str] | None = None) -> int:
         if naive is not None and throughput is not None:
             figure("throughput_over_naive", throughput.rate / naive.rate)
     say(f"load average at end: {loadavg()}")
+    now = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if now.stdout.strip() != commit.stdout.strip():
+        say(
+            f"HEAD moved from {commit.stdout.strip()} to {now.stdout.strip()} during the run:"
+            " later scenarios ran newer code"
+        )
     say(f"bench: {time.monotonic() - began:.0f}s in all")
     return 0
 
