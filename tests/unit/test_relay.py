@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import psycopg
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import generate_latest
+from psycopg import errors
 from psycopg_pool import ConnectionPool
 
 from worker.adapters import relay as relay_module
@@ -241,6 +243,56 @@ def test_a_round_kafka_takes_nothing_of_is_retried_with_backoff(monkeypatch: pyt
 
     assert len(outbox.rows) == 2  # nothing parked, nothing lost
     assert 3 <= len(outbox.reads) <= 6  # 0.05, 0.1, 0.2, 0.4 s apart, not every 1 ms interval
+
+
+def test_a_relay_that_does_not_get_the_lock_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FakeOutbox([row(i, b"x" * 10) for i in range(1, 4)])
+    store.install(monkeypatch)
+    locked = iter([True])  # the first round is full (it stops at the byte budget); then another relay works
+    attempts: list[int] = []
+
+    def try_lock(_conn: Any) -> bool:
+        attempts.append(1)
+        return next(locked, False)
+
+    monkeypatch.setattr(outbox, "try_lock_relay", try_lock)
+    running_relay(FakeProducer(max_bytes=10_000), batch_bytes=5, interval_s=0.1, seconds=0.5)
+    assert len(attempts) <= 8  # one try per interval, not a spin
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (psycopg.OperationalError("connection refused"), True),
+        (errors.AdminShutdown(), True),
+        (errors.InsufficientPrivilege(), True),  # a broken deployment: wait for a fix, as the consume loop does
+        (errors.NumericValueOutOfRange(), False),  # a defect of the relay's own: stop, a fresh worker starts
+        (KafkaException(KafkaError(KafkaError._TRANSPORT)), True),
+        (KafkaException(KafkaError(KafkaError._FATAL, fatal=True)), False),  # this producer can never publish
+    ],
+)
+def test_which_failures_the_relay_retries(error: Exception, retried: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(_conn: Any) -> bool:
+        raise error
+
+    monkeypatch.setattr(outbox, "try_lock_relay", fail)
+    relay = OutboxRelay(
+        cast(ConnectionPool, FakePool()),
+        cast(Producer, FakeProducer()),
+        batch_size=10,
+        batch_bytes=1_000,
+        interval_s=0.01,
+        delivery_timeout_s=1,
+        retention=Retention(*(dt.timedelta(days=1),) * 4),
+    )
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    if retried:
+        relay.run(stop, backoff_initial_s=0.01, backoff_max_s=0.05)  # returns when stopped
+    else:
+        with pytest.raises(type(error)):
+            relay.run(stop, backoff_initial_s=0.01, backoff_max_s=0.05)
+        stop.set()
 
 
 def message(value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> InboundMessage:

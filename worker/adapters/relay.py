@@ -32,7 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from psycopg_pool import ConnectionPool
 
 from worker.adapters.postgres import outbox
-from worker.adapters.postgres.common import UNAVAILABLE
+from worker.adapters.postgres.common import is_unavailable
 from worker.adapters.postgres.retention import Retention, purge
 
 log = structlog.get_logger(__name__)
@@ -54,6 +54,17 @@ REFUSALS: dict[int, str] = {
 }
 REFUSAL_REASONS = tuple(sorted(set(REFUSALS.values())))
 PURGE_INTERVAL_S = 60.0
+
+
+def _retryable(exc: psycopg.Error | KafkaException) -> bool:
+    """A database that is down (as the consume loop judges it) or a Kafka error the producer survives.
+
+    A fatal producer error leaves a producer that can never publish again: not retryable.
+    """
+    if isinstance(exc, psycopg.Error):
+        return is_unavailable(exc)
+    err = exc.args[0] if exc.args else None
+    return not (isinstance(err, KafkaError) and err.fatal())
 
 
 def refusal_reason(err: KafkaError) -> str | None:
@@ -113,6 +124,7 @@ class OutboxRelay:
         """Publish one batch of pending rows; returns how many Kafka acknowledged."""
         rows: list[outbox.OutboxRow] = []
         result = Round()
+        self._full = self._stalled = False  # a round that does not get the lock waits its interval
         with self._pool.connection() as conn:
             with conn.transaction():
                 if not outbox.try_lock_relay(conn):
@@ -246,7 +258,9 @@ class OutboxRelay:
                 on_round()
             try:
                 self.publish_once()
-            except (*UNAVAILABLE, KafkaException) as exc:
+            except (psycopg.Error, KafkaException) as exc:
+                if not _retryable(exc):
+                    raise  # the thread dies, the supervisor stops the worker, a fresh one starts
                 log.warning("outbox_relay_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
                 stop.wait(delay)
                 delay = min(delay * 2, backoff_max_s)
@@ -275,7 +289,7 @@ class OutboxRelay:
                 self._delivery_timeout_s = min(delivery_timeout_s, left - 5.0)
                 if self.publish_once() == 0:
                     break
-        except (*UNAVAILABLE, KafkaException) as exc:
+        except (psycopg.Error, KafkaException) as exc:
             log.warning("outbox_drain_incomplete", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._delivery_timeout_s = delivery_timeout_s
