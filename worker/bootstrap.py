@@ -162,8 +162,8 @@ def run_worker(settings: Settings) -> None:
         metrics.watch_pool(pool.get_stats)
 
         # Shutdown, in the order the callbacks run: stop accepting HTTP requests, commit and close the
-        # consumer, drain the relay, then join what is left (sweep, HTTP handler threads), each step with
-        # what remains of BACKORDER_SHUTDOWN_TIMEOUT_SECONDS.
+        # consumer, stop the sweep, drain the relay, then join what is left (HTTP handler threads), each
+        # step with what remains of BACKORDER_SHUTDOWN_TIMEOUT_SECONDS.
         join_last: list[Callable[[], object]] = []
         resources.callback(lambda: [join() for join in join_last])
 
@@ -240,9 +240,14 @@ def run_worker(settings: Settings) -> None:
             )
             sweeper.start()
 
-            # A sweep stops between two of its transactions; one in progress is rolled back if it outlasts the bound.
-            resources.callback(stop_sweeps.set)
-            join_last.append(lambda: sweeper.join(deadline.remaining()))
+            # A sweep stops between two of its transactions. It is joined before the relay drains, so that
+            # what its last transaction emitted is published now (a transaction still running after 5 s
+            # is left to finish on its own: its events wait in the outbox for the next relay).
+            def stop_sweeper() -> None:
+                stop_sweeps.set()
+                sweeper.join(min(5.0, deadline.remaining()))
+
+            resources.callback(stop_sweeper)
 
         consumer = Consumer(
             {

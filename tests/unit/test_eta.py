@@ -13,10 +13,11 @@ from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory
 from tests.unit.test_allocation import backorder
 from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
 from worker.domain.events import CustomerNotification, NotificationType
+from worker.domain.model import Cancellation, CancelReason
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.timeline import Cadence
 from worker.service import commands
-from worker.service.handlers import handle, sweep, sweep_once
+from worker.service.handlers import _cancel, handle, sweep, sweep_once
 
 TODAY = dt.date(2026, 2, 1)
 RULES = EtaRules(handling_days=1, default_supplier_margin_days=2)
@@ -220,3 +221,32 @@ def test_a_held_line_does_not_hide_the_date_of_the_rest_of_its_order() -> None:
     run_("backorder.RestockExpected", restock("PO-1", 5, dt.date(2026, 2, 20)))
     [changed] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
     assert changed.expected_ship_date == dt.date(2026, 2, 23)
+
+
+def test_a_sweep_transaction_that_fails_is_skipped_and_the_rest_of_the_sweep_goes_on() -> None:
+    state = backlog(30)
+    as_of = NOW + dt.timedelta(days=7)
+    already = len(state.outbox)
+    store = FakeUnitOfWorkFactory(copy.deepcopy(state))
+    store.refuse = lambda name: name == "OLD"  # every stale cancellation fails (it locks the stale SKU)
+
+    sent = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4)
+
+    updates = [e for e in store.state.outbox[already:] if isinstance(e, CustomerNotification)]
+    assert sent == len(store.state.outbox) - already
+    assert {n.type for n in updates} == {NotificationType.BACKORDER_STATUS_UPDATE}
+    # Not held back by the failing cancellations; the stale orders, still waiting, get theirs too.
+    assert len(updates) == 30
+
+
+def test_a_stale_cancellation_that_meets_a_line_no_longer_waiting_says_nothing() -> None:
+    uow = FakeUnitOfWork()
+    run(uow, "backorder.OrderCreated", factories.order("O-1", "2026-01-01", [("SKU", 1)]))
+    run(uow, "backorder.OrderCancelled", factories.cancellation("O-1"))
+    before = len(uow.state.outbox)
+    asked = Cancellation("O-1", ("L1",), CancelReason.CUSTOMER_REQUEST, None, NOW)
+    stale = Cancellation("O-1", ("L1",), CancelReason.STALE, "waited more than 30 days", NOW)
+
+    assert len(_cancel(uow, asked, "c", SHOP, NOW)) == 1  # asked for by name: told why nothing happened
+    assert _cancel(uow, stale, "s", SHOP, NOW) == []  # the sweep's own: nobody asked, nothing to say
+    assert len(uow.state.outbox) == before

@@ -1,4 +1,5 @@
-"""Handling a polled batch: decode, map to commands, apply them all in one database transaction.
+"""Handling a polled batch: decode, map to commands, apply them in one database transaction (several in turn
+for a batch of large orders: see `lines_per_transaction`).
 
 A message that cannot be accepted is written to the dead-letter topic (through the outbox, in the
 same transaction) and the rest of the batch goes on. A database that is unavailable is not the

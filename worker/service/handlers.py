@@ -50,7 +50,7 @@ from worker.service.commands import (
     SetProductPolicy,
 )
 from worker.service.messages import ConflictingDuplicate, InvalidEvent
-from worker.service.ports import Seen, UnitOfWork, UnitOfWorkFactory
+from worker.service.ports import Seen, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -296,13 +296,19 @@ def sweep_once(
             chunk = order_ids[begin : begin + max(1, orders_per_transaction)]
             if until is not None and until():
                 return sent
-            with unit_of_work() as uow:
-                if not uow.lock_sweep(wait):
-                    log.info("sweep_yielded", sent=sent)
-                    return sent
-                lines = [line for line in uow.order_lines(chunk) if line.waiting]
-                events = work(uow, shop, as_of, lines)
-                uow.emit(events)
+            try:
+                with unit_of_work() as uow:
+                    if not uow.lock_sweep(wait):
+                        log.info("sweep_yielded", sent=sent)
+                        return sent
+                    lines = [line for line in uow.order_lines(chunk) if line.waiting]
+                    events = work(uow, shop, as_of, lines)
+                    uow.emit(events)
+            except StoreUnavailable:
+                raise
+            except Exception:  # one order's defect must not hold back every order after it
+                log.exception("sweep_chunk_failed", step=work.__name__, orders=chunk[:20], count=len(chunk))
+                continue
             sent += len(events)
             if on_progress is not None:
                 on_progress()
@@ -562,7 +568,9 @@ def _cancel(
             continue
         units = line.wanted - line.allocated  # waiting or reserved; what is allocated is on its way
         if units <= 0:
-            if cancellation.line_ids:  # asked for by name: say why nothing happened
+            # Asked for by name: say why nothing happened (not to a sweep's stale cancellation, which
+            # nobody asked for and which met a line cancelled or filled since the sweep listed it).
+            if cancellation.line_ids and cancellation.reason is not CancelReason.STALE:
                 events.append(_status(cause, line, now, reason=f"not cancelled: already {line.status.value.lower()}"))
             continue
         needs_refund = _policy(uow, shop, line.sku).payment_timing is PaymentTiming.AT_ORDER
