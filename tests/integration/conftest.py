@@ -296,6 +296,21 @@ class Deployment:
         with self.db() as conn:
             return conn.execute(sql, params or None).fetchall()
 
+    def add_waiting_line(self, order_id: str, sku: str, quantity: int, unit_price_minor: int) -> None:
+        """An order of one waiting line written straight into the database, past every input check."""
+        with self.db() as conn:
+            conn.execute(
+                """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                       placed_at, event_id, order_units)
+                   VALUES (%s, 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e', %s)""",
+                (order_id, quantity),
+            )
+            conn.execute(
+                """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                       placed_at, updated_at) VALUES (%s, 'L', %s, 'p', %s, %s, 'BACKORDERED', now(), now())""",
+                (order_id, sku, quantity, unit_price_minor),
+            )
+
     def cli(self, *args: str) -> str:
         """Run `backorder-worker ARGS` against this world; its standard output."""
         done = subprocess.run(

@@ -136,17 +136,7 @@ def test_scrapes_serve_the_last_refresh_and_never_query_the_database(deployment:
     worker = deployment.start_worker(BACKORDER_STATE_REFRESH_SECONDS="3600")  # read once, at start
     assert worker.metric("backorder_state_query_ok") == 1
     assert worker.metric("backorder_open_lines") == 0
-    with deployment.db() as conn:  # a waiting line the next refresh would count
-        conn.execute(
-            """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
-                   placed_at, event_id, order_units)
-               VALUES ('RICH', 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e', 2)"""
-        )
-        conn.execute(
-            """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
-                   placed_at, updated_at) VALUES ('RICH', 'L', 'GOLD', 'p', 2, %s, 'BACKORDERED', now(), now())""",
-            (2**63 - 1,),
-        )
+    deployment.add_waiting_line("RICH", "GOLD", 2, 2**63 - 1)  # a waiting line the next refresh would count
 
     for _ in range(8):
         assert worker.metric("backorder_open_lines") == 0  # the figures of the last refresh, not a new query
@@ -156,17 +146,7 @@ def test_scrapes_serve_the_last_refresh_and_never_query_the_database(deployment:
 
 
 def test_an_amount_beyond_bigint_keeps_every_database_series(deployment: Deployment) -> None:
-    with deployment.db() as conn:
-        conn.execute(
-            """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
-                   placed_at, event_id, order_units)
-               VALUES ('RICH', 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e', 2)"""
-        )
-        conn.execute(
-            """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
-                   placed_at, updated_at) VALUES ('RICH', 'L', 'GOLD', 'p', 2, %s, 'BACKORDERED', now(), now())""",
-            (2**63 - 1,),
-        )
+    deployment.add_waiting_line("RICH", "GOLD", 2, 2**63 - 1)
     worker = deployment.start_worker()
 
     assert worker.metric("backorder_state_query_ok") == 1

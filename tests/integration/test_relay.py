@@ -137,17 +137,8 @@ def test_retention_purges_what_hostile_input_can_grow(deployment: Deployment) ->
 
 def test_state_figures_and_report_survive_amounts_beyond_bigint(deployment: Deployment) -> None:
     biggest = 2**63 - 1
+    deployment.add_waiting_line("RICH", "GOLD", 2, biggest)
     with deployment.db() as conn:
-        conn.execute(
-            """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
-                   placed_at, event_id, order_units)
-               VALUES ('RICH', 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e', 2)"""
-        )
-        conn.execute(
-            """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
-                   placed_at, updated_at) VALUES ('RICH', 'L', 'GOLD', 'p', 2, %s, 'BACKORDERED', now(), now())""",
-            (biggest,),
-        )
         figures = PostgresReadModel(conn).state_figures()
         [gold] = PostgresReadModel(conn).sku_backlog()
 

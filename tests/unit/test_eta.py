@@ -145,13 +145,18 @@ def backlog(orders: int) -> FakeState:
     return uow.state
 
 
-def test_a_sweep_in_bounded_transactions_sends_what_one_transaction_sends() -> None:
+def swept_both_ways() -> tuple[dt.datetime, int, FakeUnitOfWork, FakeUnitOfWorkFactory]:
+    """A backlog of 30 orders a week after NOW: (as of, outbox size before, swept in one transaction,
+    a store of the same backlog not swept yet)."""
     state = backlog(30)
     as_of = NOW + dt.timedelta(days=7)
-    already = len(state.outbox)
     whole = FakeUnitOfWork(copy.deepcopy(state))
     sweep(whole, SHOP, as_of)
-    store = FakeUnitOfWorkFactory(copy.deepcopy(state))
+    return as_of, len(state.outbox), whole, FakeUnitOfWorkFactory(copy.deepcopy(state))
+
+
+def test_a_sweep_in_bounded_transactions_sends_what_one_transaction_sends() -> None:
+    as_of, already, whole, store = swept_both_ways()
     progress: list[int] = []
 
     sent = sweep_once(
@@ -174,12 +179,7 @@ def test_a_sweep_in_bounded_transactions_sends_what_one_transaction_sends() -> N
 
 
 def test_a_sweep_stopped_between_transactions_keeps_what_it_committed_and_the_next_sends_nothing_twice() -> None:
-    state = backlog(30)
-    as_of = NOW + dt.timedelta(days=7)
-    already = len(state.outbox)
-    whole = FakeUnitOfWork(copy.deepcopy(state))
-    sweep(whole, SHOP, as_of)
-    store = FakeUnitOfWorkFactory(copy.deepcopy(state))
+    as_of, already, whole, store = swept_both_ways()
 
     first = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4, until=lambda: store.transactions >= 6)
     assert store.transactions == 6 and first == len(store.state.outbox) - already > 0
@@ -224,10 +224,7 @@ def test_a_held_line_does_not_hide_the_date_of_the_rest_of_its_order() -> None:
 
 
 def test_a_sweep_transaction_that_fails_is_skipped_and_the_rest_of_the_sweep_goes_on() -> None:
-    state = backlog(30)
-    as_of = NOW + dt.timedelta(days=7)
-    already = len(state.outbox)
-    store = FakeUnitOfWorkFactory(copy.deepcopy(state))
+    as_of, already, _, store = swept_both_ways()
     store.refuse = lambda name: name == "OLD"  # every stale cancellation fails (it locks the stale SKU)
 
     sent = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4)

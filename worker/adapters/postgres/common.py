@@ -32,7 +32,6 @@ WAITING_STATUSES = sorted(str(s) for s in WAITING)
 # The same list written into the SQL text: a parameter (`status = ANY($1)`) hides it from the planner,
 # which then cannot use the partial index of waiting lines once a statement is prepared (generic plan).
 WAITING_SQL = "(" + ", ".join(f"'{status}'" for status in WAITING_STATUSES) + ")"
-UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
 # SQLSTATE classes of errors that the data of a statement caused: a value out of range or too long
 # (22), a constraint it breaks (23), a program limit it reaches, such as an index row too large (54).
 # Those are a message's fault. Every other error (no connection, shutting down, out of resources, a
