@@ -233,7 +233,9 @@ class Scenario:
         return int(one(self.conn, sql))
 
     def outbox_drained(self) -> bool:
-        return self.count("SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL") == 0
+        # Every row, parked ones too (the bench's events are never refused), and a schema from before
+        # parking existed: the same bench measures an earlier commit.
+        return self.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
 
 
 @contextlib.contextmanager
