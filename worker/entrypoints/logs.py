@@ -1,4 +1,4 @@
-"""Logging, configured once at the entry point: JSON lines for machines, key=value for a terminal.
+"""Logging, configured once at the entry point: JSON lines for machines, structlog's console renderer for a person.
 
 Records from the standard library's logging (librdkafka through confluent-kafka, psycopg-pool)
 are rendered by the same processors, so the stream stays one format.
@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Literal
 
 import structlog
 
+LogFormat = Literal["auto", "json", "console"]
 
-def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+def chosen_format(fmt: LogFormat, stderr_is_terminal: bool) -> Literal["json", "console"]:
+    """`auto` is the console renderer when a person watches stderr, JSON lines when a program reads it."""
+    if fmt == "auto":
+        return "console" if stderr_is_terminal else "json"
+    return fmt
+
+
+def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
+    terminal = sys.stderr.isatty()
+    use_json = chosen_format(fmt, terminal) == "json"
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -25,7 +36,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.dict_tracebacks)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=terminal)  # no escape codes in a file
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.stdlib.BoundLogger,

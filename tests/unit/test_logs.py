@@ -1,0 +1,109 @@
+"""The log format: a person at a terminal reads the console renderer, a program reads JSON lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from worker import settings as settings_module
+from worker.entrypoints.cli import main
+from worker.entrypoints.logs import LogFormat, chosen_format, configure_logging
+from worker.settings import Settings
+
+
+class Stderr(io.StringIO):
+    """A stand-in for sys.stderr that says whether it is a terminal."""
+
+    def __init__(self, terminal: bool) -> None:
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """configure_logging changes process-wide state: put it back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "DEFAULT_SECRETS_DIR", Path("/nonexistent/backorder-worker"))
+
+
+def logged(monkeypatch: pytest.MonkeyPatch, fmt: LogFormat, *, terminal: bool) -> str:
+    """What one `allocated` record looks like on stderr once logging is configured with `fmt`."""
+    stderr = Stderr(terminal)
+    monkeypatch.setattr("sys.stderr", stderr)
+    configure_logging("INFO", fmt)
+    structlog.get_logger("worker.demo").info("allocated", sku="WIDGET-PRO-BLUE", units=50)
+    logging.getLogger("psycopg.pool").warning("pool is slow")  # the standard library's records too
+    return stderr.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "terminal", "chosen"),
+    [
+        ("auto", True, "console"),
+        ("auto", False, "json"),
+        ("json", True, "json"),
+        ("json", False, "json"),
+        ("console", True, "console"),
+        ("console", False, "console"),
+    ],
+)
+def test_the_format_chosen(fmt: LogFormat, terminal: bool, chosen: str) -> None:
+    assert chosen_format(fmt, terminal) == chosen
+
+
+def test_auto_on_a_terminal_is_the_console_renderer(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = logged(monkeypatch, "auto", terminal=True)
+    first, second = text.splitlines()
+    assert not first.lstrip().startswith("{")
+    assert "allocated" in first and "WIDGET-PRO-BLUE" in first and "units" in first
+    assert "\x1b[" in first  # coloured for the terminal
+    assert "pool is slow" in second
+
+
+@pytest.mark.parametrize("fmt", ["auto", "json"])
+def test_json_lines_when_no_terminal_or_asked_for(monkeypatch: pytest.MonkeyPatch, fmt: LogFormat) -> None:
+    first, second = (json.loads(line) for line in logged(monkeypatch, fmt, terminal=fmt == "json").splitlines())
+    assert first["event"] == "allocated" and first["units"] == 50 and first["level"] == "info"
+    assert first["sku"] == "WIDGET-PRO-BLUE" and "timestamp" in first
+    assert (second["event"], second["logger"], second["level"]) == ("pool is slow", "psycopg.pool", "warning")
+
+
+def test_console_asked_for_without_a_terminal_has_no_colour_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = logged(monkeypatch, "console", terminal=False)
+    assert "allocated" in text and "units" in text and "50" in text
+    assert not text.lstrip().startswith("{") and "\x1b[" not in text
+
+
+def test_the_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BACKORDER_LOG_FORMAT", raising=False)
+    assert Settings().log_format == "auto"
+    monkeypatch.setenv("BACKORDER_LOG_FORMAT", "console")
+    assert Settings().log_format == "console"
+
+
+def test_an_unknown_format_is_a_clear_settings_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BACKORDER_LOG_FORMAT", "pretty")
+    assert main(["settings"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and "log_format" in err
+    assert "'auto', 'json' or 'console'" in err and "pretty" in err
