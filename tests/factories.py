@@ -89,5 +89,7 @@ def policy(sku: str, decided_at: str = "2026-01-01", **fields: Any) -> dict[str,
         "default_split": "SHIP_AVAILABLE_NOW",
         "lead_time_days": None,
         "stale_after_days": None,
+        "available_from": None,  # contract 1.1
+        "max_promise_days": None,
         **fields,
     }

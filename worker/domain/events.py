@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.domain.model import LineStatus, ShippingService
+from worker.domain.model import CancelReason, LineStatus, ShippingService
 
 # Fixed forever: changing it would change every outbound event id.
 EVENT_NAMESPACE = uuid.UUID("6f1c1a52-4f0e-4bde-9a43-2f3b8d0c7e15")
@@ -72,6 +72,7 @@ class NotificationLine:
     product_name: str
     quantity: int
     status: LineStatus
+    expected_ship_date: dt.date | None = None  # this line's own date (contract 1.1); null when it waits for nothing
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,12 @@ class BackorderStatusChanged:
     sku: str
     status: LineStatus
     quantity_ordered: int
-    quantity_allocated: int
+    quantity_allocated: int  # from contract 1.1: released to shipping only (reserved units are quantity_reserved)
     quantity_backordered: int
     expected_ship_date: dt.date | None = None
     reason: str | None = None
+    quantity_reserved: int = 0  # held for a ship-complete line, not yet released to shipping
+    cancel_reason: CancelReason | None = None  # set when status is CANCELLED
 
 
 OutboundEvent = FulfillmentRequested | CustomerNotification | BackorderStatusChanged

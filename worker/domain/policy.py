@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -26,6 +27,10 @@ class ProductPolicy:
     default_split: SplitPreference = SplitPreference.SHIP_AVAILABLE_NOW
     lead_time_days: int | None = None
     stale_after_days: int | None = None
+    # Contract 1.1; read and stored, not acted on yet: a pre-order product ships nothing before
+    # `available_from`, and `max_promise_days` bounds how far out a backorder may be promised.
+    available_from: dt.date | None = None
+    max_promise_days: int | None = None
 
 
 @dataclass(frozen=True)
