@@ -77,6 +77,12 @@ def masked_database_url(url: str) -> str:
     return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", rf"\g<1>{MASK}", url, flags=re.IGNORECASE)
 
 
+def masked_user_info(user_info: str) -> str:
+    """`user:password` with the password masked, as the database URL's is."""
+    user, sep, _password = user_info.partition(":")
+    return f"{user}{sep}{MASK}" if sep else MASK
+
+
 def _default_secrets_dir() -> Path | None:
     return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
 
@@ -116,6 +122,12 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_key_password: SecretStr | None = None
     kafka_sasl_oauthbearer_client_secret: SecretStr | None = None
+    # Schema Registry (Confluent API): unset, events are in Avro single-object encoding; set, outbound events
+    # use the Confluent framing under `<topic>-value` and inbound messages may come in either framing.
+    schema_registry_url: str | None = None
+    schema_registry_basic_auth_user_info: SecretStr | None = None  # "user:password"
+    schema_registry_ca_location: str | None = None  # a CA bundle file (or folder) to verify the registry's TLS
+    schema_registry_timeout_seconds: PositiveFloat = 5.0  # per request: a registry that hangs never hangs the worker
     # A folder with one file per setting, named like its variable (Kubernetes' secret volumes); variables win.
     secrets_dir: Path | None = Field(default_factory=_default_secrets_dir)
 
@@ -229,7 +241,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("group_instance_id", mode="before")
+    @field_validator("group_instance_id", "schema_registry_url", "schema_registry_ca_location", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

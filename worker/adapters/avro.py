@@ -1,9 +1,13 @@
-"""Avro single-object encoding of the contract's records, with the schemas kept in `schemas/`.
+"""Avro encoding of the contract's records, with the schemas kept in `schemas/`, in either framing of contract 1.1.
 
-Wire format (Avro specification, "Single-object encoding"): `C3 01`, the 8-byte little-endian
-CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary body.
-A reader finds the writer schema by fingerprint among every version in `schemas/` and resolves it
-to the newest version of the same record, its reader schema.
+- Single-object encoding (Avro specification), the default: `C3 01`, the 8-byte little-endian CRC-64-AVRO
+  fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary body. A reader finds the
+  writer schema by fingerprint among every version in `schemas/`.
+- Confluent Schema Registry framing, when a registry is configured: byte `00`, the 4-byte big-endian schema
+  id, then the body. A reader asks the registry for the writer schema of an id (once: kept by id).
+
+Either way the writer schema is resolved to the newest version of the same record in `schemas/`, the
+reader schema. The first byte tells the framings apart, so a topic may carry both.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -27,6 +31,8 @@ from worker.service.messages import UndecodableMessage, UnknownSchema
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+REGISTRY_MAGIC = b"\x00"  # Confluent framing: this byte, then the schema id in 4 bytes, big-endian
+REGISTRY_HEADER_SIZE = len(REGISTRY_MAGIC) + 4
 _FILE_NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>\d+)\.avsc$")
 
 
@@ -61,11 +67,42 @@ def bundled_schema_dir() -> Path:
     return Path(str(resources.files("worker") / "schemas"))
 
 
-class AvroCodec:
-    """Decodes any known version of a record; encodes with the newest version."""
+def schema_versions(directory: Path | None = None) -> list[SchemaVersion]:
+    """Every schema version in `directory` (the bundled `schemas/` by default), by record, oldest first."""
+    directory = directory or bundled_schema_dir()
+    versions = [_load(p) for p in sorted(directory.glob("*.avsc"))]
+    if not versions:
+        raise ValueError(f"no Avro schemas found in {directory}")
+    return sorted(versions, key=lambda v: (v.full_name, v.version))
 
-    def __init__(self, versions: list[SchemaVersion], max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+
+class SchemaRegistry(Protocol):
+    """What the codec needs of a Schema Registry. Both raise StoreUnavailable when the registry does not
+    answer (a message must not be dead-lettered because the registry is down)."""
+
+    def writer_schema(self, schema_id: int) -> dict[str, Any] | None:
+        """The schema registered under `schema_id` as JSON; None if the registry has no such id."""
+        ...
+
+    def schema_id(self, subject: str, schema: SchemaVersion) -> int:
+        """The id of `schema` under `subject`, registering it if it is not there yet."""
+        ...
+
+
+class AvroCodec:
+    """Decodes any known version of a record, in either framing; encodes with the newest version, in the
+    Confluent framing when it has a registry and in single-object encoding otherwise."""
+
+    def __init__(
+        self,
+        versions: list[SchemaVersion],
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        registry: SchemaRegistry | None = None,
+    ) -> None:
         self._max_message_bytes = max_message_bytes
+        self._registry = registry
+        self._by_id: dict[int, SchemaVersion] = {}  # writer schemas the registry named, kept for good
+        self._ids: dict[tuple[str, str], int] = {}  # (subject, record) -> the id this worker writes with
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
         self._latest: dict[str, SchemaVersion] = {}
         for v in versions:
@@ -76,21 +113,35 @@ class AvroCodec:
                 self._latest[v.full_name] = v
 
     @classmethod
-    def from_directory(cls, directory: Path | None = None) -> AvroCodec:
-        directory = directory or bundled_schema_dir()
-        versions = [_load(p) for p in sorted(directory.glob("*.avsc"))]
-        if not versions:
-            raise ValueError(f"no Avro schemas found in {directory}")
-        return cls(versions)
+    def from_directory(cls, directory: Path | None = None, registry: SchemaRegistry | None = None) -> AvroCodec:
+        return cls(schema_versions(directory), registry=registry)
 
     def latest(self, full_name: str) -> SchemaVersion:
         return self._latest[full_name]
 
     def encode(self, full_name: str, record: Mapping[str, Any]) -> bytes:
+        """Single-object encoding with the newest version of the record."""
         schema = self._latest[full_name]
         out = io.BytesIO()
         out.write(MAGIC)
         out.write(schema.fingerprint)
+        schemaless_writer(out, schema.parsed, record)
+        return out.getvalue()
+
+    def encode_for(self, topic: str, full_name: str, record: Mapping[str, Any]) -> bytes:
+        """The record for `topic`: in the Confluent framing under the subject `<topic>-value` when there is a
+        registry (the id is asked for once per subject), else in single-object encoding. Raises
+        StoreUnavailable when the registry does not answer."""
+        if self._registry is None:
+            return self.encode(full_name, record)
+        schema = self._latest[full_name]
+        subject = f"{topic}-value"
+        schema_id = self._ids.get((subject, full_name))
+        if schema_id is None:
+            schema_id = self._ids[(subject, full_name)] = self._registry.schema_id(subject, schema)
+        out = io.BytesIO()
+        out.write(REGISTRY_MAGIC)
+        out.write(schema_id.to_bytes(4, "big"))
         schemaless_writer(out, schema.parsed, record)
         return out.getvalue()
 
@@ -101,14 +152,51 @@ class AvroCodec:
             raise UndecodableMessage(
                 f"the value is {len(value):,} bytes, over the limit of {self._max_message_bytes:,}"
             )
+        if self._registry is not None and value[:1] == REGISTRY_MAGIC:
+            if len(value) < REGISTRY_HEADER_SIZE:
+                raise UndecodableMessage(f"a Confluent framing too short for its schema id: {value.hex()}")
+            registered = self._registered(int.from_bytes(value[1:REGISTRY_HEADER_SIZE], "big"))
+            return self._decode_body(value[REGISTRY_HEADER_SIZE:], registered)
         if len(value) < HEADER_SIZE or value[:2] != MAGIC:
+            expected = "C3 01 and a fingerprint" + (", or 00 and a schema id" if self._registry is not None else "")
             raise UndecodableMessage(
-                f"not Avro single-object encoding (expected C3 01 and a fingerprint; got {value[:HEADER_SIZE].hex()})"
+                f"not Avro single-object encoding (expected {expected}; got {value[:HEADER_SIZE].hex()})"
             )
         writer = self._by_fingerprint.get(value[2:HEADER_SIZE])
         if writer is None:
             raise UnknownSchema(f"no schema in schemas/ has fingerprint {value[2:HEADER_SIZE].hex()}")
-        body = value[HEADER_SIZE:]
+        return self._decode_body(value[HEADER_SIZE:], writer)
+
+    def _registered(self, schema_id: int) -> SchemaVersion:
+        """The writer schema of a registry id: one of ours when its fingerprint is, else a version of one of our
+        records that this worker has no file of (a newer one), resolved like any other. Asked once per id."""
+        known = self._by_id.get(schema_id)
+        if known is not None:
+            return known
+        assert self._registry is not None
+        raw = self._registry.writer_schema(schema_id)
+        if raw is None:
+            raise UnknownSchema(f"the schema registry has no schema id {schema_id}")
+        try:
+            ours = self._by_fingerprint.get(schema_fingerprint(raw))
+            if ours is not None:
+                writer = ours
+            else:
+                parsed: Any = parse_schema(raw, named_schemas={})
+                if not isinstance(parsed, dict) or parsed.get("name") not in self._latest:
+                    name = parsed.get("name") if isinstance(parsed, dict) else type(parsed).__name__
+                    raise UnknownSchema(f"schema id {schema_id} is {quote(str(name))}, not a record this worker reads")
+                writer = SchemaVersion(
+                    parsed["name"], 0, schema_fingerprint(raw), parsed, Path(f"registry schema id {schema_id}")
+                )
+        except UnknownSchema:
+            raise
+        except Exception as exc:  # fastavro refuses a schema it cannot parse with several types
+            raise UnknownSchema(f"schema id {schema_id} is not an Avro schema: {type(exc).__name__}") from exc
+        self._by_id[schema_id] = writer
+        return writer
+
+    def _decode_body(self, body: bytes, writer: SchemaVersion) -> tuple[str, Mapping[str, Any]]:
         record = self._read(body, writer, None)
         # fastavro takes a negative enum or union index as counting from the end (a customer tier of -1 reads as
         # WHOLESALE). Writing the record again must give back the same bytes: that refuses negative indexes, and
@@ -180,5 +268,6 @@ class EventSerializer:
 
     def __call__(self, event: Any) -> tuple[str, bytes, bytes]:
         kind = type(event)
-        value = self._codec.encode(f"backorder.{kind.__name__}", to_record(event))
-        return self._topics[kind], event.order_id.encode(), value
+        topic = self._topics[kind]
+        value = self._codec.encode_for(topic, f"backorder.{kind.__name__}", to_record(event))
+        return topic, event.order_id.encode(), value

@@ -14,7 +14,7 @@ from pydantic_settings import SettingsError
 
 from worker.entrypoints.logs import configure_logging
 from worker.service.ports import Decision
-from worker.settings import Settings, masked_database_url
+from worker.settings import Settings, masked_database_url, masked_user_info
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +36,27 @@ def _topics(settings: Settings, args: argparse.Namespace) -> int:
     replication = args.replication_factor or settings.topic_replication_factor
     for name, state in create_topics(settings, partitions, replication).items():
         log.info("topic", name=name, state=state, partitions=partitions)
+    return 0
+
+
+def _schemas(settings: Settings, _args: argparse.Namespace) -> int:
+    from worker.adapters.schema_registry import RegistrationRefused, register_all, registry_client, topic_records
+
+    if settings.schema_registry_url is None:
+        print("backorder-worker: schemas register needs BACKORDER_SCHEMA_REGISTRY_URL", file=sys.stderr)
+        return 2
+    try:
+        with registry_client(settings) as client:
+            registered = register_all(client, topic_records(settings))
+    except RegistrationRefused as exc:
+        print(f"backorder-worker: the schema registry refused a version: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # not answering, TLS, credentials: say so, as an operator command does
+        print(f"backorder-worker: the schema registry did not answer: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for r in registered:
+        log.info("schema_registered", subject=r.subject, schema=r.schema, id=r.schema_id)
+    log.info("schemas_registered", versions=len(registered), compatibility="BACKWARD_TRANSITIVE")
     return 0
 
 
@@ -194,6 +215,11 @@ def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     # shown with only its password masked, so that an operator can see where the worker connects.
     shown = settings.model_dump(mode="json")
     shown["database_url"] = masked_database_url(settings.database_url.get_secret_value())
+    if settings.schema_registry_url is not None:
+        shown["schema_registry_url"] = masked_database_url(settings.schema_registry_url)
+    if settings.schema_registry_basic_auth_user_info is not None:
+        user_info = settings.schema_registry_basic_auth_user_info.get_secret_value()
+        shown["schema_registry_basic_auth_user_info"] = masked_user_info(user_info)
     print(json.dumps(shown, indent=2, sort_keys=True))
     return 0
 
@@ -215,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicas per partition (default BACKORDER_TOPIC_REPLICATION_FACTOR)",
     )
     sub.add_parser("run", help="consume, allocate, publish through the outbox, serve /metrics")
+    schemas = sub.add_parser("schemas", help="the Avro schemas in the Schema Registry")
+    schemas_sub = schemas.add_subparsers(dest="action", required=True)
+    schemas_sub.add_parser(
+        "register",
+        help="register every schema version in order under <topic>-value, with BACKWARD_TRANSITIVE compatibility",
+    )
     sub.add_parser("settings", help="print the effective settings (secrets masked) as JSON")
     queue = sub.add_parser("queue", help="print an SKU's backorder queue in allocation order")
     queue.add_argument("--sku", required=True)
@@ -263,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": _migrate,
         "topics": _topics,
         "run": _run,
+        "schemas": _schemas,
         "settings": _settings,
         "queue": _queue,
         "simulate": _simulate,
