@@ -1,4 +1,5 @@
-"""Starts and stops the real services the worker needs: an Apache Kafka broker and a PostgreSQL server.
+"""Starts and stops the real services the worker needs: an Apache Kafka broker and a PostgreSQL server, and
+a Schema Registry (Apicurio Registry's Confluent-compatible API) for the tests and runs that ask for one.
 
 This is the one place that knows how. `make run` (through deploy/demo.py), `make test` (through the
 test fixtures) and a developer at a terminal (`python deploy/localstack.py up`) all use it.
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +39,12 @@ DEPLOY_DIR = Path(__file__).resolve().parent
 KAFKA_POM = DEPLOY_DIR / "kafka" / "pom.xml"
 KAFKA_LOG4J = DEPLOY_DIR / "kafka" / "log4j2.properties"
 KAFKA_START_TIMEOUT_S = 120.0
+REGISTRY_START_TIMEOUT_S = 90.0
+# Apicurio Registry (Apache-2.0) serves the Confluent Schema Registry API at /apis/ccompat/v7; Maven Central
+# publishes it ready to run as a Quarkus application.
+APICURIO_VERSION = "2.6.13.Final"
+APICURIO_ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
+REGISTRY_API = "/apis/ccompat/v7"
 POSTGRES_START_TIMEOUT_S = 60.0
 DATABASE_NAME = "backorder"
 
@@ -250,6 +258,119 @@ class KafkaBroker:
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait(timeout=30)
+            self._proc = None
+
+
+# ------------------------------------------------------------------------------------ Schema Registry
+
+
+def apicurio_jar() -> Path:
+    """Apicurio Registry's runner jar: the distribution is fetched once by Maven into its own repository
+    (~/.m2, like the Kafka broker's jars; 142 MB) and unpacked once into the cache."""
+    target = _cache_dir() / f"apicurio-registry-{APICURIO_VERSION}"
+    jar = target / f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
+    if jar.exists():
+        return jar
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is needed to fetch Apicurio Registry; install it or set a registry URL")
+    with tempfile.TemporaryDirectory(prefix="apicurio-", dir=_cache_dir()) as tmp:
+        print(f"localstack: fetching Apicurio Registry {APICURIO_VERSION} with Maven ...", file=sys.stderr)
+        result = subprocess.run(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+                f"-Dartifact={APICURIO_ARTIFACT}",
+                f"-DoutputDirectory={tmp}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if result.returncode != 0 or not archives:
+            raise StackError(
+                f"Maven could not fetch Apicurio Registry:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+            )
+        unpacked = Path(tmp) / "unpacked"
+        unpacked.mkdir()
+        subprocess.run(["tar", "xzf", str(archives[0]), "-C", str(unpacked)], check=True)
+        unpacked.replace(target)  # whole or not at all: the jar is there only once everything is
+    return jar
+
+
+class SchemaRegistryServer:
+    """Apicurio Registry on 127.0.0.1 with in-memory storage: what it holds is gone when it stops."""
+
+    def __init__(self, workdir: Path, heap: str = "256m") -> None:
+        self.workdir = workdir
+        self.heap = heap
+        self.port = free_port()
+        self.log_path = workdir / "registry.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The Confluent-compatible API, as a Schema Registry client wants it."""
+        return f"http://127.0.0.1:{self.port}{REGISTRY_API}"
+
+    def start(self) -> None:
+        jar = apicurio_jar()
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("Java 17 (java) is needed to run Apicurio Registry")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    java,
+                    f"-Xmx{self.heap}",
+                    "-Dquarkus.http.host=127.0.0.1",
+                    f"-Dquarkus.http.port={self.port}",
+                    "-jar",
+                    str(jar),
+                ],
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + REGISTRY_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise StackError(f"Apicurio Registry exited with {self._proc.returncode}:\n{_log_tail(self.log_path)}")
+            if self.answers():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise StackError(
+            f"Apicurio Registry did not answer within {REGISTRY_START_TIMEOUT_S:.0f}s:\n{_log_tail(self.log_path)}"
+        )
+
+    def answers(self) -> bool:
+        """Ready: `GET /subjects` answers 200."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:  # refused, reset, timed out, or an HTTP error (URLError and HTTPError are OSErrors)
+            return False
+
+    def freeze(self) -> None:
+        """SIGSTOP: the registry stops answering while its port stays open, so every request times out."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self.thaw()
+            _stop_process(self._proc)
             self._proc = None
 
 

@@ -155,8 +155,9 @@ def test_a_cancellation_releases_reserved_units_to_the_next_line_at_once(deploym
     statuses = [m.value for m in deployment.read("backorder-status", count=5) if m.value]
     [cancelled] = [s for s in statuses if s["order_id"] == "holder" and s["status"] == "CANCELLED"]
     assert cancelled["reason"] == "PAYMENT_FAILED; refund due"
+    assert (cancelled["cancel_reason"], cancelled["quantity_reserved"]) == ("PAYMENT_FAILED", 0)
     [unknown] = [s for s in statuses if s["order_id"] == "no-such-order"]
-    assert "order not known yet" in unknown["reason"]
+    assert unknown["status"] == "CANCEL_PENDING" and "order not known yet" in unknown["reason"]
     wait_for(
         "the metric",
         lambda: deployment.workers[0].metric("backorder_cancelled_lines_total", reason="PAYMENT_FAILED") == 1,
