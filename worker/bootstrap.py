@@ -24,13 +24,15 @@ from worker.adapters.postgres.common import open_pool, transaction
 from worker.adapters.postgres.migrations import Migration, migrate, pending_migrations
 from worker.adapters.postgres.read import PostgresReadModel, StateReader
 from worker.adapters.postgres.retention import Retention
-from worker.adapters.postgres.unit_of_work import PostgresUnitOfWork, PostgresUnitOfWorkFactory
+from worker.adapters.postgres.unit_of_work import PostgresStore, PostgresUnitOfWorkFactory
 from worker.adapters.relay import REFUSAL_REASONS, OutboxRelay
+from worker.adapters.schema_registry import avro_codec
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
 from worker.domain.policy import ShopPolicy
 from worker.entrypoints.loop import ConsumeLoop
 from worker.entrypoints.supervision import Heartbeat, Supervisor
 from worker.service.batch import MessageResult, handle_batch
+from worker.service.book import Book
 from worker.service.handlers import sweep_once
 from worker.service.messages import InboundMessage
 from worker.service.ports import ReadModel, StateFigures, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
@@ -102,7 +104,7 @@ def open_store(settings: Settings) -> Iterator[PostgresUnitOfWorkFactory]:
     """Units of work on the configured database, for the operator commands that write (sweep)."""
     with _operator_pool(settings) as pool:
         yield PostgresUnitOfWorkFactory(
-            pool, event_serializer(settings, AvroCodec.from_directory()), settings.topic_dead_letter
+            pool, event_serializer(settings, avro_codec(settings)), settings.topic_dead_letter
         )
 
 
@@ -118,8 +120,8 @@ def what_if(settings: Settings) -> Iterator[tuple[UnitOfWork, ReadModel]]:
     """A unit of work that is always rolled back, and a read model inside that same transaction: it sees
     what the unit of work has written so far (a simulation reads back the decisions it has just made)."""
     with _operator_pool(settings) as pool, transaction(pool, rollback=True) as conn:
-        serializer = event_serializer(settings, AvroCodec.from_directory())
-        yield PostgresUnitOfWork(conn, serializer, settings.topic_dead_letter), PostgresReadModel(conn)
+        serializer = event_serializer(settings, avro_codec(settings))
+        yield Book(PostgresStore(conn, serializer, settings.topic_dead_letter)), PostgresReadModel(conn)
 
 
 def _kafka_error(err: KafkaError) -> None:
@@ -128,7 +130,7 @@ def _kafka_error(err: KafkaError) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Consume, allocate and publish until SIGTERM or SIGINT, then drain and stop."""
-    codec = AvroCodec.from_directory()
+    codec = avro_codec(settings)
     metrics = Metrics()
     shop = settings.shop_policy()
     supervisor = Supervisor()

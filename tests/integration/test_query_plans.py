@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import Deployment
-from worker.adapters.postgres.unit_of_work import PostgresUnitOfWork
+from worker.adapters.postgres.unit_of_work import PostgresStore
 
 CLOSED = 30_000
 
@@ -52,9 +52,9 @@ def test_the_queue_of_a_sku_is_read_through_the_partial_index(deployment: Deploy
     with psycopg.connect(deployment.database_url, autocommit=True, prepare_threshold=0) as conn:
         history(conn)
         conn.execute("SET plan_cache_mode = force_generic_plan")  # what a long-lived connection ends up with
-        uow = PostgresUnitOfWork(conn, lambda event: ("t", b"", b""), "dlq")
-        assert len(uow.waiting_lines("WAITING-SKU")) == 5
-        assert uow.has_expected_dates("WAITING-SKU") is False
+        store = PostgresStore(conn, lambda event: ("t", b"", b""), "dlq")
+        assert len(store.lines(waiting_skus=["WAITING-SKU"])) == 5
+        assert store.skus_with_expected_dates(["WAITING-SKU"]) == set()
         plans = generic_plans(conn, "FROM order_line")
         assert len(plans) == 2
         for plan in plans:

@@ -12,8 +12,8 @@ from tests import factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory
 from tests.unit.test_allocation import backorder
 from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
-from worker.domain.events import CustomerNotification, NotificationType
-from worker.domain.model import Cancellation, CancelReason
+from worker.domain.events import BackorderStatusChanged, CustomerNotification, NotificationType
+from worker.domain.model import Cancellation, CancelReason, LineStatus
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.timeline import Cadence
 from worker.service import commands
@@ -171,6 +171,10 @@ def test_a_sweep_in_bounded_transactions_sends_what_one_transaction_sends() -> N
     assert store.state.outbox[already:] == whole.state.outbox[already:]
     assert sent == len(whole.state.outbox) - already
     assert len(notices(whole, NotificationType.BACKORDER_CANCELLED)) == 10
+    stale = [e for e in whole.state.outbox[already:] if isinstance(e, BackorderStatusChanged)]
+    assert len(stale) == 10 and {(s.status, s.cancel_reason) for s in stale} == {
+        (LineStatus.CANCELLED, CancelReason.STALE)
+    }
     assert len(notices(whole, NotificationType.BACKORDER_STATUS_UPDATE)) == 20
     # The listing, then 10 stale orders 4 at a time (3 transactions), then 30 orders 4 at a time (8):
     # each transaction committed on its own and reported as progress.

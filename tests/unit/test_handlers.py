@@ -19,7 +19,7 @@ from worker.domain.events import (
     FulfillmentRequested,
     NotificationType,
 )
-from worker.domain.model import LineStatus, OrderOutcome
+from worker.domain.model import CancelReason, LineStatus, OrderOutcome
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
 from worker.service import commands
 from worker.service.handlers import Outcome, handle
@@ -252,8 +252,13 @@ def test_a_cancellation_releases_reserved_units_to_the_next_line_at_once() -> No
     assert shipped(uow) == []
     run(uow, cancel("holder"))
     assert shipped(uow) == [("next", 3)]
-    cancelled = [s for s in of(uow, BackorderStatusChanged) if s.order_id == "holder"][-1]
+    holder = [s for s in of(uow, BackorderStatusChanged) if s.order_id == "holder"]
+    # Contract 1.1: the 3 units set aside are reserved, not allocated (nothing was released to shipping).
+    assert [(s.quantity_allocated, s.quantity_reserved, s.quantity_backordered) for s in holder[:-1]] == [(0, 3, 2)]
+    cancelled = holder[-1]
     assert cancelled.status is LineStatus.CANCELLED and "refund due" in (cancelled.reason or "")
+    assert cancelled.cancel_reason is CancelReason.CUSTOMER_REQUEST
+    assert (cancelled.quantity_allocated, cancelled.quantity_reserved, cancelled.quantity_backordered) == (0, 0, 0)
     [notice] = [n for n in of(uow, CustomerNotification) if n.type is NotificationType.BACKORDER_CANCELLED]
     assert [(ln.quantity, ln.status) for ln in notice.lines] == [(5, LineStatus.CANCELLED)]
 
@@ -271,12 +276,43 @@ def test_a_cancellation_before_its_order_is_kept_and_applied_when_the_order_arri
     uow = world()
     run(uow, cancel("early"))
     [answer] = of(uow, BackorderStatusChanged)
+    assert (answer.status, answer.line_id, answer.sku) == (LineStatus.CANCEL_PENDING, "", "")
     assert "order not known yet" in (answer.reason or "")
     run(uow, factories.receipt("R", "SKU", 5))
     run(uow, factories.order("early", "2026-01-10", [("SKU", 2)]))
     assert shipped(uow) == []
     assert uow.state.lines[("early", "L1")].status is LineStatus.CANCELLED
     assert uow.available("SKU") == 5
+
+
+def test_a_cancellation_of_a_line_the_order_does_not_have_is_answered_unknown_line() -> None:
+    uow = world()
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 2)]))
+    run(uow, cancel("1", "L9"))
+    answer = of(uow, BackorderStatusChanged)[-1]
+    assert (answer.status, answer.line_id, answer.cancel_reason) == (LineStatus.UNKNOWN_LINE, "L9", None)
+    assert uow.state.lines[("1", "L1")].status is LineStatus.BACKORDERED  # nothing changed
+
+
+def test_a_cancellation_naming_lines_of_an_unknown_order_is_pending_for_each() -> None:
+    uow = world()
+    run(uow, cancel("early", "L1", "L2"))
+    answers = of(uow, BackorderStatusChanged)
+    assert [(a.line_id, a.status) for a in answers] == [
+        ("L1", LineStatus.CANCEL_PENDING),
+        ("L2", LineStatus.CANCEL_PENDING),
+    ]
+
+
+def test_notification_lines_carry_their_own_expected_ship_dates() -> None:
+    uow = world("SOON", "LATE")
+    shop = dataclasses.replace(SHOP, product=ProductPolicy(lead_time_days=10))
+    run(uow, policy("SOON", lead_time_days=3), shop)
+    run(uow, factories.order("1", "2026-01-19", [("SOON", 1), ("LATE", 1)]), shop)
+    [confirmed] = [n for n in of(uow, CustomerNotification) if n.type is NotificationType.BACKORDER_CONFIRMED]
+    dates = {ln.sku: ln.expected_ship_date for ln in confirmed.lines}
+    assert dates["SOON"] is not None and dates["LATE"] is not None and dates["SOON"] < dates["LATE"]
+    assert confirmed.expected_ship_date == dates["LATE"]  # the order's date stays the latest of its lines
 
 
 # ------------------------------------------------------------------------------------------ invariants

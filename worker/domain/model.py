@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.domain.allocation import Fill
 
 
 class CustomerTier(StrEnum):
@@ -34,7 +39,7 @@ class CancelReason(StrEnum):
     FRAUD_SUSPECTED = "FRAUD_SUSPECTED"
     MERCHANT = "MERCHANT"
     OTHER = "OTHER"
-    STALE = "STALE"  # the worker's own: waited past the product's stale_after_days (not in the contract)
+    STALE = "STALE"  # the worker's own: waited past the product's stale_after_days (contract 1.1)
 
 
 class LineStatus(StrEnum):
@@ -44,6 +49,13 @@ class LineStatus(StrEnum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     SHIPPED = "SHIPPED"
+    # Contract 1.1. UNKNOWN is the schema's default: what a reader gets for a symbol added after its version;
+    # the worker never sends it. The other two answer a cancellation that changed nothing, and are never a
+    # line's state: CANCEL_PENDING (the order is not known yet; the cancellation is kept) and UNKNOWN_LINE
+    # (the order has no such line).
+    UNKNOWN = "UNKNOWN"
+    CANCEL_PENDING = "CANCEL_PENDING"
+    UNKNOWN_LINE = "UNKNOWN_LINE"
 
     @classmethod
     def of(cls, wanted: int, set_aside: int, *, rejected: int = 0, cancelled: int = 0) -> LineStatus:
@@ -91,6 +103,16 @@ class Cancellation:
     reason: CancelReason
     note: str | None
     requested_at: dt.datetime
+
+
+def merge_cancellations(cancellations: list[Cancellation]) -> Cancellation:
+    """Several cancellations that arrived before their order, as one: together they cancel every line any
+    of them names (every line, if one names none); the earliest gives the reason."""
+    ordered = sorted(cancellations, key=lambda c: c.requested_at)
+    first = ordered[0]
+    every_line = any(not c.line_ids for c in ordered)
+    line_ids = () if every_line else tuple(sorted({line_id for c in ordered for line_id in c.line_ids}))
+    return Cancellation(first.order_id, line_ids, first.reason, first.note, first.requested_at)
 
 
 @dataclass(frozen=True)
@@ -184,6 +206,11 @@ class OrderLineState:
     reason: str | None = None  # why the line is in its status, as last told to the OMS
     expected_ship_date: dt.date | None = None
     shipped: int = 0
+    cancel_reason: CancelReason | None = None  # why its units were cancelled, if they were
+    eta_basis: str | None = None  # what its expected ship date rests on
+    backordered: bool = False  # it waited for stock when its order was placed
+    filled_at: dt.datetime | None = None  # when every unit it wants was set aside for it
+    shipped_at: dt.datetime | None = None  # when its last unit shipped
 
     @property
     def wanted(self) -> int:
@@ -202,6 +229,39 @@ class OrderLineState:
     def held(self) -> bool:
         """Complete, but its units are reserved until the rest of its order can ship."""
         return self.reserved > 0 and self.open_quantity == 0
+
+    def after_fill(self, fill: Fill, at: dt.datetime) -> OrderLineState:
+        """The line once `fill` has given it units (or released what it held) at `at`."""
+        status = fill.status_after
+        return dataclasses.replace(
+            self,
+            allocated=fill.allocated_after,
+            reserved=fill.reserved_after,
+            status=status,
+            # a line closed by a rejection or a cancellation keeps saying why
+            reason=self.reason if status in (LineStatus.REJECTED, LineStatus.CANCELLED) else fill.reason,
+            filled_at=self.filled_at or (at if status not in WAITING else None),
+        )
+
+    def after_cancelling(self, units: int, code: CancelReason, reason: str) -> OrderLineState:
+        """The line once `units` of it are cancelled: what it held reserved goes back to stock."""
+        return dataclasses.replace(
+            self,
+            cancelled=self.cancelled + units,
+            reserved=0,
+            status=LineStatus.of(
+                self.wanted - units, self.allocated, rejected=self.rejected, cancelled=self.cancelled + units
+            ),
+            reason=reason,
+            cancel_reason=code,
+        )
+
+    def after_shipping(self, units: int, at: dt.datetime) -> OrderLineState:
+        """The line once a shipment carried `units` of it: SHIPPED when all it wants has left."""
+        shipped = self.shipped + units
+        if shipped >= self.wanted:
+            return dataclasses.replace(self, shipped=shipped, status=LineStatus.SHIPPED, shipped_at=at)
+        return dataclasses.replace(self, shipped=shipped)
 
     def status_after_rejecting(self, units: int) -> LineStatus:
         return LineStatus.of(

@@ -6,7 +6,8 @@ same transaction) and the rest of the batch goes on. A database that is unavaila
 message's fault: `StoreUnavailable` leaves this function and the batch is retried later.
 
 Any other failure of the batch's transaction (one raised outside an event's savepoint, such as a value
-the database refuses while the batch's orders and SKUs are locked) is some message's fault, and must not
+the database refuses while the batch's orders and SKUs are locked or when its changes are saved) is
+some message's fault, and must not
 block the partition: the batch is split in halves, each handled in a transaction of its own, until the
 message that fails alone is found; it is dead-lettered with its error, and the others are committed.
 """
@@ -23,7 +24,7 @@ from worker.domain.policy import ShopPolicy
 from worker.service import commands, handlers
 from worker.service.handlers import Outcome
 from worker.service.messages import InboundMessage, RejectedMessage, UnprocessableEvent
-from worker.service.ports import Decoder, StoreUnavailable, UnitOfWorkFactory
+from worker.service.ports import Decoder, StoreRefused, StoreUnavailable, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -116,14 +117,9 @@ def _describe(exc: BaseException) -> str:
 def _in_one_transaction(
     batch: list[Parsed], *, unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, now: dt.datetime
 ) -> list[MessageResult]:
-    parsed = [item for _, item in batch]
-    commands_ = [item for item in parsed if not isinstance(item, RejectedMessage)]
-    skus = {sku for command in commands_ for sku in command.skus}
-    orders = {order_id for command in commands_ for order_id in command.orders}
     results: list[MessageResult] = []
     with unit_of_work() as uow:
-        uow.lock_orders(orders)  # first the orders, then their SKUs: every batch locks in this order
-        uow.lock_stock(sorted(skus | uow.skus_of_orders(orders)))
+        uow.prepare([item for _, item in batch if not isinstance(item, RejectedMessage)])
         for message, item in batch:
             uow.caused_by(message.written_at)
             if not isinstance(item, RejectedMessage):
@@ -133,7 +129,7 @@ def _in_one_transaction(
                     continue
                 except RejectedMessage as exc:
                     item = exc
-                except StoreUnavailable:
+                except (StoreUnavailable, StoreRefused):  # the transaction is lost: the batch is retried or split
                     raise
                 except Exception as exc:  # a defect must not stop the worker or lose the event
                     log.exception(

@@ -9,7 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from worker.domain.eta import ExpectedReceipt
 from worker.domain.model import (
@@ -32,6 +32,9 @@ Record = Mapping[str, Any]
 
 
 class _LocksNothing:
+    kind: ClassVar[str]  # of fact: "order", "receipt", ...
+    event_id: str
+
     @property
     def skus(self) -> frozenset[str]:
         """The SKUs whose stock the command may take or give back: locked before it runs."""
@@ -43,12 +46,24 @@ class _LocksNothing:
         order (an order and its cancellation, on different topics) take turns; their SKUs are locked too."""
         return frozenset()
 
+    @property
+    def fact(self) -> tuple[str, str]:
+        """(kind, natural key): what makes the same fact sent twice recognisable. A command without a
+        natural key of its own (a cancellation, a purchase-order line, a policy: later events replace
+        earlier ones) is known by its event id."""
+        return (self.kind, self.event_id)
+
 
 @dataclass(frozen=True)
 class PlaceOrder(_LocksNothing):
     event_id: str
     order: Order
     content_hash: bytes
+    kind: ClassVar[str] = "order"
+
+    @property
+    def fact(self) -> tuple[str, str]:
+        return (self.kind, self.order.order_id)
 
     @property
     def orders(self) -> frozenset[str]:
@@ -64,6 +79,11 @@ class ReceiveStock(_LocksNothing):
     event_id: str
     receipt: StockReceipt
     content_hash: bytes
+    kind: ClassVar[str] = "receipt"
+
+    @property
+    def fact(self) -> tuple[str, str]:
+        return (self.kind, self.receipt.receipt_id)
 
     @property
     def skus(self) -> frozenset[str]:
@@ -75,6 +95,7 @@ class CancelOrder(_LocksNothing):
     event_id: str
     cancellation: Cancellation
     content_hash: bytes
+    kind: ClassVar[str] = "cancellation"
 
     @property
     def orders(self) -> frozenset[str]:
@@ -88,6 +109,7 @@ class SetProductPolicy(_LocksNothing):
     policy: ProductPolicy
     decided_at: dt.datetime
     content_hash: bytes
+    kind: ClassVar[str] = "policy"
 
     @property
     def skus(self) -> frozenset[str]:
@@ -101,6 +123,7 @@ class ExpectRestock(_LocksNothing):
     restock: ExpectedReceipt  # quantity 0: the purchase order line was withdrawn
     decided_at: dt.datetime
     content_hash: bytes
+    kind: ClassVar[str] = "restock"
 
     @property
     def skus(self) -> frozenset[str]:
@@ -117,6 +140,11 @@ class DispatchShipment(_LocksNothing):
     estimated_delivery: dt.date | None
     dispatched_at: dt.datetime
     content_hash: bytes
+    kind: ClassVar[str] = "shipment"
+
+    @property
+    def fact(self) -> tuple[str, str]:
+        return (self.kind, self.shipment_id)
 
     @property
     def orders(self) -> frozenset[str]:
@@ -126,9 +154,15 @@ class DispatchShipment(_LocksNothing):
 Command = PlaceOrder | ReceiveStock | CancelOrder | SetProductPolicy | ExpectRestock | DispatchShipment
 
 
+# Fields a later contract version added, with their defaults: left out of the digest while they hold the
+# default, so that a fact accepted from a version-1 writer is recognised when it comes again from a newer one
+# (or is read again by a newer reader, which fills in the defaults).
+_ADDED_FIELDS: dict[str, object] = {"available_from": None, "max_promise_days": None}
+
+
 def content_hash(record: Record) -> bytes:
     """A digest of what an event says, leaving out its own id, to recognise the same fact sent twice."""
-    body = {k: v for k, v in record.items() if k != "event_id"}
+    body = {k: v for k, v in record.items() if k != "event_id" and not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
 
 
@@ -291,6 +325,8 @@ def set_product_policy(record: Record) -> SetProductPolicy:
         default_split=SplitPreference(record["default_split"]),
         lead_time_days=_optional_number(record, "lead_time_days", 1, limits.MAX_POLICY_DAYS),
         stale_after_days=_optional_number(record, "stale_after_days", 1, limits.MAX_POLICY_DAYS),
+        available_from=_optional_date(record, "available_from"),
+        max_promise_days=_optional_number(record, "max_promise_days", 1, limits.MAX_POLICY_DAYS),
     )
     return SetProductPolicy(
         event_id=_identifier(record, "event_id"),

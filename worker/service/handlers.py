@@ -80,7 +80,7 @@ def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime
 
 def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     order = command.order
-    if not _first_time(uow, "order", order.order_id, command.event_id, command.content_hash):
+    if not _first_time(uow, command):
         return Outcome.DUPLICATE
     skus = sorted(command.skus)
     policies = {sku: _policy(uow, shop, sku) for sku in skus}
@@ -157,7 +157,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
 
 def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     receipt = command.receipt
-    if not _first_time(uow, "receipt", receipt.receipt_id, command.event_id, command.content_hash):
+    if not _first_time(uow, command):
         return Outcome.DUPLICATE
     uow.add_receipt(receipt, command.event_id)
     if receipt.purchase_order_id is not None:
@@ -172,7 +172,7 @@ def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now:
 
 def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     # A cancellation has no natural key of its own: the same event again is the duplicate.
-    if not _first_time(uow, "cancellation", command.event_id, command.event_id, command.content_hash):
+    if not _first_time(uow, command):
         return Outcome.DUPLICATE
     cancellation = command.cancellation
     cause = f"order-cancelled/{command.event_id}"
@@ -186,6 +186,7 @@ def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: d
                     cancellation.order_id,
                     line_id,
                     now,
+                    LineStatus.CANCEL_PENDING,
                     "order not known yet: the cancellation is kept and applied when the order arrives",
                 )
                 for line_id in targets
@@ -210,7 +211,7 @@ def _cancel_and_reallocate(
 
 def expect_restock(command: ExpectRestock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     # A purchase-order line is replaced by later events: the same event again is the duplicate.
-    if not _first_time(uow, "restock", command.event_id, command.event_id, command.content_hash):
+    if not _first_time(uow, command):
         return Outcome.DUPLICATE
     if uow.expect_restock(command.sku, command.restock, command.decided_at, command.event_id):
         uow.emit(_refresh_etas(uow, [command.sku], f"restock-expected/{command.event_id}", shop, now))
@@ -218,7 +219,7 @@ def expect_restock(command: ExpectRestock, uow: UnitOfWork, shop: ShopPolicy, no
 
 
 def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
-    if not _first_time(uow, "shipment", command.shipment_id, command.event_id, command.content_hash):
+    if not _first_time(uow, command):
         return Outcome.DUPLICATE
     shipped = uow.ship(
         command.shipment_id,
@@ -388,7 +389,7 @@ def _send_status_updates(
 
 
 def set_product_policy(command: SetProductPolicy, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
-    if not _first_time(uow, "policy", command.event_id, command.event_id, command.content_hash):
+    if not _first_time(uow, command):
         return Outcome.DUPLICATE
     kept = uow.set_policy(command.sku, command.policy, command.decided_at, command.event_id)
     if kept:  # a new lead time moves the dates of what waits beyond the expected restocks
@@ -404,9 +405,10 @@ def _policy(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> ProductPolicy:
     return uow.policy(sku) or shop.product
 
 
-def _first_time(uow: UnitOfWork, kind: str, key: str, event_id: str, content_hash: bytes) -> bool:
+def _first_time(uow: UnitOfWork, command: Command) -> bool:
     """False for a fact already accepted; a conflict if the same key now says something else."""
-    seen = uow.remember(kind, key, event_id, content_hash)
+    kind, key = command.fact
+    seen = uow.remember(kind, key, command.event_id, command.content_hash)
     if seen is Seen.DIFFERENT:
         raise ConflictingDuplicate(f"{kind} {key} was accepted before with different content")
     return seen is Seen.NEW
@@ -564,7 +566,8 @@ def _cancel(
     for line_id in targets:
         line = known.get(line_id)
         if line is None:
-            events.append(_answer(cause, cancellation.order_id, line_id, now, "not cancelled: no such line"))
+            answer = _answer(cause, cancellation.order_id, line_id, now, LineStatus.UNKNOWN_LINE, "no such line")
+            events.append(answer)
             continue
         units = line.wanted - line.allocated  # waiting or reserved; what is allocated is on its way
         if units <= 0:
@@ -588,7 +591,7 @@ def _cancel(
         lines=[f"{line.line_id}:{units}" for line, units in cancelled],
     )
     after = {line.line_id: line for line in uow.order_lines([cancellation.order_id])}
-    events += [_status(cause, after[line.line_id], now) for line, _ in cancelled]
+    events += [_status(cause, after[line.line_id], now, cancel_reason=cancellation.reason) for line, _ in cancelled]
     events.append(
         _notification(
             cause,
@@ -709,9 +712,16 @@ def _notification(
 
 
 def _waiting_lines(lines: Iterable[OrderLineState]) -> list[NotificationLine]:
-    """The lines still to come, with the units still to come."""
+    """The lines still to come, with the units still to come and each line's own expected ship date."""
     return [
-        NotificationLine(line.line_id, line.sku, line.product_name, line.wanted - line.allocated, line.status)
+        NotificationLine(
+            line.line_id,
+            line.sku,
+            line.product_name,
+            line.wanted - line.allocated,
+            line.status,
+            expected_ship_date=line.expected_ship_date,
+        )
         for line in lines
         if line.waiting
     ]
@@ -779,8 +789,18 @@ def _refresh_etas(
     return events
 
 
-def _status(cause: str, line: OrderLineState, now: dt.datetime, reason: str | None = None) -> BackorderStatusChanged:
+def _status(
+    cause: str,
+    line: OrderLineState,
+    now: dt.datetime,
+    reason: str | None = None,
+    cancel_reason: CancelReason | None = None,
+) -> BackorderStatusChanged:
+    """The line as it is now. `quantity_allocated` counts the units released to shipping, `quantity_reserved`
+    those held until the line (or its order) can ship complete (contract 1.1). `cancel_reason`: the reason of
+    the cancellation that closed the line, when the caller knows it better than the line's record."""
     set_aside = line.allocated + line.reserved
+    cancelled = line.status is LineStatus.CANCELLED
     return BackorderStatusChanged(
         event_id=event_id("backorder-status", cause, line.order_id, line.line_id),
         occurred_at=now,
@@ -789,22 +809,27 @@ def _status(cause: str, line: OrderLineState, now: dt.datetime, reason: str | No
         sku=line.sku,
         status=line.status,
         quantity_ordered=line.ordered,
-        quantity_allocated=set_aside,
+        quantity_allocated=line.allocated,
         quantity_backordered=max(0, line.wanted - set_aside),
         expected_ship_date=line.expected_ship_date if line.waiting else None,
         reason=reason if reason is not None else line.reason,
+        quantity_reserved=line.reserved,
+        cancel_reason=(cancel_reason or line.cancel_reason) if cancelled else None,
     )
 
 
-def _answer(cause: str, order_id: str, line_id: str, now: dt.datetime, reason: str) -> BackorderStatusChanged:
-    """The reply to a cancellation that changed nothing for a line the worker does not know."""
+def _answer(
+    cause: str, order_id: str, line_id: str, now: dt.datetime, status: LineStatus, reason: str
+) -> BackorderStatusChanged:
+    """The reply to a cancellation that changed nothing for a line the worker does not know: `CANCEL_PENDING`
+    (the order is not known yet) or `UNKNOWN_LINE` (the order has no such line); never `CANCELLED`."""
     return BackorderStatusChanged(
         event_id=event_id("backorder-status", cause, order_id, line_id),
         occurred_at=now,
         order_id=order_id,
         line_id=line_id,
         sku="",
-        status=LineStatus.CANCELLED,
+        status=status,
         quantity_ordered=0,
         quantity_allocated=0,
         quantity_backordered=0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from worker.domain.model import (
     StockReceipt,
 )
 from worker.domain.policy import ProductPolicy
+from worker.service.commands import Command
 from worker.service.messages import InboundMessage, RejectedMessage
 
 
@@ -105,6 +106,11 @@ class StoreConflict(StoreUnavailable):
     """The transaction lost a deadlock or serialization conflict with another worker's: retry it at once."""
 
 
+class StoreRefused(Exception):
+    """The database refused what a transaction wrote (a value it cannot hold, a constraint broken): the
+    transaction is lost, and some message of its batch is to blame (the batch is split to find it)."""
+
+
 class Decoder(Protocol):
     def decode(self, value: bytes | None) -> tuple[str, Mapping[str, Any]]:
         """(record full name, record); raises UndecodableMessage or UnknownSchema."""
@@ -113,6 +119,11 @@ class Decoder(Protocol):
 
 class UnitOfWork(Protocol):
     """One database transaction around a batch. Every method runs inside it."""
+
+    def prepare(self, commands: Sequence[Command]) -> None:
+        """Lock what the commands name (their orders, then the stock of every SKU they may touch) and load,
+        in a few statements, what they will need."""
+        ...
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
         """Lock these orders until the end of the transaction (in a fixed order)."""
@@ -132,6 +143,11 @@ class UnitOfWork(Protocol):
 
     def lock_stock(self, skus: Iterable[str]) -> None:
         """Lock the stock rows of these SKUs (in a fixed order, so concurrent workers cannot deadlock)."""
+        ...
+
+    def flush(self) -> None:
+        """Write what this unit of work has changed so far; the transaction goes on (a read model in the same
+        transaction then sees it)."""
         ...
 
     def caused_by(self, written_at: dt.datetime | None) -> None:
@@ -262,6 +278,170 @@ class UnitOfWork(Protocol):
 
     def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
         """Send the message to the dead-letter topic through the outbox; False if it was sent before."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class Fact:
+    """An inbound fact by its natural key: the same key again is a duplicate (same hash) or a conflict."""
+
+    kind: str
+    natural_key: str
+    event_id: str
+    content_hash: bytes
+
+
+@dataclass(frozen=True)
+class KeptPolicy:
+    sku: str
+    policy: ProductPolicy
+    decided_at: dt.datetime
+    event_id: str
+
+
+@dataclass(frozen=True)
+class KeptRestock:
+    sku: str
+    restock: ExpectedReceipt
+    decided_at: dt.datetime
+    event_id: str
+
+
+@dataclass(frozen=True)
+class PendingCancellation:
+    cancellation: Cancellation
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A receipt against a purchase order: how late its supplier was."""
+
+    receipt_id: str
+    supplier_id: str
+    purchase_order_id: str
+    sku: str
+    expected_date: dt.date
+    received_on: dt.date
+
+    @property
+    def days_late(self) -> int:
+        return (self.received_on - self.expected_date).days
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    shipment_id: str
+    order_id: str
+    carrier: str
+    tracking_number: str
+    estimated_delivery: dt.date | None
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    order: Order
+    event_id: str
+
+
+@dataclass
+class Changes:
+    """Everything a unit of work changed, to be saved in a handful of set-based statements. Lines and
+    orders are given in their final state; what is `new` is inserted, the rest updated."""
+
+    new_orders: list[NewOrder] = field(default_factory=list)
+    outcomes: dict[str, OrderOutcome] = field(default_factory=dict)
+    eta_told: dict[str, dt.date | None] = field(default_factory=dict)
+    new_lines: list[OrderLineState] = field(default_factory=list)
+    changed_lines: list[OrderLineState] = field(default_factory=list)
+    stock: dict[str, tuple[int, int]] = field(default_factory=dict)  # sku: (available now, units received)
+    receipts: list[tuple[StockReceipt, str]] = field(default_factory=list)
+    allocations: list[tuple[Decision, str | None]] = field(default_factory=list)  # with the shipment id
+    policies: list[KeptPolicy] = field(default_factory=list)
+    restocks: list[KeptRestock] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    pending_added: list[PendingCancellation] = field(default_factory=list)
+    pending_applied: list[str] = field(default_factory=list)  # orders whose early cancellations were applied
+    status_updates: list[tuple[str, int]] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
+    facts_unclaimed: list[tuple[str, str]] = field(default_factory=list)  # claimed, then rolled back
+    events: list[tuple[OutboundEvent, dt.datetime | None]] = field(default_factory=list)  # with the cause's time
+
+    def __bool__(self) -> bool:
+        return any(bool(value) for value in vars(self).values())
+
+
+class Store(Protocol):
+    """Where a unit of work loads its state from and saves its changes to: locks, set-based loads, one
+    save. No rules here: what a change means is decided in memory (`worker.service.book`)."""
+
+    def lock_orders(self, order_ids: Sequence[str]) -> None:
+        """Lock these orders until the end of the transaction (in order_id order)."""
+        ...
+
+    def lock_stock(self, skus: Sequence[str]) -> dict[str, int]:
+        """Lock the stock rows of these SKUs (in SKU order, creating missing ones); units available of each."""
+        ...
+
+    def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
+        """Wait until no other transaction holds these orders, hold them to the end of this one, and
+        return their lines as they are now."""
+        ...
+
+    def lock_sweep(self, wait: bool) -> bool: ...
+
+    def claim_facts(self, facts: Sequence[Fact]) -> dict[tuple[str, str], bytes]:
+        """Record the facts not seen before; the content hash of each one that was (by kind and key)."""
+        ...
+
+    def lines(
+        self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
+    ) -> list[OrderLineState]:
+        """The lines of these orders, the waiting lines of these SKUs, or every line that waits or holds units."""
+        ...
+
+    def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]: ...
+
+    def customer_lines(self, customer_id: str, sku: str) -> list[OrderLineState]:
+        """The customer's lines of the SKU."""
+        ...
+
+    def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
+        """Those of the SKUs with a waiting line whose expected ship date is known."""
+        ...
+
+    def policies(self, skus: Sequence[str]) -> list[KeptPolicy]: ...
+
+    def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
+        """Every purchase-order line of these SKUs, done or not."""
+        ...
+
+    def deliveries(self, supplier_ids: Sequence[str], last: int) -> list[Delivery]:
+        """The `last` deliveries of each supplier."""
+        ...
+
+    def pending_cancellations(self, order_ids: Sequence[str]) -> list[PendingCancellation]: ...
+
+    def status_updates(self, order_ids: Sequence[str]) -> set[tuple[str, int]]:
+        """The status-update steps already claimed for these orders."""
+        ...
+
+    def shipment(self, shipment_id: str, order_id: str) -> dict[str, int]:
+        """Units the shipment was requested to carry, per line_id."""
+        ...
+
+    def dead_letter(
+        self, message: InboundMessage, error: RejectedMessage, at: dt.datetime, caused_at: dt.datetime | None
+    ) -> bool:
+        """Record the failure and send the message to the dead-letter topic; False if it was sent before."""
+        ...
+
+    def save(self, changes: Changes) -> None:
+        """Write the changes (set-based); they commit with the transaction."""
         ...
 
 

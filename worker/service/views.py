@@ -70,6 +70,7 @@ def simulate_receipt(
     )
     uow.lock_stock([sku])
     receive_stock(ReceiveStock(event_id=receipt_id, receipt=receipt, content_hash=b""), uow, shop, now)
+    uow.flush()
     return read.decisions(cause=f"inventory-received/{receipt_id}")
 
 

@@ -13,6 +13,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker.domain.model import (
     WAITING,
+    CancelReason,
     CustomerTier,
     LineStatus,
     OrderLineState,
@@ -105,15 +106,19 @@ def transaction(pool: ConnectionPool, *, rollback: bool = False) -> Iterator[psy
         raise
 
 
-def select_lines(conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
-    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`)."""
+def select_lines(
+    conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...], *, lock: str = ""
+) -> list[OrderLineState]:
+    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`); `lock`
+    a locking clause (`ORDER BY ... FOR UPDATE OF o`) if any."""
     rows = conn.execute(
         f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
                    o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
                    l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
-                   l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped
+                   l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped,
+                   l.cancel_reason, l.eta_basis, l.backordered, l.filled_at, l.shipped_at
             FROM order_line l JOIN customer_order o USING (order_id)
-            WHERE {where}""",
+            WHERE {where} {lock}""",
         params,
     ).fetchall()
     return [
@@ -139,6 +144,11 @@ def select_lines(conn: psycopg.Connection[Any], where: str, params: tuple[Any, .
             reason=r[18],
             expected_ship_date=r[19],
             shipped=r[20],
+            cancel_reason=CancelReason(r[21]) if r[21] is not None else None,
+            eta_basis=r[22],
+            backordered=r[23],
+            filled_at=r[24],
+            shipped_at=r[25],
         )
         for r in rows
     ]

@@ -1,0 +1,611 @@
+"""The unit of work in memory: the state a batch needs, loaded once, changed by the rules, saved in bulk.
+
+A `Book` is the service layer's UnitOfWork for one transaction. It loads what the batch's commands
+need in a few set-returning statements of its `Store` (the stock of their SKUs, locked; the orders they
+name; their facts, policies, expected restocks, early cancellations) and whatever else a handler asks
+for the first time. Handlers read and change it in memory; every rule of how a line, a stock level or a
+purchase order changes lives here and in the domain, never in SQL. When the transaction ends, `save`
+hands the store the final state of what changed (new rows to insert, changed rows to update, events
+for the outbox), which the store writes set-based.
+
+An event's changes roll back with its savepoint: every change goes through `_put`, which keeps the
+value it replaced while a savepoint is open.
+
+Locks keep the state it holds true while the transaction lasts: a line only changes under the stock
+lock of its SKU, or under the hold of its order (`hold_orders`, which re-reads the order's lines). The
+in-memory fake of the tests is this same class over a store of dicts, so both run the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from worker.domain.allocation import Fill
+from worker.domain.eta import Eta, ExpectedReceipt
+from worker.domain.events import OutboundEvent
+from worker.domain.model import (
+    WAITING,
+    Backorder,
+    Cancellation,
+    CancelReason,
+    LineStatus,
+    Order,
+    OrderLineState,
+    OrderOutcome,
+    SplitPreference,
+    StockReceipt,
+    merge_cancellations,
+)
+from worker.domain.policy import ProductPolicy
+from worker.service.commands import Command, PlaceOrder
+from worker.service.messages import InboundMessage, RejectedMessage
+from worker.service.ports import (
+    Changes,
+    Decision,
+    Delivery,
+    Dispatch,
+    Fact,
+    KeptPolicy,
+    KeptRestock,
+    NewOrder,
+    PendingCancellation,
+    Seen,
+    Store,
+)
+
+LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many deliveries
+
+LineKey = tuple[str, str]
+_MISSING: Any = object()
+
+
+class Book:
+    """The UnitOfWork of one transaction, in memory over a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._caused_at: dt.datetime | None = None
+        self._undo: list[tuple[MutableMapping[Any, Any], Any, Any]] | None = None
+        self._forget()
+        self._locked_orders: set[str] = set()
+        self._locked_skus: set[str] = set()
+        self._held: set[str] = set()
+
+    def _forget(self) -> None:
+        """Drop everything loaded and every change (after a save: the store holds it all)."""
+        # Loaded or changed state.
+        self._lines: dict[LineKey, OrderLineState] = {}
+        self._by_order: dict[str, dict[LineKey, None]] = {}
+        self._by_sku: dict[str, dict[LineKey, None]] = {}
+        self._orders_loaded: set[str] = set()
+        self._queues_loaded: set[str] = set()
+        self._available: dict[str, int] = {}
+        self._facts: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (hash, claimed by this batch, unused)
+        self._policies: dict[str, KeptPolicy | None] = {}
+        self._restocks: dict[str, dict[str, KeptRestock]] = {}  # sku: purchase order: line
+        self._deliveries: dict[str, tuple[Delivery, ...]] = {}
+        self._pending: dict[str, tuple[PendingCancellation, ...]] = {}
+        self._told: dict[str, dt.date | None] = {}
+        self._claimed: dict[tuple[str, int], bool] = {}  # claimed step: by this transaction
+        self._with_dates: dict[str, bool] = {}
+        # What changed, for the save.
+        self._new_orders: dict[str, NewOrder] = {}
+        self._outcomes: dict[str, OrderOutcome] = {}
+        self._told_changed: dict[str, None] = {}
+        self._new_lines: dict[LineKey, None] = {}
+        self._changed_lines: dict[LineKey, None] = {}
+        self._received: dict[str, int] = {}
+        self._stock_changed: dict[str, None] = {}
+        self._receipts: dict[int, tuple[StockReceipt, str]] = {}
+        self._allocations: dict[int, tuple[Decision, str | None]] = {}
+        self._policy_changed: dict[str, None] = {}
+        self._restock_changed: dict[tuple[str, str], None] = {}
+        self._new_deliveries: dict[int, Delivery] = {}
+        self._pending_added: dict[int, PendingCancellation] = {}
+        self._pending_applied: dict[str, None] = {}
+        self._dispatches: dict[int, Dispatch] = {}
+        self._events: dict[int, tuple[OutboundEvent, dt.datetime | None]] = {}
+
+    # ------------------------------------------------------------------------- transaction plumbing
+
+    def _put(self, mapping: MutableMapping[Any, Any], key: Any, value: Any) -> None:
+        if self._undo is not None:
+            self._undo.append((mapping, key, mapping.get(key, _MISSING)))
+        mapping[key] = value
+
+    def _append(self, mapping: dict[int, Any], value: Any) -> None:
+        self._put(mapping, len(mapping), value)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo one event's changes if it fails."""
+        outer = self._undo is None
+        if outer:
+            self._undo = []
+        assert self._undo is not None
+        mark = len(self._undo)
+        try:
+            yield
+        except BaseException:
+            undo = self._undo
+            while len(undo) > mark:
+                mapping, key, old = undo.pop()
+                if old is _MISSING:
+                    mapping.pop(key, None)
+                else:
+                    mapping[key] = old
+            raise
+        finally:
+            if outer:
+                self._undo = None
+
+    def caused_by(self, written_at: dt.datetime | None) -> None:
+        self._caused_at = written_at
+
+    def changes(self) -> Changes:
+        """What this transaction changed, in its final state."""
+        new_orders = [self._new_orders[o] for o in self._new_orders]
+        return Changes(
+            new_orders=new_orders,
+            outcomes=dict(self._outcomes),
+            eta_told={order_id: self._told.get(order_id) for order_id in self._told_changed},
+            new_lines=[self._lines[key] for key in self._new_lines if key in self._lines],
+            changed_lines=[
+                self._lines[key] for key in self._changed_lines if key not in self._new_lines and key in self._lines
+            ],
+            stock={sku: (self._available[sku], self._received.get(sku, 0)) for sku in self._stock_changed},
+            receipts=list(self._receipts.values()),
+            allocations=list(self._allocations.values()),
+            policies=[p for sku in self._policy_changed if (p := self._policies.get(sku)) is not None],
+            restocks=[self._restocks[sku][po] for sku, po in self._restock_changed],
+            deliveries=list(self._new_deliveries.values()),
+            pending_added=list(self._pending_added.values()),
+            pending_applied=list(self._pending_applied),
+            status_updates=[claim for claim, ours in self._claimed.items() if ours],
+            dispatches=list(self._dispatches.values()),
+            facts_unclaimed=[key for key, (_, unused) in self._facts.items() if unused],
+            events=list(self._events.values()),
+        )
+
+    def save(self) -> None:
+        """Hand every change to the store, and start afresh (what was loaded is loaded again when asked)."""
+        changes = self.changes()
+        if changes:
+            self._store.save(changes)
+        self._forget()
+
+    flush = save
+
+    # ------------------------------------------------------------------------- locks and loading
+
+    def prepare(self, commands: Sequence[Command]) -> None:
+        orders = sorted({order_id for command in commands for order_id in command.orders})
+        self.lock_orders(orders)  # first the orders, then their SKUs: every batch locks in this order
+        self.lock_stock(sorted({sku for command in commands for sku in command.skus} | self.skus_of_orders(orders)))
+        facts: dict[tuple[str, str], Fact] = {}
+        for command in commands:
+            facts.setdefault(command.fact, Fact(*command.fact, command.event_id, command.content_hash))
+        self._claim(list(facts.values()))
+        skus = sorted(self._locked_skus)
+        self._load_policies(skus)
+        self._load_restocks(skus)
+        self._load_with_dates(skus)
+        placed = sorted({c.order.order_id for c in commands if isinstance(c, PlaceOrder)})
+        self._load_pending(placed)
+        # The queues that will meet units: of the SKUs with units on hand or arriving.
+        receiving = {sku for command in commands if not isinstance(command, PlaceOrder) for sku in command.skus}
+        self._load_queues([sku for sku in skus if self._available.get(sku, 0) > 0 or sku in receiving])
+
+    def lock_orders(self, order_ids: Iterable[str]) -> None:
+        ordered = sorted(set(order_ids) - self._locked_orders)
+        if ordered:
+            self._store.lock_orders(ordered)
+            self._locked_orders.update(ordered)
+
+    def lock_stock(self, skus: Iterable[str]) -> None:
+        ordered = sorted(set(skus) - self._locked_skus)
+        if ordered:
+            self._available.update(self._store.lock_stock(ordered))
+            self._locked_skus.update(ordered)
+
+    def hold_orders(self, order_ids: Iterable[str]) -> None:
+        wanted = set(order_ids) - self._held - {o for o in self._new_orders}
+        self._load_orders(wanted)
+        # An order whose every line is of a SKU this transaction has locked cannot change under it.
+        needed = sorted(
+            o for o in wanted if any(self._lines[k].sku not in self._locked_skus for k in self._by_order.get(o, ()))
+        )
+        self._held.update(wanted)
+        if needed:
+            self._merge(self._store.hold_orders(needed), fresh=True)
+
+    def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
+        ids = set(order_ids)
+        self._load_orders(ids)
+        return {self._lines[k].sku for o in ids for k in self._by_order.get(o, ())}
+
+    def lock_sweep(self, wait: bool) -> bool:
+        return self._store.lock_sweep(wait)
+
+    def _merge(self, lines: Iterable[OrderLineState], *, fresh: bool = False) -> None:
+        """Add loaded lines. What this transaction changed stays as it is; so does what it loaded before,
+        unless `fresh` (read under the order's hold: another transaction may have changed it since)."""
+        for line in lines:
+            key = (line.order_id, line.line_id)
+            if key in self._lines and (not fresh or key in self._changed_lines or key in self._new_lines):
+                continue
+            self._lines[key] = line
+            self._by_order.setdefault(line.order_id, {})[key] = None
+            self._by_sku.setdefault(line.sku, {})[key] = None
+
+    def _load_orders(self, order_ids: Iterable[str]) -> None:
+        missing = sorted(set(order_ids) - self._orders_loaded)
+        if missing:
+            self._merge(self._store.lines(orders=missing))
+            self._orders_loaded.update(missing)
+
+    def _load_queues(self, skus: Iterable[str]) -> None:
+        missing = sorted(set(skus) - self._queues_loaded)
+        if missing:
+            self._merge(self._store.lines(waiting_skus=missing))
+            self._queues_loaded.update(missing)
+
+    def _claim(self, facts: Sequence[Fact]) -> None:
+        facts = [f for f in facts if (f.kind, f.natural_key) not in self._facts]
+        if not facts:
+            return
+        seen = self._store.claim_facts(facts)
+        for fact in facts:
+            key = (fact.kind, fact.natural_key)
+            self._facts[key] = (seen[key], False) if key in seen else (fact.content_hash, True)
+
+    def _load_policies(self, skus: Iterable[str]) -> None:
+        missing = sorted(set(skus) - set(self._policies))
+        if missing:
+            kept = {p.sku: p for p in self._store.policies(missing)}
+            self._policies.update({sku: kept.get(sku) for sku in missing})
+
+    def _load_restocks(self, skus: Iterable[str]) -> None:
+        missing = sorted(set(skus) - set(self._restocks))
+        if missing:
+            loaded: dict[str, dict[str, KeptRestock]] = {sku: {} for sku in missing}
+            for row in self._store.restocks(missing):
+                loaded[row.sku][row.restock.purchase_order_id] = row
+            self._restocks.update(loaded)
+
+    def _load_with_dates(self, skus: Iterable[str]) -> None:
+        missing = sorted(set(skus) - set(self._with_dates))
+        if missing:
+            known = self._store.skus_with_expected_dates(missing)
+            self._with_dates.update({sku: sku in known for sku in missing})
+
+    def _load_pending(self, order_ids: Iterable[str]) -> None:
+        missing = sorted(set(order_ids) - set(self._pending))
+        if missing:
+            found: dict[str, list[PendingCancellation]] = {o: [] for o in missing}
+            for row in self._store.pending_cancellations(missing):
+                found[row.cancellation.order_id].append(row)
+            self._pending.update({o: tuple(rows) for o, rows in found.items()})
+
+    def _load_told(self, order_ids: Iterable[str]) -> None:
+        missing = sorted(set(order_ids) - set(self._told))
+        if missing:
+            told = self._store.eta_told(missing)
+            self._told.update({o: told.get(o) for o in missing})
+
+    # ------------------------------------------------------------------------- facts and policies
+
+    def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
+        key = (kind, natural_key)
+        self._claim([Fact(kind, natural_key, event_id, content_hash)])
+        known, unused = self._facts[key]
+        if unused and known == content_hash:
+            self._put(self._facts, key, (known, False))
+            return Seen.NEW
+        return Seen.SAME if known == content_hash else Seen.DIFFERENT
+
+    def policy(self, sku: str) -> ProductPolicy | None:
+        self._load_policies([sku])
+        kept = self._policies[sku]
+        return kept.policy if kept is not None else None
+
+    def set_policy(self, sku: str, policy: ProductPolicy, decided_at: dt.datetime, event_id: str) -> bool:
+        self._load_policies([sku])
+        kept = self._policies[sku]
+        # The topic is compacted and may be replayed: a policy older than the one kept changes nothing.
+        if kept is not None and (kept.decided_at, kept.event_id) >= (decided_at, event_id):
+            return False
+        self._put(self._policies, sku, KeptPolicy(sku, policy, decided_at, event_id))
+        self._put(self._policy_changed, sku, None)
+        return True
+
+    # ------------------------------------------------------------------------- orders and lines
+
+    def add_order(self, order: Order, event_id: str, splits: Mapping[str, SplitPreference]) -> None:
+        units = sum(line.quantity for line in order.lines)
+        self._put(self._new_orders, order.order_id, NewOrder(order, event_id))
+        self._orders_loaded.add(order.order_id)
+        self._told.setdefault(order.order_id, None)
+        for line in order.lines:
+            self._change(
+                OrderLineState(
+                    order_id=order.order_id,
+                    line_id=line.line_id,
+                    sku=line.sku,
+                    product_name=line.product_name,
+                    customer_id=order.customer_id,
+                    customer_tier=order.customer_tier,
+                    shipping_service=order.shipping_service,
+                    need_by=order.need_by,
+                    order_units=units,
+                    split=splits[line.line_id],
+                    placed_at=order.placed_at,
+                    unit_price_minor=line.unit_price_minor,
+                    ordered=line.quantity,
+                    allocated=0,
+                    reserved=0,
+                    rejected=0,
+                    cancelled=0,
+                    status=LineStatus.BACKORDERED,
+                ),
+                new=True,
+            )
+
+    def _change(self, line: OrderLineState, *, new: bool = False) -> None:
+        key = (line.order_id, line.line_id)
+        self._put(self._lines, key, line)
+        self._put(self._new_lines if new else self._changed_lines, key, None)
+        self._by_order.setdefault(line.order_id, {})[key] = None  # an index only grows: readers check _lines
+        self._by_sku.setdefault(line.sku, {})[key] = None
+
+    def record_outcome(self, order_id: str, outcome: OrderOutcome, backordered_lines: Iterable[str]) -> None:
+        self._put(self._outcomes, order_id, outcome)
+        for line_id in backordered_lines:
+            line = self._lines[(order_id, line_id)]
+            self._change(dataclasses.replace(line, backordered=True))
+
+    def _lines_of(self, order_id: str) -> list[OrderLineState]:
+        found = (self._lines.get(key) for key in self._by_order.get(order_id, ()))
+        return sorted((line for line in found if line is not None), key=lambda line: line.line_id)
+
+    def order_lines(self, order_ids: Iterable[str]) -> list[OrderLineState]:
+        ids = sorted(set(order_ids))
+        self._load_orders(ids)
+        return [line for order_id in ids for line in self._lines_of(order_id)]
+
+    def customer_waiting(self, customer_id: str, sku: str, other_than_order: str) -> int:
+        lines = {(line.order_id, line.line_id): line for line in self._store.customer_lines(customer_id, sku)}
+        for key in self._by_sku.get(sku, ()):  # what this transaction knows is newer
+            line = self._lines.get(key)
+            if line is not None and line.customer_id == customer_id:
+                lines[key] = line
+        return sum(line.wanted - line.allocated for line in lines.values() if line.order_id != other_than_order)
+
+    def reject(self, line: OrderLineState, units: int, reason: str) -> None:
+        self._change(
+            dataclasses.replace(
+                line, rejected=line.rejected + units, status=line.status_after_rejecting(units), reason=reason
+            )
+        )
+
+    def cancel(self, line: OrderLineState, units: int, code: CancelReason, reason: str, at: dt.datetime) -> None:
+        self._change(line.after_cancelling(units, code, reason))
+        if line.reserved:
+            self._add_available(line.sku, line.reserved)
+
+    def pending_cancellation(self, order_id: str) -> Cancellation | None:
+        self._load_pending([order_id])
+        rows = self._pending[order_id]
+        if not rows:
+            return None
+        self._put(self._pending, order_id, ())
+        self._put(self._pending_applied, order_id, None)
+        return merge_cancellations([row.cancellation for row in rows])
+
+    def add_pending_cancellation(self, cancellation: Cancellation, event_id: str) -> None:
+        self._load_pending([cancellation.order_id])
+        row = PendingCancellation(cancellation, event_id)
+        self._put(self._pending, cancellation.order_id, (*self._pending[cancellation.order_id], row))
+        self._append(self._pending_added, row)
+
+    # ------------------------------------------------------------------------- stock
+
+    def add_receipt(self, receipt: StockReceipt, event_id: str) -> None:
+        self._append(self._receipts, (receipt, event_id))
+        self._put(self._received, receipt.sku, self._received.get(receipt.sku, 0) + receipt.quantity)
+        self._add_available(receipt.sku, receipt.quantity)
+
+    def available(self, sku: str) -> int:
+        self._require_locked(sku)
+        return self._available[sku]
+
+    def _add_available(self, sku: str, delta: int) -> None:
+        self._require_locked(sku)
+        units = self._available[sku] + delta
+        if units < 0:
+            raise ValueError(f"stock of {sku!r} would go below zero ({units})")
+        self._put(self._available, sku, units)
+        self._put(self._stock_changed, sku, None)
+
+    def _require_locked(self, sku: str) -> None:
+        if sku not in self._locked_skus:
+            raise RuntimeError(f"stock of {sku!r} was not locked at the start of the batch")
+        if sku not in self._available:  # locked, then forgotten by a save: read it again
+            self._available.update(self._store.lock_stock([sku]))
+
+    def waiting_lines(self, sku: str) -> Sequence[Backorder]:
+        return [line.as_backorder() for line in self._queue(sku)]
+
+    def _queue(self, sku: str) -> list[OrderLineState]:
+        self._load_queues([sku])
+        found = (self._lines.get(key) for key in self._by_sku.get(sku, ()))
+        return [line for line in found if line is not None and line.sku == sku and line.status in WAITING]
+
+    def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
+        taken: dict[str, int] = {}
+        for fill in fills:
+            b = fill.backorder
+            line = self._lines[(b.order_id, b.line_id)]
+            self._change(line.after_fill(fill, at))
+            shipment = shipment_ids[b.order_id] if fill.ships_now else None
+            decision = Decision(
+                at,
+                cause,
+                b.order_id,
+                b.line_id,
+                b.sku,
+                fill.quantity,
+                max(0, fill.quantity - fill.ships_now),
+                fill.ships_now,
+                fill.priority.rank,
+                fill.priority.reason,
+            )
+            self._append(self._allocations, (decision, shipment))
+            taken[b.sku] = taken.get(b.sku, 0) + fill.quantity
+        for sku, units in sorted(taken.items()):
+            if units:
+                self._add_available(sku, -units)
+
+    # ------------------------------------------------------------------------- expected supply and dates
+
+    def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
+        self._load_restocks([sku])
+        kept = self._restocks[sku].get(restock.purchase_order_id)
+        if kept is not None and (kept.decided_at, kept.event_id) >= (decided_at, event_id):
+            return False
+        self._set_restock(KeptRestock(sku, restock, decided_at, event_id))
+        return True
+
+    def _set_restock(self, row: KeptRestock) -> None:
+        lines = dict(self._restocks[row.sku])
+        lines[row.restock.purchase_order_id] = row
+        self._put(self._restocks, row.sku, lines)
+        self._put(self._restock_changed, (row.sku, row.restock.purchase_order_id), None)
+
+    def consume_restock(self, receipt: StockReceipt) -> None:
+        assert receipt.purchase_order_id is not None
+        self._load_restocks([receipt.sku])
+        kept = self._restocks[receipt.sku].get(receipt.purchase_order_id)
+        if kept is None:
+            return  # a purchase order the worker was never told about: nothing to learn
+        left = max(0, kept.restock.quantity - receipt.quantity)
+        self._set_restock(dataclasses.replace(kept, restock=dataclasses.replace(kept.restock, quantity=left)))
+        supplier = kept.restock.supplier_id
+        delivery = Delivery(
+            receipt.receipt_id,
+            supplier,
+            receipt.purchase_order_id,
+            receipt.sku,
+            kept.restock.expected_date,
+            receipt.received_at.date(),
+        )
+        self._load_deliveries([supplier])
+        if any(d.receipt_id == receipt.receipt_id for d in self._deliveries[supplier]):
+            return
+        self._put(self._deliveries, supplier, (*self._deliveries[supplier], delivery))
+        self._append(self._new_deliveries, delivery)
+
+    def expected_supply(self, sku: str) -> list[ExpectedReceipt]:
+        self._load_restocks([sku])
+        open_ = [row.restock for row in self._restocks[sku].values() if row.restock.quantity > 0]
+        return sorted(open_, key=lambda r: (r.expected_date, r.purchase_order_id))
+
+    def _load_deliveries(self, supplier_ids: Iterable[str]) -> None:
+        missing = sorted(set(supplier_ids) - set(self._deliveries))
+        if missing:
+            found: dict[str, list[Delivery]] = {s: [] for s in missing}
+            for delivery in self._store.deliveries(missing, LATENESS_HISTORY):
+                found[delivery.supplier_id].append(delivery)
+            self._deliveries.update({s: tuple(rows) for s, rows in found.items()})
+
+    def supplier_lateness(self, supplier_ids: Iterable[str]) -> dict[str, list[int]]:
+        ids = set(supplier_ids)
+        self._load_deliveries(ids)
+        out: dict[str, list[int]] = {}
+        for supplier in sorted(ids):
+            recent = sorted(self._deliveries[supplier], key=lambda d: (-d.received_on.toordinal(), d.receipt_id))
+            if recent:
+                out[supplier] = [d.days_late for d in recent[:LATENESS_HISTORY]]
+        return out
+
+    def set_expected_dates(self, etas: Mapping[tuple[str, str], Eta]) -> set[str]:
+        changed: set[str] = set()
+        for key, eta in etas.items():
+            line = self._lines[key]
+            if line.expected_ship_date == eta.date and line.eta_basis == eta.basis:
+                continue
+            if line.expected_ship_date != eta.date:
+                changed.add(line.order_id)
+            self._change(dataclasses.replace(line, expected_ship_date=eta.date, eta_basis=eta.basis))
+            if eta.date is not None:
+                self._put(self._with_dates, line.sku, True)
+        return changed
+
+    def has_expected_dates(self, sku: str) -> bool:
+        if sku in self._queues_loaded:
+            return any(line.expected_ship_date is not None for line in self._queue(sku))
+        self._load_with_dates([sku])
+        return self._with_dates[sku]
+
+    def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]:
+        ids = set(order_ids)
+        self._load_told(ids)
+        return {order_id: self._told[order_id] for order_id in ids}
+
+    def tell_eta(self, order_id: str, date: dt.date | None) -> None:
+        self._load_told([order_id])
+        self._put(self._told, order_id, date)
+        self._put(self._told_changed, order_id, None)
+
+    # ------------------------------------------------------------------------- the sweep and shipments
+
+    def all_waiting_lines(self) -> list[OrderLineState]:
+        self._merge(self._store.lines(every_waiting=True))
+        waiting = (line for line in self._lines.values() if line.waiting)
+        return sorted(waiting, key=lambda line: (line.order_id, line.line_id))
+
+    def claim_status_update(self, order_id: str, step: int) -> bool:
+        if (order_id, step) not in self._claimed:
+            self._claimed.update(dict.fromkeys(self._store.status_updates([order_id]), False))
+        if (order_id, step) in self._claimed:
+            return False
+        self._put(self._claimed, (order_id, step), True)
+        return True
+
+    def ship(
+        self,
+        shipment_id: str,
+        order_id: str,
+        carrier: str,
+        tracking_number: str,
+        estimated_delivery: dt.date | None,
+        at: dt.datetime,
+    ) -> dict[str, int]:
+        units = self._store.shipment(shipment_id, order_id)
+        for decision, shipment in self._allocations.values():  # requested by this same transaction
+            if shipment == shipment_id and decision.order_id == order_id and decision.shipped:
+                units[decision.line_id] = units.get(decision.line_id, 0) + decision.shipped
+        if not units:
+            return {}
+        self._append(
+            self._dispatches, Dispatch(shipment_id, order_id, carrier, tracking_number, estimated_delivery, at)
+        )
+        self._load_orders([order_id])
+        for line_id, shipped in sorted(units.items()):
+            line = self._lines.get((order_id, line_id))
+            if line is not None:
+                self._change(line.after_shipping(shipped, at))
+        return units
+
+    # ------------------------------------------------------------------------- out
+
+    def emit(self, events: Sequence[OutboundEvent]) -> None:
+        for event in events:
+            self._append(self._events, (event, self._caused_at))
+
+    def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
+        return self._store.dead_letter(message, error, at, self._caused_at)
