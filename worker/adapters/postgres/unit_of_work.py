@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -288,84 +288,156 @@ class PostgresStore:
 
     @_judged
     def save(self, changes: Changes) -> None:
-        with self._conn.pipeline():
-            for statement, params in _statements(changes, self._serialize):
-                self._conn.execute(statement, params)
+        # The large sets (new orders and lines, changed lines, allocations, receipts, events) go by COPY,
+        # whose rows psycopg formats in C; the small ones by one statement each, in one pipeline.
+        c = changes
+        conn = self._conn
+        now = dt.datetime.now(dt.UTC)
+        if c.facts_unclaimed:
+            conn.execute(
+                """DELETE FROM inbound_fact i USING unnest(%s::text[], %s::text[]) AS f(kind, natural_key)
+                   WHERE i.kind = f.kind AND i.natural_key = f.natural_key""",
+                ([k for k, _ in c.facts_unclaimed], [n for _, n in c.facts_unclaimed]),
+            )
+        new_ids = {n.order.order_id for n in c.new_orders}
+        _copy(
+            conn,
+            """customer_order (order_id, customer_id, customer_tier, shipping_service, need_by, split_preference,
+                   currency, placed_at, event_id, order_units, outcome, eta_told)""",
+            (
+                (
+                    o.order_id,
+                    o.customer_id,
+                    str(o.customer_tier),
+                    str(o.shipping_service),
+                    o.need_by,
+                    str(o.split_preference) if o.split_preference else None,
+                    o.currency,
+                    o.placed_at,
+                    n.event_id,
+                    sum(line.quantity for line in o.lines),
+                    str(c.outcomes[o.order_id]) if o.order_id in c.outcomes else None,
+                    c.eta_told.get(o.order_id),
+                )
+                for n in c.new_orders
+                for o in (n.order,)
+            ),
+        )
+        _copy(
+            conn,
+            """order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, split, placed_at,
+                   quantity_allocated, quantity_reserved, quantity_rejected, quantity_cancelled, quantity_shipped,
+                   status, status_reason, cancel_reason, expected_ship_date, eta_basis, backordered, filled_at,
+                   shipped_at, updated_at)""",
+            (
+                (
+                    x.order_id,
+                    x.line_id,
+                    x.sku,
+                    x.product_name,
+                    x.ordered,
+                    x.unit_price_minor,
+                    str(x.split),
+                    x.placed_at,
+                    *_line_state(x),
+                    now,
+                )
+                for x in c.new_lines
+            ),
+        )
+        if c.changed_lines:
+            _stage(conn)
+            _copy(conn, "line_change", ((x.order_id, x.line_id, *_line_state(x)) for x in c.changed_lines))
+            conn.execute(
+                """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
+                       quantity_rejected = f.rejected, quantity_cancelled = f.cancelled,
+                       quantity_shipped = f.shipped, status = f.status, status_reason = f.reason,
+                       cancel_reason = f.cancel_reason, expected_ship_date = f.expected, eta_basis = f.basis,
+                       backordered = f.backordered, filled_at = f.filled_at, shipped_at = f.shipped_at,
+                       updated_at = now()
+                   FROM line_change f
+                   WHERE l.order_id = f.order_id AND l.line_id = f.line_id"""
+            )
+        _copy(
+            conn,
+            "stock_receipt (receipt_id, sku, quantity, supplier_id, purchase_order_id, received_at, event_id)",
+            (
+                (r.receipt_id, r.sku, r.quantity, r.supplier_id, r.purchase_order_id, r.received_at, eid)
+                for r, eid in c.receipts
+            ),
+        )
+        _copy(
+            conn,
+            """allocation (order_id, line_id, sku, quantity, reserved, shipped, shipment_id, cause, rank, reason,
+                   allocated_at)""",
+            (
+                (
+                    d.order_id,
+                    d.line_id,
+                    d.sku,
+                    d.quantity,
+                    d.reserved,
+                    d.shipped,
+                    shipment,
+                    d.cause,
+                    d.rank,
+                    d.reason,
+                    d.at,
+                )
+                for d, shipment in c.allocations
+            ),
+        )
+        with conn.pipeline():
+            for statement, params in _statements(c, new_ids):
+                conn.execute(statement, params)
+        if c.events:
+            _stage(conn)
+            rows = []
+            for n, (event, caused_at) in enumerate(c.events):
+                topic, key, value = self._serialize(event)
+                rows.append((n, event.event_id, topic, key, value, caused_at))
+            _copy(conn, "outbox_stage", rows)
+            conn.execute(
+                """INSERT INTO outbox (event_id, topic, message_key, message_value, source_time)
+                   SELECT event_id, topic, message_key, message_value, source_time FROM outbox_stage
+                   ORDER BY n  -- the ids follow the events' order: consumers see each key's events in order
+                   ON CONFLICT (event_id) DO NOTHING"""
+            )
 
 
-def _statements(changes: Changes, serialize: Serializer) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """The set-based statements that write `changes`, in an order the foreign keys accept."""
-    c = changes
-    if c.facts_unclaimed:
-        yield (
-            """DELETE FROM inbound_fact i USING unnest(%s::text[], %s::text[]) AS f(kind, natural_key)
-               WHERE i.kind = f.kind AND i.natural_key = f.natural_key""",
-            ([k for k, _ in c.facts_unclaimed], [n for _, n in c.facts_unclaimed]),
-        )
-    if c.new_orders:
-        o = [n.order for n in c.new_orders]
-        yield (
-            """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, need_by,
-                   split_preference, currency, placed_at, event_id, order_units, outcome, eta_told)
-               SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::date[], %s::text[],
-                                    %s::text[], %s::timestamptz[], %s::text[], %s::int[], %s::text[], %s::date[])""",
-            (
-                [x.order_id for x in o],
-                [x.customer_id for x in o],
-                [str(x.customer_tier) for x in o],
-                [str(x.shipping_service) for x in o],
-                [x.need_by for x in o],
-                [str(x.split_preference) if x.split_preference else None for x in o],
-                [x.currency for x in o],
-                [x.placed_at for x in o],
-                [n.event_id for n in c.new_orders],
-                [sum(line.quantity for line in x.lines) for x in o],
-                [str(c.outcomes[x.order_id]) if x.order_id in c.outcomes else None for x in o],
-                [c.eta_told.get(x.order_id) for x in o],
-            ),
-        )
-    new_ids = {n.order.order_id for n in c.new_orders}
-    if c.new_lines:
-        yield (
-            """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor,
-                   split, placed_at, quantity_allocated, quantity_reserved, quantity_rejected, quantity_cancelled,
-                   quantity_shipped, status, status_reason, cancel_reason, expected_ship_date, eta_basis,
-                   backordered, filled_at, shipped_at, updated_at)
-               SELECT *, now() FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::bigint[],
-                   %s::text[], %s::timestamptz[], %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::text[],
-                   %s::text[], %s::text[], %s::date[], %s::text[], %s::bool[], %s::timestamptz[],
-                   %s::timestamptz[])""",
-            (
-                [x.order_id for x in c.new_lines],
-                [x.line_id for x in c.new_lines],
-                [x.sku for x in c.new_lines],
-                [x.product_name for x in c.new_lines],
-                [x.ordered for x in c.new_lines],
-                [x.unit_price_minor for x in c.new_lines],
-                [str(x.split) for x in c.new_lines],
-                [x.placed_at for x in c.new_lines],
-                *_line_state(c.new_lines),
-            ),
-        )
-    if c.changed_lines:
-        yield (
-            """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
-                   quantity_rejected = f.rejected, quantity_cancelled = f.cancelled, quantity_shipped = f.shipped,
-                   status = f.status, status_reason = f.reason, cancel_reason = f.cancel_reason,
-                   expected_ship_date = f.expected, eta_basis = f.basis, backordered = f.backordered,
-                   filled_at = f.filled_at, shipped_at = f.shipped_at, updated_at = now()
-               FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::text[],
-                           %s::text[], %s::text[], %s::date[], %s::text[], %s::bool[], %s::timestamptz[],
-                           %s::timestamptz[])
-                    AS f(order_id, line_id, allocated, reserved, rejected, cancelled, shipped, status, reason,
-                         cancel_reason, expected, basis, backordered, filled_at, shipped_at)
-               WHERE l.order_id = f.order_id AND l.line_id = f.line_id""",
-            (
-                [x.order_id for x in c.changed_lines],
-                [x.line_id for x in c.changed_lines],
-                *_line_state(c.changed_lines),
-            ),
-        )
+# Tables of this connection's session that a save copies its changes into before one statement applies
+# them; emptied at every commit. Created by the transaction that first needs them (and again after one
+# that rolled back its creation).
+_STAGES = (
+    """CREATE TEMP TABLE IF NOT EXISTS line_change (
+           order_id text, line_id text, allocated int, reserved int, rejected int, cancelled int, shipped int,
+           status text, reason text, cancel_reason text, expected date, basis text, backordered bool,
+           filled_at timestamptz, shipped_at timestamptz) ON COMMIT DELETE ROWS""",
+    """CREATE TEMP TABLE IF NOT EXISTS outbox_stage (
+           n int, event_id uuid, topic text, message_key bytea, message_value bytea, source_time timestamptz)
+           ON COMMIT DELETE ROWS""",
+)
+
+
+def _stage(conn: psycopg.Connection[Any]) -> None:
+    with conn.pipeline():
+        for statement in _STAGES:
+            conn.execute(statement)
+
+
+def _copy(conn: psycopg.Connection[Any], table: str, rows: Iterable[Sequence[Any]]) -> None:
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return
+    with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
+        copy.write_row(first)
+        for row in rows:
+            copy.write_row(row)
+
+
+def _statements(c: Changes, new_ids: set[str]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The statements that write the small sets of `c`, in an order the foreign keys accept."""
     changed_orders = sorted((set(c.outcomes) | set(c.eta_told)) - new_ids)
     if changed_orders:
         yield (
@@ -388,44 +460,6 @@ def _statements(changes: Changes, serialize: Serializer) -> Iterator[tuple[str, 
                FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS f(sku, available, received)
                WHERE s.sku = f.sku""",
             (skus, [c.stock[s][0] for s in skus], [c.stock[s][1] for s in skus]),
-        )
-    if c.receipts:
-        r = [receipt for receipt, _ in c.receipts]
-        yield (
-            """INSERT INTO stock_receipt (receipt_id, sku, quantity, supplier_id, purchase_order_id, received_at,
-                   event_id)
-               SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[],
-                                    %s::text[])""",
-            (
-                [x.receipt_id for x in r],
-                [x.sku for x in r],
-                [x.quantity for x in r],
-                [x.supplier_id for x in r],
-                [x.purchase_order_id for x in r],
-                [x.received_at for x in r],
-                [eid for _, eid in c.receipts],
-            ),
-        )
-    if c.allocations:
-        d = [decision for decision, _ in c.allocations]
-        yield (
-            """INSERT INTO allocation (order_id, line_id, sku, quantity, reserved, shipped, shipment_id, cause, rank,
-                   reason, allocated_at)
-               SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::uuid[],
-                                    %s::text[], %s::int[], %s::text[], %s::timestamptz[])""",
-            (
-                [x.order_id for x in d],
-                [x.line_id for x in d],
-                [x.sku for x in d],
-                [x.quantity for x in d],
-                [x.reserved for x in d],
-                [x.shipped for x in d],
-                [uuid.UUID(s) if s else None for _, s in c.allocations],
-                [x.cause for x in d],
-                [x.rank for x in d],
-                [x.reason for x in d],
-                [x.at for x in d],
-            ),
         )
     for p in c.policies:  # a few a day: one statement each
         yield (
@@ -515,45 +549,25 @@ def _statements(changes: Changes, serialize: Serializer) -> Iterator[tuple[str, 
                    dispatched_at) VALUES (%s, %s, %s, %s, %s, %s)""",
             (uuid.UUID(x.shipment_id), x.order_id, x.carrier, x.tracking_number, x.estimated_delivery, x.at),
         )
-    if c.events:
-        ids: list[str] = []
-        topics: list[str] = []
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for event, _ in c.events:
-            topic, key, value = serialize(event)
-            ids.append(event.event_id)
-            topics.append(topic)
-            keys.append(key)
-            values.append(value)
-        yield (
-            """INSERT INTO outbox (event_id, topic, message_key, message_value, source_time)
-               SELECT i, t, k, v, s
-               FROM unnest(%s::uuid[], %s::text[], %s::bytea[], %s::bytea[], %s::timestamptz[])
-                    WITH ORDINALITY AS u(i, t, k, v, s, n)
-               ORDER BY n  -- the ids follow the events' order: consumers see each key's events in order
-               ON CONFLICT (event_id) DO NOTHING""",
-            (ids, topics, keys, values, [at for _, at in c.events]),
-        )
 
 
-def _line_state(lines: Sequence[OrderLineState]) -> list[list[Any]]:
+def _line_state(x: OrderLineState) -> tuple[Any, ...]:
     """The columns of a line that change, in the order the statements above name them."""
-    return [
-        [x.allocated for x in lines],
-        [x.reserved for x in lines],
-        [x.rejected for x in lines],
-        [x.cancelled for x in lines],
-        [x.shipped for x in lines],
-        [str(x.status) for x in lines],
-        [x.reason for x in lines],
-        [str(x.cancel_reason) if x.cancel_reason else None for x in lines],
-        [x.expected_ship_date for x in lines],
-        [x.eta_basis for x in lines],
-        [x.backordered for x in lines],
-        [x.filled_at for x in lines],
-        [x.shipped_at for x in lines],
-    ]
+    return (
+        x.allocated,
+        x.reserved,
+        x.rejected,
+        x.cancelled,
+        x.shipped,
+        str(x.status),
+        x.reason,
+        str(x.cancel_reason) if x.cancel_reason else None,
+        x.expected_ship_date,
+        x.eta_basis,
+        x.backordered,
+        x.filled_at,
+        x.shipped_at,
+    )
 
 
 class PostgresUnitOfWorkFactory:
