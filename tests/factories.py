@@ -93,3 +93,17 @@ def policy(sku: str, decided_at: str = "2026-01-01", **fields: Any) -> dict[str,
         "max_promise_days": None,
         **fields,
     }
+
+
+def shipment(order_id: str, shipment_id: str, dispatched_at: str = "2026-01-22", **fields: Any) -> dict[str, Any]:
+    """A ShipmentDispatched record."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": at(dispatched_at),
+        "shipment_id": shipment_id,
+        "order_id": order_id,
+        "carrier": "DHL",
+        "tracking_number": "JD0001",
+        "estimated_delivery": None,
+        **fields,
+    }
