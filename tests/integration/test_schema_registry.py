@@ -24,17 +24,12 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_writer
 
 from tests import factories
-from tests.integration.conftest import ROOT, Deployment, json_lines, wait_for
+from tests.integration.conftest import RECORD_OF, ROOT, Deployment, json_lines, wait_for
 from worker.adapters.avro import MAGIC, AvroCodec, bundled_schema_dir, schema_versions
 from worker.adapters.schema_registry import RegistrationRefused, RegistrySchemas, register_all
 
 RECORDS = {
-    "order-created": "backorder.OrderCreated",
-    "inventory-received": "backorder.InventoryReceived",
-    "order-cancelled": "backorder.OrderCancelled",
-    "product-policy": "backorder.ProductPolicy",
-    "restock-expected": "backorder.RestockExpected",
-    "shipment-dispatched": "backorder.ShipmentDispatched",
+    **RECORD_OF,
     "fulfillment-requested": "backorder.FulfillmentRequested",
     "customer-notification": "backorder.CustomerNotification",
     "backorder-status": "backorder.BackorderStatusChanged",
