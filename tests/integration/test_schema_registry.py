@@ -125,6 +125,11 @@ def test_both_framings_and_every_change_of_contract_1_1_on_the_topics(
                 == (3, 1)
             ),
         )
+        # 1.1's policy fields are stored as sent (what they do comes with the promise); a v1 policy has none.
+        assert world.query(
+            "SELECT sku, available_from, max_promise_days FROM product_policy"
+            " WHERE sku IN ('LATE', 'SOON') ORDER BY sku"
+        ) == [("LATE", dt.date(2026, 12, 1), 60), ("SOON", None, None)]
 
         # Orders in both framings on one topic.
         world.produce_confluent(
