@@ -201,19 +201,19 @@ class Book:
         self._load_queues([sku for sku in skus if self._available.get(sku, 0) > 0 or sku in receiving])
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
-        ordered = sorted(set(order_ids) - self._locked_orders)
+        ordered = sorted({x for x in order_ids if x not in self._locked_orders})
         if ordered:
             self._store.lock_orders(ordered)
             self._locked_orders.update(ordered)
 
     def lock_stock(self, skus: Iterable[str]) -> None:
-        ordered = sorted(set(skus) - self._locked_skus)
+        ordered = sorted({x for x in skus if x not in self._locked_skus})
         if ordered:
             self._available.update(self._store.lock_stock(ordered))
             self._locked_skus.update(ordered)
 
     def hold_orders(self, order_ids: Iterable[str]) -> None:
-        wanted = set(order_ids) - self._held - {o for o in self._new_orders}
+        wanted = {o for o in order_ids if o not in self._held and o not in self._new_orders}
         self._load_orders(wanted)
         # An order whose every line is of a SKU this transaction has locked cannot change under it.
         needed = sorted(
@@ -243,13 +243,13 @@ class Book:
             self._by_sku.setdefault(line.sku, {})[key] = None
 
     def _load_orders(self, order_ids: Iterable[str]) -> None:
-        missing = sorted(set(order_ids) - self._orders_loaded)
+        missing = sorted({x for x in order_ids if x not in self._orders_loaded})
         if missing:
             self._merge(self._store.lines(orders=missing))
             self._orders_loaded.update(missing)
 
     def _load_queues(self, skus: Iterable[str]) -> None:
-        missing = sorted(set(skus) - self._queues_loaded)
+        missing = sorted({x for x in skus if x not in self._queues_loaded})
         if missing:
             self._merge(self._store.lines(waiting_skus=missing))
             self._queues_loaded.update(missing)
@@ -264,13 +264,13 @@ class Book:
             self._facts[key] = (seen[key], False) if key in seen else (fact.content_hash, True)
 
     def _load_policies(self, skus: Iterable[str]) -> None:
-        missing = sorted(set(skus) - set(self._policies))
+        missing = sorted({x for x in skus if x not in self._policies})
         if missing:
             kept = {p.sku: p for p in self._store.policies(missing)}
             self._policies.update({sku: kept.get(sku) for sku in missing})
 
     def _load_restocks(self, skus: Iterable[str]) -> None:
-        missing = sorted(set(skus) - set(self._restocks))
+        missing = sorted({x for x in skus if x not in self._restocks})
         if missing:
             loaded: dict[str, dict[str, KeptRestock]] = {sku: {} for sku in missing}
             for row in self._store.restocks(missing):
@@ -278,13 +278,13 @@ class Book:
             self._restocks.update(loaded)
 
     def _load_with_dates(self, skus: Iterable[str]) -> None:
-        missing = sorted(set(skus) - set(self._with_dates))
+        missing = sorted({x for x in skus if x not in self._with_dates})
         if missing:
             known = self._store.skus_with_expected_dates(missing)
             self._with_dates.update({sku: sku in known for sku in missing})
 
     def _load_pending(self, order_ids: Iterable[str]) -> None:
-        missing = sorted(set(order_ids) - set(self._pending))
+        missing = sorted({x for x in order_ids if x not in self._pending})
         if missing:
             found: dict[str, list[PendingCancellation]] = {o: [] for o in missing}
             for row in self._store.pending_cancellations(missing):
@@ -292,7 +292,7 @@ class Book:
             self._pending.update({o: tuple(rows) for o, rows in found.items()})
 
     def _load_told(self, order_ids: Iterable[str]) -> None:
-        missing = sorted(set(order_ids) - set(self._told))
+        missing = sorted({x for x in order_ids if x not in self._told})
         if missing:
             told = self._store.eta_told(missing)
             self._told.update({o: told.get(o) for o in missing})
@@ -515,7 +515,7 @@ class Book:
         return sorted(open_, key=lambda r: (r.expected_date, r.purchase_order_id))
 
     def _load_deliveries(self, supplier_ids: Iterable[str]) -> None:
-        missing = sorted(set(supplier_ids) - set(self._deliveries))
+        missing = sorted({x for x in supplier_ids if x not in self._deliveries})
         if missing:
             found: dict[str, list[Delivery]] = {s: [] for s in missing}
             for delivery in self._store.deliveries(missing, LATENESS_HISTORY):
