@@ -65,6 +65,9 @@ class MemoryStore:
     def lock_stock(self, skus: Sequence[str]) -> dict[str, int]:
         return {sku: self.state.available.setdefault(sku, 0) for sku in skus}
 
+    def stock(self, skus: Sequence[str]) -> dict[str, int]:
+        return {sku: self.state.available.get(sku, 0) for sku in skus}
+
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         self.state.held_orders.update(order_ids)
         return self.lines(orders=order_ids)

@@ -387,6 +387,10 @@ class Store(Protocol):
         """Lock the stock rows of these SKUs (in SKU order, creating missing ones); units available of each."""
         ...
 
+    def stock(self, skus: Sequence[str]) -> dict[str, int]:
+        """Units available of each SKU (0 for one never seen), without locking anything."""
+        ...
+
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         """Wait until no other transaction holds these orders, hold them to the end of this one, and
         return their lines as they are now."""

@@ -97,6 +97,12 @@ class PostgresStore:
         return dict(rows)
 
     @_judged
+    def stock(self, skus: Sequence[str]) -> dict[str, int]:
+        rows = self._conn.execute("SELECT sku, available FROM stock_level WHERE sku = ANY(%s)", (list(skus),))
+        found = dict(rows.fetchall())
+        return {sku: found.get(sku, 0) for sku in skus}
+
+    @_judged
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         # Row locks, not advisory ones: they take no room in the lock table however many orders a
         # receipt fills. Taken in order_id order; a deadlock between two workers' batches is retried.
@@ -583,3 +589,16 @@ class PostgresUnitOfWorkFactory:
             book = Book(PostgresStore(conn, self._serialize, self._dead_letter_topic))
             yield book
             book.save()
+
+
+def _writes_nothing(event: OutboundEvent) -> tuple[str, bytes, bytes]:
+    raise RuntimeError("a snapshot writes nothing")
+
+
+@contextmanager
+def snapshot(pool: ConnectionPool) -> Iterator[PostgresStore]:
+    """A store on one consistent, read-only snapshot of the database (a transaction that is rolled back):
+    for a promise, which must see one moment of the queue and change nothing."""
+    with transaction(pool, rollback=True) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield PostgresStore(conn, _writes_nothing, "")

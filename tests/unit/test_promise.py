@@ -1,0 +1,132 @@
+"""A promise is what the worker then does: for generated queues and carts, the promise made on a snapshot
+equals what placing the same order a moment later decides, with nothing else in between."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests import examples, factories
+from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore
+from worker.domain.model import CustomerTier, ShippingService, SplitPreference
+from worker.domain.policy import ShopPolicy
+from worker.service import commands
+from worker.service.handlers import handle
+from worker.service.promise import Cart, CartLine, promise
+
+NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
+SKUS = ["A", "B", "C"]
+NAMES = {
+    "lines": "backorder.OrderCreated",
+    "receipt_id": "backorder.InventoryReceived",
+    "backorders_allowed": "backorder.ProductPolicy",
+    "purchase_order_id": "backorder.RestockExpected",
+}
+
+
+def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy, now: dt.datetime = NOW) -> None:
+    kind = next(v for k, v in NAMES.items() if k in record)
+    command = commands.command_for(kind, kind, record)
+    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
+    handle(command, uow, shop, now)
+
+
+def restock(sku: str, po: str, quantity: int, expected: str) -> dict[str, Any]:
+    return {
+        "event_id": f"restock-{po}-{sku}",
+        "occurred_at": factories.at("2026-01-01"),
+        "sku": sku,
+        "purchase_order_id": po,
+        "supplier_id": "acme",
+        "quantity": quantity,
+        "expected_date": dt.date.fromisoformat(expected),
+    }
+
+
+history = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("order"),
+            st.lists(
+                st.tuples(st.sampled_from(SKUS), st.integers(1, 5)), min_size=1, max_size=2, unique_by=lambda x: x[0]
+            ),
+            st.sampled_from([None, "SHIP_COMPLETE"]),
+            st.sampled_from(["STANDARD", "VIP"]),
+            st.integers(1, 30),
+        ),
+        st.tuples(st.just("receipt"), st.sampled_from(SKUS), st.integers(1, 8)),
+        st.tuples(st.just("restock"), st.sampled_from(SKUS), st.integers(1, 8), st.integers(1, 40)),
+        st.tuples(st.just("policy"), st.sampled_from(SKUS), st.booleans(), st.none() | st.integers(1, 30)),
+    ),
+    max_size=12,
+)
+carts = st.tuples(
+    st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 6)), min_size=1, max_size=3, unique_by=lambda x: x[0]),
+    st.sampled_from(list(CustomerTier)),
+    st.sampled_from(list(ShippingService)),
+    st.sampled_from([None, *SplitPreference]),
+    st.none() | st.integers(0, 10),
+)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(past=history, cart=carts)
+def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, ...]], cart: tuple[Any, ...]) -> None:
+    shop = ShopPolicy()
+    uow = FakeUnitOfWork()
+    for i, op in enumerate(past):
+        if op[0] == "order":
+            _, lines, split, tier, age = op
+            placed = (NOW - dt.timedelta(days=age, minutes=i)).isoformat()
+            run(uow, factories.order(f"O{i}", placed, lines, split_preference=split, customer_tier=tier), shop)
+        elif op[0] == "receipt":
+            run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop)
+        elif op[0] == "restock":
+            run(uow, restock(op[1], f"PO{i}", op[2], (NOW.date() + dt.timedelta(days=op[3])).isoformat()), shop)
+        else:
+            run(uow, factories.policy(op[1], backorders_allowed=op[2], lead_time_days=op[3]), shop)
+    state: FakeState = uow.state
+    lines, tier, service, split, need_in = cart
+    need_by = NOW.date() + dt.timedelta(days=need_in) if need_in is not None else None
+    asked = Cart(
+        customer_id="shopper",
+        customer_tier=tier,
+        shipping_service=service,
+        need_by=need_by,
+        split_preference=split,
+        lines=tuple(CartLine(f"L{n}", sku, quantity) for n, (sku, quantity) in enumerate(lines, start=1)),
+    )
+    before = copy.deepcopy(state)
+    promised = promise(asked, MemoryStore(state), shop, NOW, order_id="CART")
+    assert state == before  # a promise changes nothing
+
+    placed = FakeUnitOfWork(state)
+    record = factories.order(
+        "CART",
+        NOW.isoformat(),
+        [
+            {"line_id": f"L{n}", "sku": sku, "product_name": sku, "quantity": q, "unit_price_minor": 0}
+            for n, (sku, q) in enumerate(lines, start=1)
+        ],
+        customer_id="shopper",
+        customer_tier=str(tier),
+        shipping_service=str(service),
+        need_by=need_by,
+        split_preference=str(split) if split else None,
+    )
+    run(placed, record, shop)
+    after = {key[1]: line for key, line in placed.state.lines.items() if key[0] == "CART"}
+    for line in promised.lines:
+        real = after[line.line_id]
+        assert line.ships_now == real.allocated
+        assert line.rejected == real.rejected
+        assert line.backordered == real.wanted - real.allocated
+        if line.backordered:
+            assert line.expected_ship_date == real.expected_ship_date
+    if all(line.accepted for line in promised.lines):
+        assert not any(dataclasses.asdict(line)["rejected"] for line in promised.lines)

@@ -1,0 +1,203 @@
+"""What the shop can promise at checkout, before the order exists.
+
+A promise is the real `place_order` handler run on a snapshot: the cart becomes an order that is placed
+in a unit of work over a store that only reads (`Snapshot`), and the answer is read off what the handler
+decided. Every rule the worker applies when the order arrives (priority, allocation, refusals, expected
+ship dates) is therefore the rule the promise applies; there is no second copy. Nothing is written and
+nothing is reserved: another order placed a second later may take the units this one was promised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from worker.domain.model import (
+    Backorder,
+    CustomerTier,
+    Order,
+    OrderLine,
+    OrderLineState,
+    ShippingService,
+    SplitPreference,
+)
+from worker.domain.policy import ShopPolicy
+from worker.domain.priority import in_priority_order
+from worker.service.book import Book
+from worker.service.commands import PlaceOrder
+from worker.service.handlers import place_order
+from worker.service.messages import InboundMessage, RejectedMessage
+from worker.service.ports import Changes, Delivery, Fact, KeptPolicy, KeptRestock, PendingCancellation, Store
+
+
+@dataclass(frozen=True)
+class CartLine:
+    line_id: str
+    sku: str
+    quantity: int
+    product_name: str = ""
+    unit_price_minor: int = 0
+
+
+@dataclass(frozen=True)
+class Cart:
+    customer_id: str
+    customer_tier: CustomerTier
+    shipping_service: ShippingService
+    need_by: dt.date | None
+    split_preference: SplitPreference | None
+    lines: tuple[CartLine, ...]
+    currency: str = "EUR"
+
+
+@dataclass(frozen=True)
+class LinePromise:
+    line_id: str
+    sku: str
+    ships_now: int  # units released to shipping at once
+    backordered: int  # units that would wait (reserved for a ship-complete line included)
+    accepted: bool  # whether the units that would wait are taken as a backorder
+    rejected: int  # units refused
+    reason: str | None  # why, when refused (or held)
+    expected_ship_date: dt.date | None  # of the line's last unit; None: unknown
+    rank: int | None  # the line's place in its SKU's queue (1: served first); None when nothing waits
+
+
+@dataclass(frozen=True)
+class Promise:
+    lines: tuple[LinePromise, ...]
+    ship_complete_date: dt.date | None  # when the whole order would have shipped; None: unknown
+    first_shipment_date: dt.date | None  # when its first units would ship; None: nothing ships yet that is known
+
+
+def promise(cart: Cart, store: Store, shop: ShopPolicy, now: dt.datetime, *, order_id: str | None = None) -> Promise:
+    """What placing `cart` now would give, by the worker's own rules on what `store` holds; changes nothing.
+    `order_id`: the id the order would have (it breaks ties between orders placed at the same instant)."""
+    order_id = order_id or f"promise-{uuid.uuid4()}"
+    order = Order(
+        order_id=order_id,
+        customer_id=cart.customer_id,
+        customer_tier=cart.customer_tier,
+        shipping_service=cart.shipping_service,
+        need_by=cart.need_by,
+        split_preference=cart.split_preference,
+        currency=cart.currency,
+        placed_at=now,
+        lines=tuple(
+            OrderLine(line.line_id, line.sku, line.product_name or line.sku, line.quantity, line.unit_price_minor)
+            for line in cart.lines
+        ),
+    )
+    command = PlaceOrder(event_id=order_id, order=order, content_hash=b"")
+    book = Book(Snapshot(store))
+    book.prepare([command])
+    place_order(command, book, shop, now)
+    today = now.date()
+    lines = []
+    for state in book.order_lines([order_id]):
+        waiting = state.wanted - state.allocated
+        lines.append(
+            LinePromise(
+                line_id=state.line_id,
+                sku=state.sku,
+                ships_now=state.allocated,
+                backordered=waiting,
+                accepted=state.rejected == 0,
+                rejected=state.rejected,
+                reason=state.reason if state.rejected or state.reserved else None,
+                expected_ship_date=(state.expected_ship_date if waiting else today) if state.wanted else None,
+                rank=_rank(state, book.waiting_lines(state.sku), shop, now) if waiting else None,
+            )
+        )
+    by_id = {line.line_id: line for line in lines}
+    ordered = tuple(by_id[line.line_id] for line in cart.lines if line.line_id in by_id)
+    return Promise(ordered, _ship_complete(ordered), _first_shipment(ordered, today))
+
+
+def _rank(line: OrderLineState, queue: Sequence[Backorder], shop: ShopPolicy, now: dt.datetime) -> int | None:
+    for place, (waiting, _) in enumerate(in_priority_order(queue, shop.priority, now), start=1):
+        if (waiting.order_id, waiting.line_id) == (line.order_id, line.line_id):
+            return place
+    return None  # held whole for its order: it no longer takes units from the queue
+
+
+def _ship_complete(lines: Sequence[LinePromise]) -> dt.date | None:
+    dates = [line.expected_ship_date for line in lines if line.ships_now or line.backordered]
+    if not dates or any(d is None for d in dates):
+        return None
+    return max(d for d in dates if d is not None)
+
+
+def _first_shipment(lines: Sequence[LinePromise], today: dt.date) -> dt.date | None:
+    if any(line.ships_now for line in lines):
+        return today
+    dates = [line.expected_ship_date for line in lines if line.backordered and line.expected_ship_date is not None]
+    return min(dates) if dates else None
+
+
+class Snapshot:
+    """A Store that only reads: nothing is locked, claimed or saved. For a promise, in a transaction that
+    sees one consistent snapshot (the caller's)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def lock_orders(self, order_ids: Sequence[str]) -> None:
+        pass
+
+    def lock_stock(self, skus: Sequence[str]) -> dict[str, int]:
+        return self._store.stock(skus)
+
+    def stock(self, skus: Sequence[str]) -> dict[str, int]:
+        return self._store.stock(skus)
+
+    def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
+        return self._store.lines(orders=order_ids)
+
+    def lock_sweep(self, wait: bool) -> bool:
+        return False
+
+    def claim_facts(self, facts: Sequence[Fact]) -> dict[tuple[str, str], bytes]:
+        return {}  # a promise's order is new by construction
+
+    def lines(
+        self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
+    ) -> list[OrderLineState]:
+        return self._store.lines(orders=orders, waiting_skus=waiting_skus, every_waiting=every_waiting)
+
+    def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]:
+        return self._store.eta_told(order_ids)
+
+    def customer_lines(self, customer_id: str, sku: str) -> list[OrderLineState]:
+        return self._store.customer_lines(customer_id, sku)
+
+    def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
+        return self._store.skus_with_expected_dates(skus)
+
+    def policies(self, skus: Sequence[str]) -> list[KeptPolicy]:
+        return self._store.policies(skus)
+
+    def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
+        return self._store.restocks(skus)
+
+    def deliveries(self, supplier_ids: Sequence[str], last: int) -> list[Delivery]:
+        return self._store.deliveries(supplier_ids, last)
+
+    def pending_cancellations(self, order_ids: Sequence[str]) -> list[PendingCancellation]:
+        return []  # no cancellation can name an order that does not exist yet
+
+    def status_updates(self, order_ids: Sequence[str]) -> set[tuple[str, int]]:
+        return self._store.status_updates(order_ids)
+
+    def shipment(self, shipment_id: str, order_id: str) -> dict[str, int]:
+        return self._store.shipment(shipment_id, order_id)
+
+    def dead_letter(
+        self, message: InboundMessage, error: RejectedMessage, at: dt.datetime, caused_at: dt.datetime | None
+    ) -> bool:
+        raise RuntimeError("a promise writes nothing")
+
+    def save(self, changes: Changes) -> None:
+        raise RuntimeError("a promise writes nothing")
