@@ -82,8 +82,8 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
     for i, op in enumerate(past):
         if op[0] == "order":
             _, lines, split, tier, age = op
-            placed = (NOW - dt.timedelta(days=age, minutes=i)).isoformat()
-            run(uow, factories.order(f"O{i}", placed, lines, split_preference=split, customer_tier=tier), shop)
+            when = (NOW - dt.timedelta(days=age, minutes=i)).isoformat()
+            run(uow, factories.order(f"O{i}", when, lines, split_preference=split, customer_tier=tier), shop)
         elif op[0] == "receipt":
             run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop)
         elif op[0] == "restock":
