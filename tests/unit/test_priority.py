@@ -1,13 +1,21 @@
-"""Ranking: the configured criteria, FIFO within a rank, and promotion of lines that waited too long."""
+"""Ranking: the configured criteria, earliest deadline first within the need-by rank and FIFO within every
+rank, and promotion of lines that waited too long."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import itertools
+import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.unit.test_allocation import backorder
-from worker.domain.model import CustomerTier, ShippingService
+from tests import examples
+from tests.unit.test_allocation import NOW as ALLOCATION_NOW
+from tests.unit.test_allocation import backorder, queues
+from worker.domain.model import Backorder, CustomerTier, ShippingService
 from worker.domain.priority import Criterion, PriorityRules, in_priority_order, priority
 
 NOW = dt.datetime(2026, 2, 10, 12, tzinfo=dt.UTC)  # backorder(day=d) is placed on 2026-01-01 + d days
@@ -67,3 +75,100 @@ def test_the_reason_says_why_and_how_long() -> None:
 def test_a_criterion_listed_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="twice"):
         PriorityRules(ranks=(Criterion.VIP, Criterion.VIP))
+
+
+def test_within_the_need_by_rank_the_earliest_deadline_goes_first() -> None:
+    queue = [
+        backorder("older-later-deadline", 30, 1, need_by=dt.date(2026, 2, 13)),
+        backorder("newer-earlier-deadline", 38, 1, need_by=dt.date(2026, 2, 11)),
+        backorder("past-deadline", 39, 1, need_by=dt.date(2026, 2, 9)),
+        backorder("same-deadline-newest", 39, 1, need_by=dt.date(2026, 2, 13)),
+        backorder("vip", 35, 1, tier=CustomerTier.VIP),
+    ]
+    assert order_of(queue) == [
+        "past-deadline",
+        "newer-earlier-deadline",
+        "older-later-deadline",
+        "same-deadline-newest",
+        "vip",
+    ]
+
+
+def test_a_need_by_too_far_to_rank_does_not_reorder_its_rank() -> None:
+    # Both are VIP; neither deadline is within 3 days, so the VIP rank's usual order (oldest first) holds.
+    queue = [
+        backorder("old", 30, 1, tier=CustomerTier.VIP, need_by=dt.date(2026, 3, 30)),
+        backorder("new", 31, 1, tier=CustomerTier.VIP, need_by=dt.date(2026, 3, 1)),
+    ]
+    assert order_of(queue) == ["old", "new"]
+
+
+def test_a_pre_order_waits_from_its_release_not_from_its_order() -> None:
+    rules = PriorityRules(starvation_after=dt.timedelta(days=14))
+    old = dataclasses.replace(backorder("pre-order", 10, 1), waits_from=dt.datetime(2026, 2, 5, tzinfo=dt.UTC))
+    vip = backorder("vip", 40, 1, tier=CustomerTier.VIP)
+    assert order_of([old, vip], rules) == ["vip", "pre-order"]  # 30 days since the order, 5 since the release
+    assert priority(old, rules, NOW).reason == "rank 5: standard; waited 5 days"
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+ranks = st.permutations(list(Criterion)).flatmap(lambda order: st.integers(1, len(order)).map(lambda n: order[:n]))
+rules_ = st.builds(
+    PriorityRules,
+    ranks=ranks.map(tuple),
+    need_by_within_days=st.integers(0, 10),
+    starvation_after=st.none() | st.integers(1, 60).map(lambda d: dt.timedelta(days=d)),
+)
+
+
+@settings(max_examples=examples(300))
+@given(queue=queues, rules=rules_)
+def test_the_queue_is_served_by_rank_then_earliest_deadline_then_oldest(
+    queue: tuple[Backorder, ...], rules: PriorityRules
+) -> None:
+    served = in_priority_order(queue, rules, ALLOCATION_NOW)
+    assert sorted(id(line) for line, _ in served) == sorted(id(line) for line in queue)  # each line once
+    for (a, pa), (b, pb) in itertools.pairwise(served):
+        assert pa.rank <= pb.rank
+        if pa.rank != pb.rank:
+            continue
+        assert pa.criterion == pb.criterion  # a rank is one criterion (or the starved)
+        if pa.criterion == Criterion.NEED_BY.value:
+            assert a.need_by is not None and b.need_by is not None
+            assert a.need_by <= b.need_by  # earliest deadline first
+            if a.need_by == b.need_by:
+                assert a.fifo_key < b.fifo_key
+        else:
+            assert a.fifo_key < b.fifo_key  # oldest first
+
+
+@settings(max_examples=examples(200))
+@given(queue=queues, rules=rules_, seed=st.integers())
+def test_the_serving_order_does_not_depend_on_the_order_the_queue_comes_in(
+    queue: tuple[Backorder, ...], rules: PriorityRules, seed: int
+) -> None:
+    shuffled = list(queue)
+    random.Random(seed).shuffle(shuffled)
+    assert in_priority_order(queue, rules, ALLOCATION_NOW) == in_priority_order(shuffled, rules, ALLOCATION_NOW)
+
+
+@settings(max_examples=examples(200))
+@given(queue=queues, rules=rules_, data=st.data())
+def test_an_earlier_deadline_never_loses_its_place_to_a_later_one(
+    queue: tuple[Backorder, ...], rules: PriorityRules, data: st.DataObject
+) -> None:
+    """Moving a need-by line's deadline earlier never moves it later in the queue."""
+    if not queue:
+        return
+    index = data.draw(st.integers(0, len(queue) - 1))
+    line = queue[index]
+    if line.need_by is None:
+        return
+    earlier = dataclasses.replace(line, need_by=line.need_by - dt.timedelta(days=data.draw(st.integers(1, 10))))
+    moved = (*queue[:index], earlier, *queue[index + 1 :])
+
+    def place(q: tuple[Backorder, ...], target: Backorder) -> int:
+        return next(i for i, (b, _) in enumerate(in_priority_order(q, rules, ALLOCATION_NOW)) if b is target)
+
+    assert place(moved, earlier) <= place(queue, line)

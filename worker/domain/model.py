@@ -151,6 +151,9 @@ class Backorder:
     unit_price_minor: int = 0
     rejected: int = 0  # units of the line refused by policy (not part of `quantity`)
     cancelled: int = 0  # units of the line cancelled (not part of `quantity`)
+    # When its wait began, if not when it was placed: a pre-order waits from its product's release date
+    # (its age, for promotion past the starvation limit, counts from then).
+    waits_from: dt.datetime | None = None
 
     @property
     def open_quantity(self) -> int:

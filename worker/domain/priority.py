@@ -4,7 +4,8 @@ A line's rank is the place in the shop's list of criteria (`PriorityRules.ranks`
 criterion it meets; `standard` is met by every line that meets no other listed criterion, so the
 shop can rank wholesale above or below the rest just by where it lists it. A line that has waited
 longer than `starvation_after` is promoted to rank 0, above every criterion, so a stream of VIP
-orders cannot keep a standard order waiting forever. Within a rank, the oldest order goes first.
+orders cannot keep a standard order waiting forever. Within a rank, the oldest order goes first;
+within the `need_by` rank, the earliest deadline goes first (earliest-deadline-first), then the oldest.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _why(criterion: Criterion, line: Backorder, rules: PriorityRules, today: dt.
 
 
 def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priority:
-    age = max(now - line.placed_at, dt.timedelta(0))
+    age = max(now - (line.waits_from or line.placed_at), dt.timedelta(0))
     if rules.starvation_after is not None and age > rules.starvation_after:
         return Priority(STARVED_RANK, "starved", f"promoted after {rules.starvation_after.days} days", _waited(age))
     today = now.date()
@@ -102,6 +103,13 @@ def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priorit
 def in_priority_order(
     queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
 ) -> list[tuple[Backorder, Priority]]:
-    """The queue in the order it is served: by rank, then oldest first (ties by order and line id)."""
+    """The queue in the order it is served: by rank; within the `need_by` rank the earliest need-by date
+    first; then oldest first (ties by order and line id)."""
     ranked = [(line, priority(line, rules, now)) for line in queue]
-    return sorted(ranked, key=lambda pair: (pair[1].rank, pair[0].fifo_key))
+    return sorted(ranked, key=lambda pair: serving_key(*pair))
+
+
+def serving_key(line: Backorder, why: Priority) -> tuple[int, dt.date, tuple[dt.datetime, str, str]]:
+    """Where a ranked line stands in its queue: lines are served in ascending order of this key."""
+    deadline = line.need_by if why.criterion == Criterion.NEED_BY.value and line.need_by is not None else dt.date.min
+    return (why.rank, deadline, line.fifo_key)
