@@ -6,6 +6,7 @@ group, and worker processes started as a user would start them (`python -m worke
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -29,6 +30,9 @@ from psycopg.conninfo import make_conninfo
 
 from worker.adapters.avro import AvroCodec
 from worker.adapters.postgres.migrations import migrate
+from worker.adapters.postgres.read import state_figures
+from worker.adapters.postgres.totals import FILL_BUCKETS_SECONDS
+from worker.service.ports import Histogram
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy"))
@@ -291,6 +295,54 @@ class Deployment:
 
     def db(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.database_url, autocommit=True)
+
+    def totals_and_aggregates(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The running totals behind the state figures, and the same counted over every line: equal when every
+        transaction kept the totals right."""
+        with self.db() as conn:
+            figures = state_figures(conn)
+            kept = {
+                "units": (figures.units_allocated, figures.units_reserved, figures.units_rejected),
+                "backordered": figures.backordered_lines,
+                "cancelled": figures.cancelled_lines_by_reason,
+                "orders": figures.orders_by_outcome,
+                "fills": (figures.fill_to_allocation, figures.fill_to_shipment),
+            }
+            [units] = conn.execute(
+                """SELECT coalesce(sum(quantity_allocated), 0), coalesce(sum(quantity_reserved), 0),
+                          coalesce(sum(quantity_rejected), 0) FROM order_line"""
+            ).fetchall()
+            [(backordered,)] = conn.execute("SELECT count(*) FROM order_line WHERE backordered").fetchall()
+            cancelled = conn.execute(
+                "SELECT cancel_reason, count(*) FROM order_line WHERE cancel_reason IS NOT NULL GROUP BY 1"
+            ).fetchall()
+            orders = conn.execute(
+                "SELECT outcome, count(*) FROM customer_order WHERE outcome IS NOT NULL GROUP BY 1"
+            ).fetchall()
+            fills = []
+            for column in ("filled_at", "shipped_at"):
+                seconds = [
+                    float(d)
+                    for (d,) in conn.execute(
+                        f"""SELECT extract(epoch FROM {column} - placed_at) FROM order_line
+                            WHERE backordered AND {column} IS NOT NULL"""
+                    ).fetchall()
+                ]
+                fills.append(
+                    Histogram(
+                        [(bound, sum(1 for d in seconds if d <= bound)) for bound in FILL_BUCKETS_SECONDS],
+                        sum(math.floor(d * 1000 + 0.5) for d in seconds) / 1000,
+                        len(seconds),
+                    )
+                )
+        counted = {
+            "units": tuple(int(u) for u in units),
+            "backordered": int(backordered),
+            "cancelled": {reason: int(n) for reason, n in cancelled},
+            "orders": {outcome: int(n) for outcome, n in orders},
+            "fills": tuple(fills),
+        }
+        return kept, counted
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with self.db() as conn:

@@ -395,6 +395,8 @@ def check_outcomes(world: Deployment, plan: Plan, codec: AvroCodec) -> dict[str,
     assert [k for k in missing_status if k not in status_lines][:5] == [], "lines without a status event"
 
     assert world.query("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0
+    kept, counted = world.totals_and_aggregates()
+    assert kept == counted, "the running totals behind /metrics differ from the lines they count"
     dead = read_topic(world.bootstrap, world.topics["dlq"], keep_values=False, settle_s=2.0)
     classes = Counter(b"".join(m.header_values("dlq.error.class")).decode() for m in dead)
     assert not dead, f"dead letters for valid input: {dict(classes)}"

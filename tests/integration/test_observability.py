@@ -152,3 +152,35 @@ def test_an_amount_beyond_bigint_keeps_every_database_series(deployment: Deploym
     assert worker.metric("backorder_state_query_ok") == 1
     assert worker.metric("backorder_open_value_minor", currency="USD") == pytest.approx(2 * (2**63 - 1))
     assert worker.metric("backorder_open_lines") == 1
+
+
+def test_the_running_totals_start_from_what_the_lines_held_before_them(deployment: Deployment) -> None:
+    """Migration 0007 counts the lines written before it: on a database with history, what it starts the
+    totals from equals the figures counted over every line."""
+    for n, quantity in enumerate((3, 5, 7, 2)):
+        deployment.add_waiting_line(f"OLD-{n}", "HIST", quantity, 100)
+    with deployment.db() as conn:
+        conn.execute(
+            """UPDATE order_line SET backordered = true, quantity_allocated = 2, status = 'PARTIALLY_ALLOCATED',
+                   filled_at = placed_at + interval '30 hours' WHERE order_id = 'OLD-0'"""
+        )
+        conn.execute(
+            """UPDATE order_line SET backordered = true, quantity_allocated = 5, status = 'SHIPPED',
+                   quantity_shipped = 5, filled_at = placed_at + interval '2 days',
+                   shipped_at = placed_at + interval '3.5 days' WHERE order_id = 'OLD-1'"""
+        )
+        conn.execute(
+            """UPDATE order_line SET quantity_cancelled = 7, status = 'CANCELLED', cancel_reason = 'STALE'
+               WHERE order_id = 'OLD-2'"""
+        )
+        conn.execute("UPDATE order_line SET quantity_rejected = 2, status = 'REJECTED' WHERE order_id = 'OLD-3'")
+        conn.execute("UPDATE customer_order SET outcome = 'FULLY_BACKORDERED' WHERE order_id IN ('OLD-0', 'OLD-1')")
+        conn.execute("DELETE FROM state_total")
+        conn.execute("DELETE FROM state_delta")
+        migration = (ROOT / "worker" / "migrations" / "0007_running_totals.sql").read_text()
+        for statement in migration.split(";"):
+            if "INSERT INTO state_total" in statement:
+                conn.execute(statement)
+    kept, counted = deployment.totals_and_aggregates()
+    assert kept == counted
+    assert kept["units"] == (7, 0, 2) and kept["cancelled"] == {"STALE": 1} and kept["fills"][1].count == 1

@@ -108,6 +108,8 @@ def test_the_customer_timeline_from_confirmation_to_shipment(deployment: Deploym
     assert deployment.query("SELECT count(*) FROM expected_restock WHERE quantity > 0") == [(0,)]
     [(days_late,)] = deployment.query("SELECT days_late FROM supplier_delivery WHERE receipt_id = 'R-TL'")
     assert days_late == -20  # came 20 days before its expected date: early counts as on time for the margin
+    kept, counted = deployment.totals_and_aggregates()
+    assert kept == counted and kept["fills"][1].count == 1  # the running totals count the shipped line
 
     # A shipment the worker never requested is refused, not guessed at.
     deployment.produce(

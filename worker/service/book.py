@@ -79,6 +79,7 @@ class Book:
         """Drop everything loaded and every change (after a save: the store holds it all)."""
         # Loaded or changed state.
         self._lines: dict[LineKey, OrderLineState] = {}
+        self._loaded: dict[LineKey, OrderLineState] = {}  # each line as the store gave it (for the totals)
         self._by_order: dict[str, dict[LineKey, None]] = {}
         self._by_sku: dict[str, dict[LineKey, None]] = {}
         self._orders_loaded: set[str] = set()
@@ -149,14 +150,14 @@ class Book:
     def changes(self) -> Changes:
         """What this transaction changed, in its final state."""
         new_orders = [self._new_orders[o] for o in self._new_orders]
+        changed = [key for key in self._changed_lines if key not in self._new_lines and key in self._lines]
         return Changes(
             new_orders=new_orders,
             outcomes=dict(self._outcomes),
             eta_told={order_id: self._told.get(order_id) for order_id in self._told_changed},
             new_lines=[self._lines[key] for key in self._new_lines if key in self._lines],
-            changed_lines=[
-                self._lines[key] for key in self._changed_lines if key not in self._new_lines and key in self._lines
-            ],
+            changed_lines=[self._lines[key] for key in changed],
+            lines_before={key: self._loaded[key] for key in changed},
             stock={sku: (self._available[sku], self._received.get(sku, 0)) for sku in self._stock_changed},
             receipts=list(self._receipts.values()),
             allocations=list(self._allocations.values()),
@@ -238,7 +239,7 @@ class Book:
             key = (line.order_id, line.line_id)
             if key in self._lines and (not fresh or key in self._changed_lines or key in self._new_lines):
                 continue
-            self._lines[key] = line
+            self._lines[key] = self._loaded[key] = line
             self._by_order.setdefault(line.order_id, {})[key] = None
             self._by_sku.setdefault(line.sku, {})[key] = None
 

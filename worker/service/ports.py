@@ -358,6 +358,7 @@ class Changes:
     eta_told: dict[str, dt.date | None] = field(default_factory=dict)
     new_lines: list[OrderLineState] = field(default_factory=list)
     changed_lines: list[OrderLineState] = field(default_factory=list)
+    lines_before: dict[tuple[str, str], OrderLineState] = field(default_factory=dict)  # the changed, as loaded
     stock: dict[str, tuple[int, int]] = field(default_factory=dict)  # sku: (available now, units received)
     receipts: list[tuple[StockReceipt, str]] = field(default_factory=list)
     allocations: list[tuple[Decision, str | None]] = field(default_factory=list)  # with the shipment id

@@ -1,5 +1,5 @@
 """The read side on PostgreSQL: the service layer's ReadModel (queue views, decisions, the report) and
-the state figures behind /metrics. Nothing here writes."""
+the state figures behind /metrics. Nothing here writes, but for folding the running totals' deltas."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import psycopg
 
+from worker.adapters.postgres import totals
 from worker.adapters.postgres.common import WAITING_SQL, WAITING_STATUSES, select_lines, with_timeouts
 from worker.domain.model import Backorder
-from worker.service.ports import Decision, Histogram, SkuBacklog, StateFigures
+from worker.service.ports import Decision, SkuBacklog, StateFigures
 
 
 class PostgresReadModel:
@@ -48,83 +49,50 @@ class PostgresReadModel:
         return cancelled_backorders(self._conn)
 
 
-FILL_BUCKETS_SECONDS = tuple(
-    float(h * 3600) for h in (1, 6, 12, 24, 48, 72, 120, 168, 240, 336, 504, 720, 1080, 1440)
-)  # an hour to 60 days
-
-
-def _histogram(conn: psycopg.Connection[Any], seconds_sql: str) -> Histogram:
-    """A histogram of `seconds_sql` (an expression over order_line of backordered lines) in one query."""
-    filters = ", ".join(f"count(*) FILTER (WHERE d <= {bound})" for bound in FILL_BUCKETS_SECONDS)
-    row = conn.execute(
-        f"""SELECT {filters}, coalesce(sum(d), 0), count(*)
-            FROM (SELECT {seconds_sql} AS d FROM order_line WHERE backordered) AS durations
-            WHERE d IS NOT NULL"""
-    ).fetchone()
-    assert row is not None
-    n = len(FILL_BUCKETS_SECONDS)
-    return Histogram(
-        list(zip(FILL_BUCKETS_SECONDS, (int(c) for c in row[:n]), strict=True)), float(row[n]), int(row[n + 1])
-    )
-
-
 def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
+    """The figures behind /metrics and the report. What only grows comes from the running totals
+    (`totals`); the open backlog from the waiting lines (the partial index), the outbox from its unpublished
+    rows: nothing here reads every line ever written."""
+    total = totals.fold_and_read(conn)
     outbox = conn.execute(
         """SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0),
                   (SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL)
            FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"""
     ).fetchone()
-    lines = conn.execute(
-        """SELECT count(*) FILTER (WHERE status = ANY(%(waiting)s)),
-                  coalesce(sum(quantity - quantity_allocated - quantity_reserved - quantity_rejected
-                               - quantity_cancelled) FILTER (WHERE status = ANY(%(waiting)s)), 0),
-                  coalesce(sum(quantity_allocated), 0), coalesce(sum(quantity_reserved), 0),
-                  coalesce(sum(quantity_rejected), 0),
-                  (SELECT coalesce(sum(received_total), 0) FROM stock_level)
-           FROM order_line""",
-        {"waiting": WAITING_STATUSES},
-    ).fetchone()
-    cancelled = conn.execute(
-        "SELECT cancel_reason, count(*) FROM order_line WHERE cancel_reason IS NOT NULL GROUP BY cancel_reason"
-    ).fetchall()
-    [backordered_lines] = conn.execute("SELECT count(*) FROM order_line WHERE backordered").fetchone() or (0,)
-    outcomes = conn.execute(
-        "SELECT outcome, count(*) FROM customer_order WHERE outcome IS NOT NULL GROUP BY outcome"
-    ).fetchall()
     backlog = conn.execute(
-        """SELECT count(DISTINCT l.order_id), coalesce(extract(epoch FROM now() - min(l.placed_at)), 0),
-                  count(*) FILTER (WHERE l.expected_ship_date <= current_date + 7)
-           FROM order_line l WHERE l.status = ANY(%s)""",
-        (WAITING_STATUSES,),
+        f"""SELECT count(*), coalesce(sum(quantity - quantity_allocated - quantity_reserved - quantity_rejected
+                                          - quantity_cancelled), 0),
+                   count(DISTINCT order_id), coalesce(extract(epoch FROM now() - min(placed_at)), 0),
+                   count(*) FILTER (WHERE expected_ship_date <= current_date + 7),
+                   (SELECT coalesce(sum(received_total), 0) FROM stock_level)
+            FROM order_line WHERE status IN {WAITING_SQL}"""
     ).fetchone()
     values = conn.execute(
-        """SELECT o.currency, sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
-                                   - l.quantity_cancelled)::numeric * l.unit_price_minor)
-           FROM order_line l JOIN customer_order o USING (order_id)
-           WHERE l.status = ANY(%s) GROUP BY o.currency""",
-        (WAITING_STATUSES,),
+        f"""SELECT o.currency, sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
+                                    - l.quantity_cancelled)::numeric * l.unit_price_minor)
+            FROM order_line l JOIN customer_order o USING (order_id)
+            WHERE l.status IN {WAITING_SQL} GROUP BY o.currency"""
     ).fetchall()
-    assert backlog is not None
-    assert outbox is not None and lines is not None
+    assert outbox is not None and backlog is not None
     return StateFigures(
         outbox_backlog=int(outbox[0]),
         outbox_parked=int(outbox[2]),
         outbox_oldest_age_seconds=float(outbox[1]),
-        open_backorder_lines=int(lines[0]),
-        open_backorder_units=int(lines[1]),
-        units_allocated=int(lines[2]),
-        units_reserved=int(lines[3]),
-        units_rejected=int(lines[4]),
-        units_received=int(lines[5]),
-        cancelled_lines_by_reason={reason: int(count) for reason, count in cancelled},
-        orders_by_outcome={outcome: int(count) for outcome, count in outcomes},
-        backordered_lines=int(backordered_lines),
-        open_backorder_orders=int(backlog[0]),
-        oldest_open_age_seconds=float(backlog[1]),
-        open_lines_expected_within_7_days=int(backlog[2]),
+        open_backorder_lines=int(backlog[0]),
+        open_backorder_units=int(backlog[1]),
+        units_allocated=total.get(("units_allocated", ""), 0),
+        units_reserved=total.get(("units_reserved", ""), 0),
+        units_rejected=total.get(("units_rejected", ""), 0),
+        units_received=int(backlog[5]),
+        cancelled_lines_by_reason=totals.by_key(total, "cancelled_lines"),
+        orders_by_outcome=totals.by_key(total, "orders"),
+        backordered_lines=total.get(("backordered_lines", ""), 0),
+        open_backorder_orders=int(backlog[2]),
+        oldest_open_age_seconds=float(backlog[3]),
+        open_lines_expected_within_7_days=int(backlog[4]),
         open_value_minor_by_currency={currency: int(value) for currency, value in values},
-        fill_to_allocation=_histogram(conn, "extract(epoch FROM filled_at - placed_at)"),
-        fill_to_shipment=_histogram(conn, "extract(epoch FROM shipped_at - placed_at)"),
+        fill_to_allocation=totals.histogram(total, "fill_to_allocation"),
+        fill_to_shipment=totals.histogram(total, "fill_to_shipment"),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from worker.adapters.postgres import totals
 from worker.adapters.postgres.common import (
     ORDER_LOCK_CLASS,
     SWEEP_LOCK,
@@ -396,6 +397,7 @@ class PostgresStore:
         with conn.pipeline():
             for statement, params in _statements(c, new_ids):
                 conn.execute(statement, params)
+            totals.record(conn, c)
         if c.events:
             _stage(conn)
             rows = []
