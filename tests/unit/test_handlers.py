@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests import examples, factories
 from tests.unit.fakes import FakeUnitOfWork
 from worker.domain.allocation import ShipCompleteMode
+from worker.domain.eta import UnreliableSupplier
 from worker.domain.events import (
     BackorderStatusChanged,
     CustomerNotification,
@@ -20,9 +21,9 @@ from worker.domain.events import (
     NotificationType,
 )
 from worker.domain.model import CancelReason, LineStatus, OrderOutcome
-from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
+from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy, held_until
 from worker.service import commands
-from worker.service.handlers import Outcome, handle
+from worker.service.handlers import Outcome, handle, sweep
 from worker.service.messages import ConflictingDuplicate
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
@@ -49,6 +50,7 @@ def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy = SHOP, no
         "receipt_id": "backorder.InventoryReceived",
         "line_ids": "backorder.OrderCancelled",
         "backorders_allowed": "backorder.ProductPolicy",
+        "expected_date": "backorder.RestockExpected",
     }
     kind = next(v for k, v in name.items() if k in record)
     command = commands.command_for(kind, kind, record)
@@ -318,6 +320,21 @@ def test_notification_lines_carry_their_own_expected_ship_dates() -> None:
 # ------------------------------------------------------------------------------------------ invariants
 
 SKUS = ["A", "B"]
+POS = {"PO-1": "acme", "PO-2": "slowco"}  # purchase orders and their suppliers
+
+
+def restock(sku: str, po: str, quantity: int, expected: dt.date, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "event_id": f"restock-{po}-{sku}-{at.isoformat()}",
+        "occurred_at": at,
+        "purchase_order_id": po,
+        "sku": sku,
+        "supplier_id": POS[po],
+        "quantity": quantity,
+        "expected_date": expected,
+    }
+
+
 operations = st.lists(
     st.one_of(
         st.tuples(
@@ -328,24 +345,53 @@ operations = st.lists(
             st.integers(0, 40),
             st.sampled_from(["C1", "C2", "C3"]),
         ),
-        st.tuples(st.just("receipt"), st.sampled_from(SKUS), st.integers(1, 12)),
+        st.tuples(st.just("receipt"), st.sampled_from(SKUS), st.integers(1, 12), st.sampled_from([None, *sorted(POS)])),
         st.tuples(st.just("cancel"), st.integers(0, 30)),
-        st.tuples(st.just("policy"), st.sampled_from(SKUS), st.booleans(), st.none() | st.integers(0, 8)),
+        st.tuples(
+            st.just("policy"),
+            st.sampled_from(SKUS),
+            st.booleans(),
+            st.none() | st.integers(0, 8),
+            st.none() | st.integers(0, 2),  # a pre-order product released in this many days
+            st.none() | st.integers(1, 10),  # max_promise_days
+        ),
+        st.tuples(
+            st.just("restock"),
+            st.sampled_from(SKUS),
+            st.sampled_from(sorted(POS)),
+            st.integers(0, 10),
+            st.integers(-5, 20),
+        ),
+        st.tuples(st.just("sweep")),
     ),
     max_size=30,
 )
+reliability = st.tuples(st.none() | st.sampled_from([0.5, 1.0]), st.sampled_from(UnreliableSupplier))
 
 
 @settings(max_examples=examples(300), deadline=None)
-@given(ops=operations, mode=st.sampled_from(ShipCompleteMode), scope=st.sampled_from(ShipCompleteScope))
+@given(
+    ops=operations,
+    mode=st.sampled_from(ShipCompleteMode),
+    scope=st.sampled_from(ShipCompleteScope),
+    bound=reliability,
+)
 def test_units_are_never_lost_or_created_whatever_happens(
-    ops: list[tuple[Any, ...]], mode: ShipCompleteMode, scope: ShipCompleteScope
+    ops: list[tuple[Any, ...]],
+    mode: ShipCompleteMode,
+    scope: ShipCompleteScope,
+    bound: tuple[float | None, UnreliableSupplier],
 ) -> None:
-    shop = dataclasses.replace(SHOP, ship_complete_mode=mode, ship_complete_scope=scope)
+    eta = dataclasses.replace(SHOP.eta, min_on_time_ratio=bound[0], unreliable_supplier=bound[1])
+    shop = dataclasses.replace(SHOP, ship_complete_mode=mode, ship_complete_scope=scope, eta=eta)
     uow = world(*SKUS)
     placed: list[str] = []
     for i, op in enumerate(ops):
-        now = NOW + dt.timedelta(hours=i)
+        now = NOW + dt.timedelta(hours=6 * i)  # a pre-order product may be released along the way
+        set_aside = {
+            sku: sum(ln.allocated + ln.reserved for ln in uow.state.lines.values() if ln.sku == sku) for sku in SKUS
+        }
+        unreleased = {sku for sku in SKUS if held_until(uow.policy(sku) or shop.product, now) is not None}
         if op[0] == "order":
             _, lines, split, tier, age, customer = op
             placed.append(f"O{i}")
@@ -359,16 +405,29 @@ def test_units_are_never_lost_or_created_whatever_happens(
             )
             run(uow, record, shop, now)
         elif op[0] == "receipt":
-            run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop, now)
+            po = {"purchase_order_id": op[3], "supplier_id": POS[op[3]]} if op[3] else {}
+            run(uow, factories.receipt(f"R{i}", op[1], op[2], **po), shop, now)
         elif op[0] == "cancel" and placed:
             run(uow, cancel(placed[op[1] % len(placed)]), shop, now)
         elif op[0] == "policy":
-            run(
-                uow,
-                policy(op[1], backorders_allowed=op[2], max_backorder_qty_per_customer=op[3], occurred_at=now),
-                shop,
-                now,
+            _, sku, allowed, cap, release_in, promise_days = op
+            release = None if release_in is None else NOW.date() + dt.timedelta(days=release_in)
+            record = policy(
+                sku,
+                backorders_allowed=allowed,
+                max_backorder_qty_per_customer=cap,
+                available_from=release,
+                max_promise_days=promise_days,
+                occurred_at=now,
             )
+            run(uow, record, shop, now)
+        elif op[0] == "restock":
+            _, sku, po, quantity, days = op
+            run(uow, restock(sku, po, quantity, now.date() + dt.timedelta(days=days), now), shop, now)
+        elif op[0] == "sweep":
+            sweep(uow, shop, now)
+        for sku in unreleased:  # nothing of a product not released yet is given to anyone
+            assert sum(ln.allocated + ln.reserved for ln in uow.state.lines.values() if ln.sku == sku) <= set_aside[sku]
         for sku in SKUS:
             lines_ = [line for line in uow.state.lines.values() if line.sku == sku]
             held = sum(line.allocated + line.reserved for line in lines_)

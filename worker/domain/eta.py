@@ -4,6 +4,11 @@ The queue is walked in allocation order against the expected receipts in date or
 the date of the receipt that covers the last unit it waits for, plus a handling margin, plus the
 margin its supplier has earned by delivering late before. Past the last expected receipt, the
 product's lead time gives a date; with neither, the date is honestly unknown (None).
+
+A supplier whose on-time ratio over its last deliveries is below the shop's bound is unreliable: the
+shop either widens its margin (to the worst lateness among those deliveries) or refuses the backorders
+whose date rests on it (`worker.domain.policy`). A pre-order product ships nothing before its release
+date: its lines' dates are never earlier than that date plus handling (`not_before_release`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from worker.domain.model import Backorder
 
@@ -24,24 +30,57 @@ class ExpectedReceipt:
     expected_date: dt.date
 
 
+class UnreliableSupplier(StrEnum):
+    """What the shop does about a supplier below its on-time bound."""
+
+    WIDEN = "widen"  # its margin is the worst lateness of its last deliveries instead of the average
+    REFUSE = "refuse"  # backorders whose expected ship date rests on its purchase orders are refused
+
+
 @dataclass(frozen=True)
 class EtaRules:
     handling_days: int = 1
     default_supplier_margin_days: int = 2
     later_by_days: int = 3  # a date that moves later by more than this is news to the customer
+    # A supplier on time for less than this share of its last deliveries is unreliable; None: none is.
+    min_on_time_ratio: float | None = None
+    unreliable_supplier: UnreliableSupplier = UnreliableSupplier.WIDEN
 
 
 @dataclass(frozen=True)
 class Eta:
     date: dt.date | None
     basis: str  # "PO-17 from acme expected 2026-02-20 (+1 handling, +2 supplier)", "lead time 21 days", "unknown"
+    supplier_id: str | None = None  # whose purchase order the date rests on, if any
+
+
+def on_time_ratio(days_late: Sequence[int]) -> float | None:
+    """The share of a supplier's deliveries that came on time or early; None before its first."""
+    if not days_late:
+        return None
+    return sum(1 for d in days_late if d <= 0) / len(days_late)
+
+
+def is_unreliable(days_late: Sequence[int], rules: EtaRules) -> bool:
+    """Below the shop's on-time bound. A supplier with no delivery recorded yet is not judged."""
+    ratio = on_time_ratio(days_late)
+    return rules.min_on_time_ratio is not None and ratio is not None and ratio < rules.min_on_time_ratio
+
+
+def reliability(days_late: Sequence[int]) -> str:
+    """In words, for a reason: "on time for 2 of its last 10 deliveries"."""
+    on_time = sum(1 for d in days_late if d <= 0)
+    return f"on time for {on_time} of its last {len(days_late)} deliver{'y' if len(days_late) == 1 else 'ies'}"
 
 
 def supplier_margin(days_late: Iterable[int], rules: EtaRules) -> int:
-    """How many days after its expected dates a supplier's goods have come, on average (never early)."""
+    """How many days after its expected dates a supplier's goods have come, on average (never early);
+    for an unreliable supplier when the shop widens, the worst of them."""
     history = [max(0, d) for d in days_late]
     if not history:
         return rules.default_supplier_margin_days
+    if rules.unreliable_supplier is UnreliableSupplier.WIDEN and is_unreliable(history, rules):
+        return max(history)
     return math.ceil(sum(history) / len(history))
 
 
@@ -78,6 +117,7 @@ def expected_ship_dates(
                 arrives + dt.timedelta(days=rules.handling_days + margin),
                 f"{receipt.purchase_order_id} from {receipt.supplier_id} expected {receipt.expected_date.isoformat()}"
                 f" (+{rules.handling_days} handling, +{margin} supplier)",
+                receipt.supplier_id,
             )
         elif lead_time_days is not None:
             out[key] = Eta(
@@ -85,6 +125,24 @@ def expected_ship_dates(
             )
         else:
             out[key] = Eta(None, "unknown: no restock expected and no lead time")
+    return out
+
+
+def not_before_release(
+    etas: Mapping[tuple[str, str], Eta], release: dt.date, rules: EtaRules
+) -> dict[tuple[str, str], Eta]:
+    """The dates of a pre-order product's lines before its release: nothing ships before `release`, so no
+    date is earlier than it plus handling; past the supply the worker knows of, the release (the merchant's
+    announcement) is the date."""
+    first = release + dt.timedelta(days=rules.handling_days)
+    out: dict[tuple[str, str], Eta] = {}
+    for key, eta in etas.items():
+        if eta.date is None:
+            out[key] = Eta(first, f"pre-order: released {release.isoformat()} (+{rules.handling_days} handling)")
+        elif eta.date < first:
+            out[key] = replace(eta, date=first, basis=f"{eta.basis}; pre-order: released {release.isoformat()}")
+        else:
+            out[key] = eta
     return out
 
 

@@ -18,7 +18,16 @@ from itertools import groupby
 import structlog
 
 from worker.domain.allocation import Fill, allocate
-from worker.domain.eta import expected_ship_dates, is_news, supplier_margin
+from worker.domain.eta import (
+    Eta,
+    UnreliableSupplier,
+    expected_ship_dates,
+    is_news,
+    is_unreliable,
+    not_before_release,
+    reliability,
+    supplier_margin,
+)
 from worker.domain.events import (
     BackorderStatusChanged,
     CustomerNotification,
@@ -30,6 +39,7 @@ from worker.domain.events import (
     event_id,
 )
 from worker.domain.model import (
+    Backorder,
     Cancellation,
     CancelReason,
     LineStatus,
@@ -38,8 +48,19 @@ from worker.domain.model import (
     PaymentTiming,
     SplitPreference,
 )
-from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy, Verdict, judge_shortfall
-from worker.domain.priority import in_priority_order, priority
+from worker.domain.policy import (
+    Outlook,
+    ProductPolicy,
+    ShipCompleteScope,
+    ShopPolicy,
+    Verdict,
+    held_until,
+    is_preorder,
+    judge_shortfall,
+    promise_limit,
+    waits_from,
+)
+from worker.domain.priority import Priority, in_priority_order, priority
 from worker.service.commands import (
     CancelOrder,
     Command,
@@ -107,10 +128,21 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
         uow.record_outcome(order.order_id, OrderOutcome.of(lines), [line.line_id for line in lines if line.waiting])
     if any(f.ships_now for f in own):
         events.append(_fulfillment(cause, command.event_id, lines, own, uow, shop, now))
-    events += [_status(cause, line, now) for line in lines if line.status is not LineStatus.CANCELLED]
+    # A product not released yet ships nothing before its release: its lines wait for that day.
+    held = {sku: release for sku in skus if (release := held_until(policies[sku], now)) is not None}
+    events += [
+        _status(cause, line, now, reason=_held_reason(held[line.sku]) if line.sku in held and line.waiting else None)
+        for line in lines
+        if line.status is not LineStatus.CANCELLED
+    ]
     waiting = [line for line in lines if line.waiting]
     if waiting:
         expected = _order_eta(waiting)
+        releases = sorted({held[line.sku] for line in waiting if line.sku in held})
+        if releases:
+            why: str | None = "; ".join(_held_reason(release) for release in releases)
+        else:
+            why = None if expected else "expected ship date unknown: no restock is scheduled yet"
         uow.tell_eta(order.order_id, expected)
         log.info(
             "backordered",
@@ -128,7 +160,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
                 cancel_allowed=True,
                 now=now,
                 expected_ship_date=expected,
-                reason=None if expected else "expected ship date unknown: no restock is scheduled yet",
+                reason=why,
             )
         )
     if rejected:
@@ -260,6 +292,8 @@ def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPoli
 SWEEP_ORDERS_PER_TRANSACTION = 200  # a sweep's transactions stay short whatever the backlog
 
 Progress = Callable[[], None]
+# One step of a sweep over some of what it listed (SKUs or orders); returns the events, emitted by the caller.
+SweepStep = Callable[[UnitOfWork, ShopPolicy, dt.datetime, list[str]], list[OutboundEvent]]
 
 
 def sweep_once(
@@ -276,7 +310,8 @@ def sweep_once(
     was running and `wait` is false.
 
     The orders waiting when it begins are swept `orders_per_transaction` at a time, each chunk committed
-    and reported to `on_progress` (so a supervisor sees a long sweep progress): first the stale
+    and reported to `on_progress` (so a supervisor sees a long sweep progress): first the pre-order products
+    whose release has come (as many SKUs at a time) have their held units meet their queues, then the stale
     cancellations, then the status updates due. Every chunk takes the sweep lock again (it ends with its
     transaction) and re-reads its orders under it, so two sweeps take turns chunk by chunk: a line the
     other one cancelled no longer waits, and a status update is claimed once ever. A sweep that finds the
@@ -287,14 +322,20 @@ def sweep_once(
         if not uow.lock_sweep(wait):
             return None
         waiting = uow.all_waiting_lines()
+        released = _released_skus(uow, shop, as_of, waiting)
         stale = sorted(_stale_lines(uow, shop, as_of, waiting))
         orders = sorted({line.order_id for line in waiting})
     if on_progress is not None:
         on_progress()
     sent = 0
-    for work, order_ids in ((_cancel_stale, stale), (_send_status_updates, orders)):
-        for begin in range(0, len(order_ids), max(1, orders_per_transaction)):
-            chunk = order_ids[begin : begin + max(1, orders_per_transaction)]
+    steps: tuple[tuple[SweepStep, list[str]], ...] = (
+        (_release_held_stock, released),
+        (_cancel_stale_of, stale),
+        (_send_status_updates_of, orders),
+    )
+    for work, keys in steps:
+        for begin in range(0, len(keys), max(1, orders_per_transaction)):
+            chunk = keys[begin : begin + max(1, orders_per_transaction)]
             if until is not None and until():
                 return sent
             try:
@@ -302,8 +343,7 @@ def sweep_once(
                     if not uow.lock_sweep(wait):
                         log.info("sweep_yielded", sent=sent)
                         return sent
-                    lines = [line for line in uow.order_lines(chunk) if line.waiting]
-                    events = work(uow, shop, as_of, lines)
+                    events = work(uow, shop, as_of, chunk)
                     uow.emit(events)
             except StoreUnavailable:
                 raise
@@ -323,23 +363,68 @@ def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[Outboun
     The caller holds the sweep lock (one sweep at a time); a status update is claimed per order and
     step in the database, so none is ever sent twice.
     """
-    events = _cancel_stale(uow, shop, as_of, uow.all_waiting_lines())
+    events = _release_held_stock(uow, shop, as_of, _released_skus(uow, shop, as_of, uow.all_waiting_lines()))
+    events += _cancel_stale(uow, shop, as_of, uow.all_waiting_lines())
     events += _send_status_updates(uow, shop, as_of, uow.all_waiting_lines())
     uow.emit(events)
     return events
 
 
+def _released_skus(
+    uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, waiting: Iterable[OrderLineState]
+) -> list[str]:
+    """The SKUs of `waiting` lines whose product has a release date that has come by `as_of`."""
+    released = []
+    for sku in sorted({line.sku for line in waiting}):
+        policy = _policy(uow, shop, sku)
+        if policy.available_from is not None and held_until(policy, as_of) is None:
+            released.append(sku)
+    return released
+
+
+def _release_held_stock(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, skus: list[str]) -> list[OutboundEvent]:
+    """Pre-order products released by `as_of`: the units received and held before the release meet the queue,
+    in priority order, as a receipt's would (the events are returned, not emitted). Nothing to do for a
+    product that holds no units: a receipt after the release was allocated when it came."""
+    uow.lock_stock(skus)
+    events: list[OutboundEvent] = []
+    for sku in skus:
+        if uow.available(sku) == 0 or held_until(_policy(uow, shop, sku), as_of) is not None:
+            continue
+        cause = f"release/{sku}/{as_of.isoformat()}"  # one sweep, one cause: ids never collide
+        fills = _allocate(uow, [sku], cause, shop, as_of)
+        log.info("released", sku=sku, units=sum(f.quantity for f in fills), lines=len(fills))
+        states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
+        events += _announce_fills(cause, cause, fills, states, uow, shop, as_of)
+        events += _refresh_etas(uow, [sku], cause, shop, as_of)
+    return events
+
+
+def _cancel_stale_of(
+    uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, order_ids: list[str]
+) -> list[OutboundEvent]:
+    return _cancel_stale(uow, shop, as_of, [line for line in uow.order_lines(order_ids) if line.waiting])
+
+
+def _send_status_updates_of(
+    uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, order_ids: list[str]
+) -> list[OutboundEvent]:
+    return _send_status_updates(uow, shop, as_of, [line for line in uow.order_lines(order_ids) if line.waiting])
+
+
 def _stale_lines(
     uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, waiting: Iterable[OrderLineState]
 ) -> dict[str, list[OrderLineState]]:
-    """The waiting lines past their SKU's `stale_after_days` at `as_of`, by order."""
+    """The waiting lines past their SKU's `stale_after_days` at `as_of`, by order (a pre-order's wait
+    counts from its product's release)."""
     stale: dict[str, list[OrderLineState]] = defaultdict(list)
-    limits: dict[str, int | None] = {}
+    policies: dict[str, ProductPolicy] = {}
     for line in waiting:
-        if line.sku not in limits:
-            limits[line.sku] = _policy(uow, shop, line.sku).stale_after_days
-        limit = limits[line.sku]
-        if limit is not None and as_of - line.placed_at > dt.timedelta(days=limit):
+        if line.sku not in policies:
+            policies[line.sku] = _policy(uow, shop, line.sku)
+        policy = policies[line.sku]
+        limit = policy.stale_after_days
+        if limit is not None and as_of - waits_from(policy, line.placed_at) > dt.timedelta(days=limit):
             stale[line.order_id].append(line)
     return stale
 
@@ -405,6 +490,63 @@ def _policy(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> ProductPolicy:
     return uow.policy(sku) or shop.product
 
 
+def _held_reason(release: dt.date) -> str:
+    return f"pre-order: nothing ships before the release on {release.isoformat()}"
+
+
+def waiting_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> list[Backorder]:
+    """The SKU's waiting lines as the rules see them: a pre-order's wait counts from its product's release."""
+    lines = list(uow.waiting_lines(sku))
+    policy = _policy(uow, shop, sku)
+    if policy.available_from is None:
+        return lines
+    return [
+        dataclasses.replace(line, waits_from=start)
+        if (start := waits_from(policy, line.placed_at)) != line.placed_at
+        else line
+        for line in lines
+    ]
+
+
+def serving_order(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> list[tuple[Backorder, Priority]]:
+    """The SKU's queue in the order it is served at `now`, each line with its priority."""
+    return in_priority_order(waiting_queue(uow, shop, sku), shop.priority, now)
+
+
+def expected_dates(
+    uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime, queue: Sequence[Backorder]
+) -> dict[tuple[str, str], Eta]:
+    """The expected ship dates of `queue` (the SKU's waiting lines in serving order): the units on hand (held
+    ones included), then the expected restocks with their suppliers' margins, then the product's lead time;
+    for a product not released yet, never before its release plus handling."""
+    policy = _policy(uow, shop, sku)
+    supply = uow.expected_supply(sku)
+    lateness = uow.supplier_lateness({r.supplier_id for r in supply})
+    margins = {supplier: supplier_margin(days, shop.eta) for supplier, days in lateness.items()}
+    etas = expected_ship_dates(
+        queue,
+        supply,
+        on_hand=uow.available(sku),
+        margins=margins,
+        lead_time_days=policy.lead_time_days,
+        today=now.date(),
+        rules=shop.eta,
+    )
+    release = held_until(policy, now)
+    return not_before_release(etas, release, shop.eta) if release is not None else etas
+
+
+def _outlook(uow: UnitOfWork, shop: ShopPolicy, placed_at: dt.datetime, eta: Eta | None) -> Outlook:
+    """What the promise rules judge of a line: its date, and the supplier it rests on if that one is unreliable."""
+    if eta is None:
+        return Outlook(placed_at, None)
+    if eta.supplier_id is not None:
+        days = uow.supplier_lateness([eta.supplier_id]).get(eta.supplier_id, [])
+        if is_unreliable(days, shop.eta):
+            return Outlook(placed_at, eta.date, eta.supplier_id, reliability(days))
+    return Outlook(placed_at, eta.date)
+
+
 def _first_time(uow: UnitOfWork, command: Command) -> bool:
     """False for a fact already accepted; a conflict if the same key now says something else."""
     kind, key = command.fact
@@ -418,33 +560,54 @@ def _judge_shortfalls(
     uow: UnitOfWork, command: PlaceOrder, sku: str, policy: ProductPolicy, shop: ShopPolicy, now: dt.datetime
 ) -> dict[str, Verdict]:
     """Reject what the product's policy does not let wait. The part stock on hand covers is what a dry
-    run of the allocation would give each new line; a ship-complete line that cannot wait whole is
-    rejected whole."""
+    run of the allocation would give each new line (nothing, before a pre-order product's release); a
+    ship-complete line that cannot wait whole is rejected whole. The expected ship date judged against the
+    promise limit and the supplier's reliability is the one the line gets at its rank in the queue, worked
+    out by the same rules as every line's date (`expected_dates`), again after each rejection (the lines
+    behind a rejected one move up)."""
+    limit = promise_limit(policy, shop)
+    refuse_unreliable = (
+        shop.eta.min_on_time_ratio is not None and shop.eta.unreliable_supplier is UnreliableSupplier.REFUSE
+    )
     permissive = policy.backorders_allowed and not policy.discontinued and policy.max_backorder_qty_per_customer is None
-    if permissive and not shop.refuse_without_restock:
+    if permissive and not shop.refuse_without_restock and limit is None and not refuse_unreliable:
         return {}  # nothing can be refused: no need to work out what would be short
     order = command.order
     got: dict[str, int] = {}
-    if uow.available(sku) > 0:
+    if uow.available(sku) > 0 and held_until(policy, now) is None:
         dry = allocate(
-            uow.waiting_lines(sku), uow.available(sku), rules=shop.priority, mode=shop.ship_complete_mode, now=now
+            waiting_queue(uow, shop, sku),
+            uow.available(sku),
+            rules=shop.priority,
+            mode=shop.ship_complete_mode,
+            now=now,
         )
         got = {f.backorder.line_id: f.quantity for f in dry.fills if f.backorder.order_id == order.order_id}
     lines = {line.line_id: line for line in uow.order_lines([order.order_id]) if line.sku == sku}
     waiting = uow.customer_waiting(order.customer_id, sku, other_than_order=order.order_id)
     restock_expected = bool(uow.expected_supply(sku)) or policy.lead_time_days is not None
+    dated = (limit is not None or refuse_unreliable) and not is_preorder(policy, order.placed_at)
+    etas: dict[tuple[str, str], Eta] | None = None
     verdicts: dict[str, Verdict] = {}
     for line in order.lines:
         state = lines.get(line.line_id)
         if state is None or state.wanted == 0:
             continue
         short = state.wanted - got.get(line.line_id, 0)
+        outlook = Outlook(order.placed_at, None)
+        if dated and short > 0:
+            if etas is None:
+                etas = expected_dates(uow, shop, sku, now, [b for b, _ in serving_order(uow, shop, sku, now)])
+            outlook = _outlook(uow, shop, order.placed_at, etas.get((order.order_id, line.line_id)))
         verdict = judge_shortfall(
             short,
             policy=policy,
             customer_waiting=waiting,
             restock_expected=restock_expected,
             refuse_without_restock=shop.refuse_without_restock,
+            outlook=outlook,
+            max_promise_days=limit,
+            refuse_unreliable=refuse_unreliable,
         )
         if verdict.rejected and state.split is SplitPreference.SHIP_COMPLETE:
             verdict = Verdict(0, state.wanted, f"{verdict.reason}; the line ships complete or not at all")
@@ -452,6 +615,7 @@ def _judge_shortfalls(
         if verdict.rejected:
             uow.reject(state, verdict.rejected, f"{verdict.rejected} of {line.quantity} rejected: {verdict.reason}")
             verdicts[line.line_id] = verdict
+            etas = None
     return verdicts
 
 
@@ -472,9 +636,11 @@ def _allocate(
     fills: list[Fill] = []
     for sku in skus:
         units = uow.available(sku)
-        if units == 0:
-            continue
-        allocation = allocate(uow.waiting_lines(sku), units, rules=shop.priority, mode=shop.ship_complete_mode, now=now)
+        if units == 0 or held_until(_policy(uow, shop, sku), now) is not None:
+            continue  # nothing, or a pre-order product before its release: its units wait for that day
+        allocation = allocate(
+            waiting_queue(uow, shop, sku), units, rules=shop.priority, mode=shop.ship_complete_mode, now=now
+        )
         if allocation.fills:
             log.info(
                 "allocated",
@@ -742,25 +908,19 @@ def _refresh_etas(
     (except the `quiet` orders, which are being told otherwise)."""
     changed: set[str] = set()
     for sku in sorted(set(skus)):
-        supply = uow.expected_supply(sku)
-        lead_time = _policy(uow, shop, sku).lead_time_days
-        if not supply and lead_time is None and uow.available(sku) == 0 and not uow.has_expected_dates(sku):
+        policy = _policy(uow, shop, sku)
+        if (
+            not uow.expected_supply(sku)
+            and policy.lead_time_days is None
+            and held_until(policy, now) is None
+            and uow.available(sku) == 0
+            and not uow.has_expected_dates(sku)
+        ):
             continue  # every waiting line's date is unknown, and is already stored as unknown
-        queue = [line for line, _ in in_priority_order(uow.waiting_lines(sku), shop.priority, now)]
+        queue = [line for line, _ in serving_order(uow, shop, sku, now)]
         if not queue:
             continue
-        lateness = uow.supplier_lateness({r.supplier_id for r in supply})
-        margins = {supplier: supplier_margin(days, shop.eta) for supplier, days in lateness.items()}
-        etas = expected_ship_dates(
-            queue,
-            supply,
-            on_hand=uow.available(sku),
-            margins=margins,
-            lead_time_days=lead_time,
-            today=now.date(),
-            rules=shop.eta,
-        )
-        changed |= uow.set_expected_dates(etas)
+        changed |= uow.set_expected_dates(expected_dates(uow, shop, sku, now, queue))
     changed -= set(quiet)
     if not changed:
         return []
