@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from worker.domain.events import CustomerNotification
 from worker.domain.policy import ShopPolicy
 from worker.entrypoints.supervision import Supervisor
 from worker.service import commands
+from worker.service.backoff import Backoff
 from worker.service.handlers import SWEEP_ORDERS_PER_TRANSACTION, handle
 from worker.service.ports import UnitOfWork
 
@@ -177,3 +179,13 @@ def test_a_purge_longer_than_the_relays_bound_beats_after_each_statement() -> No
     assert conn.calls == 5 * 3  # five kinds, three statements each: 600 s in all
     assert health == [None] * 15
     assert supervisor.check() is None
+
+
+def test_backoff_doubles_up_to_its_bound_with_jitter_and_starts_over_after_a_success() -> None:
+    backoff = Backoff(0.5, 4.0, jitter=0.2)
+    delays = [backoff.next() for _ in range(8)]
+    assert delays[0] == 0.5
+    assert all(0.8 * min(2 * a, 4.0) <= b <= min(2 * a, 4.0) for a, b in itertools.pairwise(delays))
+    assert max(delays) <= 4.0 and delays[-1] >= 0.8 * 4.0 * 0.8
+    backoff.reset()
+    assert backoff.next() == 0.5

@@ -34,6 +34,7 @@ from psycopg_pool import ConnectionPool
 from worker.adapters.postgres import outbox
 from worker.adapters.postgres.common import is_unavailable
 from worker.adapters.postgres.retention import Retention, purge
+from worker.service.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -252,7 +253,7 @@ class OutboxRelay:
         tell a stuck relay from a busy one.
         """
         self.on_purge_progress = on_round
-        delay = backoff_initial_s
+        backoff = Backoff(backoff_initial_s, backoff_max_s)
         while not stop.is_set():
             if on_round is not None:
                 on_round()
@@ -261,16 +262,18 @@ class OutboxRelay:
             except (psycopg.Error, KafkaException) as exc:
                 if not _retryable(exc):
                     raise  # the thread dies, the supervisor stops the worker, a fresh one starts
-                log.warning("outbox_relay_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)
+                delay = backoff.next()
+                log.warning("outbox_relay_retry", error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
                 stop.wait(delay)
-                delay = min(delay * 2, backoff_max_s)
                 continue
             if self._stalled:  # Kafka took nothing (a missing topic or ACL, a broker away): not again at once
-                log.warning("outbox_relay_retry", error="no row of the round was acknowledged", retry_in_s=delay)
+                delay = backoff.next()
+                log.warning(
+                    "outbox_relay_retry", error="no row of the round was acknowledged", retry_in_s=round(delay, 2)
+                )
                 stop.wait(delay)
-                delay = min(delay * 2, backoff_max_s)
                 continue
-            delay = backoff_initial_s
+            backoff.reset()
             if not self._full:
                 self.wake.wait(self._interval_s)
                 self.wake.clear()

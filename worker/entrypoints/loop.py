@@ -23,6 +23,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.adapters.kafka import to_inbound
+from worker.service.backoff import Backoff
 from worker.service.batch import MessageResult
 from worker.service.handlers import Outcome
 from worker.service.messages import InboundMessage
@@ -169,7 +170,7 @@ class ConsumeLoop:
         return False
 
     def _handle_until_stored(self, inbound: list[InboundMessage]) -> list[MessageResult] | None:
-        delay = self._retry_initial_s
+        backoff = Backoff(self._retry_initial_s, self._retry_max_s)
         paused = False
         conflicts = 0
         while True:
@@ -184,11 +185,11 @@ class ConsumeLoop:
                         self._on_conflict()
                     time.sleep(random.uniform(0.0, 0.05 * conflicts))
                     continue
+                delay = backoff.next()
                 log.warning("database_unavailable", error=str(exc), retry_in_s=round(delay, 2), batch=len(inbound))
                 if not self._back_off(delay, paused):
                     return None
                 paused = True
-                delay = min(delay * 2, self._retry_max_s) * random.uniform(0.8, 1.0)
                 continue
             elapsed = time.monotonic() - started
             if paused:
