@@ -24,10 +24,10 @@ from worker.domain.model import (
     SplitPreference,
 )
 from worker.domain.policy import ShopPolicy
-from worker.domain.priority import in_priority_order
+from worker.domain.priority import Priority
 from worker.service.book import Book
 from worker.service.commands import PlaceOrder
-from worker.service.handlers import place_order
+from worker.service.handlers import place_order, serving_order
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import Changes, Delivery, Fact, KeptPolicy, KeptRestock, PendingCancellation, Store
 
@@ -108,7 +108,7 @@ def promise(cart: Cart, store: Store, shop: ShopPolicy, now: dt.datetime, *, ord
                 rejected=state.rejected,
                 reason=state.reason if state.rejected or state.reserved else None,
                 expected_ship_date=(state.expected_ship_date if waiting else today) if state.wanted else None,
-                rank=_rank(state, book.waiting_lines(state.sku), shop, now) if waiting else None,
+                rank=_rank(state, serving_order(book, shop, state.sku, now)) if waiting else None,
             )
         )
     by_id = {line.line_id: line for line in lines}
@@ -116,8 +116,8 @@ def promise(cart: Cart, store: Store, shop: ShopPolicy, now: dt.datetime, *, ord
     return Promise(ordered, _ship_complete(ordered), _first_shipment(ordered, today))
 
 
-def _rank(line: OrderLineState, queue: Sequence[Backorder], shop: ShopPolicy, now: dt.datetime) -> int | None:
-    for place, (waiting, _) in enumerate(in_priority_order(queue, shop.priority, now), start=1):
+def _rank(line: OrderLineState, served: Sequence[tuple[Backorder, Priority]]) -> int | None:
+    for place, (waiting, _) in enumerate(served, start=1):
         if (waiting.order_id, waiting.line_id) == (line.order_id, line.line_id):
             return place
     return None  # held whole for its order: it no longer takes units from the queue
