@@ -61,7 +61,14 @@ history = st.lists(
         ),
         st.tuples(st.just("receipt"), st.sampled_from(SKUS), st.integers(1, 8)),
         st.tuples(st.just("restock"), st.sampled_from(SKUS), st.integers(1, 8), st.integers(1, 40)),
-        st.tuples(st.just("policy"), st.sampled_from(SKUS), st.booleans(), st.none() | st.integers(1, 30)),
+        st.tuples(
+            st.just("policy"),
+            st.sampled_from(SKUS),
+            st.booleans(),
+            st.none() | st.integers(1, 30),  # lead time
+            st.none() | st.integers(1, 30),  # max promise days
+            st.none() | st.integers(-5, 20),  # released this many days from now (a pre-order when ahead)
+        ),
     ),
     max_size=12,
 )
@@ -89,7 +96,18 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
         elif op[0] == "restock":
             run(uow, restock(op[1], f"PO{i}", op[2], (NOW.date() + dt.timedelta(days=op[3])).isoformat()), shop)
         else:
-            run(uow, factories.policy(op[1], backorders_allowed=op[2], lead_time_days=op[3]), shop)
+            _, sku, allowed, lead, promise_days, release = op
+            run(
+                uow,
+                factories.policy(
+                    sku,
+                    backorders_allowed=allowed,
+                    lead_time_days=lead,
+                    max_promise_days=promise_days,
+                    available_from=NOW.date() + dt.timedelta(days=release) if release is not None else None,
+                ),
+                shop,
+            )
     state: FakeState = uow.state
     lines, tier, service, split, need_in = cart
     need_by = NOW.date() + dt.timedelta(days=need_in) if need_in is not None else None
