@@ -476,9 +476,18 @@ def _send_status_updates(
 def set_product_policy(command: SetProductPolicy, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     if not _first_time(uow, command):
         return Outcome.DUPLICATE
+    was_held = held_until(_policy(uow, shop, command.sku), now) is not None
     kept = uow.set_policy(command.sku, command.policy, command.decided_at, command.event_id)
-    if kept:  # a new lead time moves the dates of what waits beyond the expected restocks
-        uow.emit(_refresh_etas(uow, [command.sku], f"product-policy/{command.event_id}", shop, now))
+    if kept:
+        cause = f"product-policy/{command.event_id}"
+        events: list[OutboundEvent] = []
+        if was_held and held_until(command.policy, now) is None:
+            # The release was brought forward to today or withdrawn: what was held meets the queue now.
+            fills = _allocate(uow, [command.sku], cause, shop, now)
+            states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
+            events += _announce_fills(cause, command.event_id, fills, states, uow, shop, now)
+        # A new lead time (or release) moves the dates of what waits beyond the expected restocks.
+        uow.emit(events + _refresh_etas(uow, [command.sku], cause, shop, now))
     log.info("product_policy", sku=command.sku, kept=kept, **dataclasses.asdict(command.policy))
     return Outcome.PROCESSED
 
