@@ -34,7 +34,7 @@ from pydantic_settings import (
 )
 
 from worker.domain.allocation import ShipCompleteMode
-from worker.domain.eta import EtaRules
+from worker.domain.eta import EtaRules, UnreliableSupplier
 from worker.domain.model import PaymentTiming, SplitPreference
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
 from worker.domain.priority import DEFAULT_RANKS, Criterion, PriorityRules
@@ -137,6 +137,12 @@ class Settings(BaseSettings):
     max_backorder_qty_per_customer: NonNegativeInt | None = None
     default_split: SplitPreference = SplitPreference.SHIP_AVAILABLE_NOW
     refuse_backorders_without_restock: bool = False
+    # When not to take a backorder: one expected to ship more than this many days after the order (a product's
+    # own max_promise_days wins; unset: no limit), and one whose date rests on a supplier on time for less than
+    # this share of its last deliveries (unset: never), which is refused or given a wider margin.
+    max_promise_days: int | None = Field(default=None, ge=1, le=3650)
+    supplier_min_on_time_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
+    unreliable_supplier: UnreliableSupplier = UnreliableSupplier.WIDEN
 
     # Priority: criteria in rank order, e.g. "need_by,expedited,vip,wholesale,standard".
     priority_ranks: Annotated[tuple[Criterion, ...], NoDecode] = DEFAULT_RANKS
@@ -273,6 +279,7 @@ class Settings(BaseSettings):
                 default_split=self.default_split,
                 lead_time_days=self.lead_time_days,
                 stale_after_days=self.stale_after_days,
+                max_promise_days=self.max_promise_days,
             ),
             priority=PriorityRules(
                 ranks=self.priority_ranks,
@@ -287,6 +294,8 @@ class Settings(BaseSettings):
                 handling_days=self.eta_handling_days,
                 default_supplier_margin_days=self.supplier_margin_days,
                 later_by_days=self.eta_change_days,
+                min_on_time_ratio=self.supplier_min_on_time_ratio,
+                unreliable_supplier=self.unreliable_supplier,
             ),
             cadence=Cadence(days=self.status_update_days, every_days=self.status_update_every_days),
         )

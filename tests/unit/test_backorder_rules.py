@@ -7,8 +7,10 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tests import examples, factories
 from tests.unit.fakes import FakeUnitOfWork, FakeUnitOfWorkFactory
@@ -37,6 +39,7 @@ from worker.domain.policy import (
 )
 from worker.service import commands
 from worker.service.handlers import handle, sweep, sweep_once
+from worker.settings import Settings
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SHOP = ShopPolicy(eta=EtaRules(handling_days=1, default_supplier_margin_days=2))
@@ -92,6 +95,22 @@ def shipped(uow: FakeUnitOfWork) -> list[tuple[str, int]]:
 
 
 # ------------------------------------------------------------------------------------------ the pure rules
+
+
+def test_the_shop_settings_of_the_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().shop_policy().product.max_promise_days is None
+    assert Settings().shop_policy().eta.min_on_time_ratio is None
+    monkeypatch.setenv("BACKORDER_MAX_PROMISE_DAYS", "45")
+    monkeypatch.setenv("BACKORDER_SUPPLIER_MIN_ON_TIME_RATIO", "0.8")
+    monkeypatch.setenv("BACKORDER_UNRELIABLE_SUPPLIER", "refuse")
+    shop = Settings().shop_policy()
+    assert shop.product.max_promise_days == 45
+    assert (shop.eta.min_on_time_ratio, shop.eta.unreliable_supplier) == (0.8, UnreliableSupplier.REFUSE)
+    for name, value in [("MAX_PROMISE_DAYS", "0"), ("SUPPLIER_MIN_ON_TIME_RATIO", "1.5"), ("UNRELIABLE_SUPPLIER", "x")]:
+        monkeypatch.setenv(f"BACKORDER_{name}", value)
+        with pytest.raises(ValidationError):
+            Settings()
+        monkeypatch.delenv(f"BACKORDER_{name}")
 
 
 def test_the_promise_limit_is_the_products_else_the_shops() -> None:
@@ -321,6 +340,16 @@ def test_at_the_release_the_sweep_serves_the_held_units_in_priority_order() -> N
     # After the release, a receipt is served at once.
     run(uow, factories.receipt("R-2", "NEW", 2), now=dt.datetime(2026, 2, 2, tzinfo=dt.UTC))
     assert shipped(uow) == [("complete", 1), ("std", 1), ("std", 1), ("vip", 2)]
+
+
+def test_a_release_brought_forward_or_withdrawn_serves_what_was_held_at_once() -> None:
+    # Brought forward to today: still pre-orders, waiting since today's release, so the VIP goes first.
+    # Withdrawn: ordinary backorders, and "std" has waited a month since its order (promoted past 14 days).
+    for release, first in ((NOW.date(), [("std", 1), ("vip", 2)]), (None, [("std", 2), ("vip", 1)])):
+        uow = preorder_world()
+        run(uow, factories.policy("NEW", "2026-01-20T11:00", available_from=release))
+        assert shipped(uow) == first
+        assert uow.available("NEW") == 0
 
 
 def test_the_sweep_in_bounded_transactions_releases_too() -> None:
