@@ -10,7 +10,7 @@ the scenario's tag) and its own consumer group, so none sees another's data. Tra
 it reached (marked `partial`) rather than waiting on.
 
 Scenarios (`--only a,b`): pipe, naive, throughput, relay, hot_sku, deep_receipt, latency, two_workers,
-scrape. The README's "Performance" section says what each figure measures.
+scrape, promise. The README's "Performance" section says what each figure measures.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import http.client
 import importlib
+import json
 import os
 import random
 import signal
@@ -43,7 +45,18 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from worker.adapters.avro import AvroCodec
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("pipe", "naive", "throughput", "relay", "hot_sku", "deep_receipt", "latency", "two_workers", "scrape")
+SCENARIOS = (
+    "pipe",
+    "naive",
+    "throughput",
+    "relay",
+    "hot_sku",
+    "deep_receipt",
+    "latency",
+    "two_workers",
+    "scrape",
+    "promise",
+)
 # The worker's topic settings and their default names; each scenario suffixes the names with its tag.
 TOPICS = {
     "order_created": "order-created",
@@ -762,6 +775,150 @@ def run_scrape(stack: Stack, args: argparse.Namespace) -> None:
         figure("state_refresh_ms", statistics.median(runs), f"(median of 5; max {max(runs):.1f})")
 
 
+def run_promise(stack: Stack, args: argparse.Namespace) -> None:
+    """N waiting lines (one unit each, one line per order, 1 in 10 a VIP's) over --skus SKUs and 50 SKUs in
+    stock, written set-based; then a worker handles one expected restock per SKU that covers its queue, so that
+    every line's expected ship date is the one the rules give (as in a database the worker keeps), and stops.
+    Then `backorder-worker serve` answers carts of 1 to 3 lines over all the SKUs, paced at --promise-rate per
+    second for --promise-seconds. A request's time runs from when it was due to its whole answer, so a server
+    that falls behind counts its backlog."""
+    with scenario(stack, "promise") as sc:
+        n, skus, stocked = args.promise_lines, args.skus, 50
+        loaded = time.monotonic()
+        with sc.conn.transaction():
+            sc.conn.execute(
+                """INSERT INTO stock_level (sku, available, received_total)
+                   SELECT %(tag)s || '-S-' || s, 0, 0 FROM generate_series(0, %(skus)s - 1) s
+                   UNION ALL
+                   SELECT %(tag)s || '-IN-' || s, 1000000, 1000000 FROM generate_series(0, %(stocked)s - 1) s""",
+                {"tag": sc.tag, "skus": skus, "stocked": stocked},
+            )
+            sc.conn.execute(
+                """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                                               placed_at, event_id, order_units, outcome)
+                   SELECT %(tag)s || '-O-' || g, 'c' || g %% 5000,
+                          CASE WHEN g %% 10 = 0 THEN 'VIP' ELSE 'STANDARD' END, 'STANDARD', 'USD',
+                          now() - interval '5 days' + g * interval '1 s', gen_random_uuid()::text, 1,
+                          'FULLY_BACKORDERED'
+                   FROM generate_series(1, %(n)s) g""",
+                {"tag": sc.tag, "n": n},
+            )
+            sc.conn.execute(
+                """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                                           placed_at, updated_at, backordered)
+                   SELECT %(tag)s || '-O-' || g, '1', %(tag)s || '-S-' || g %% %(skus)s, 'Bench item', 1, 1000,
+                          'BACKORDERED', now() - interval '5 days' + g * interval '1 s', now(), true
+                   FROM generate_series(1, %(n)s) g""",
+                {"tag": sc.tag, "skus": skus, "n": n},
+            )
+        sc.conn.execute("VACUUM ANALYZE")
+        waiting = sc.count("SELECT count(*) FROM order_line WHERE status = 'BACKORDERED'")
+        say(f"promise: {waiting} waiting lines over {skus} SKUs written in {time.monotonic() - loaded:.0f}s")
+        prod = producer(stack)
+        sc.start_worker()
+        for s in range(skus):
+            restock = {
+                "event_id": str(uuid.uuid4()),
+                "occurred_at": dt.datetime.now(dt.UTC),
+                "sku": f"{sc.tag}-S-{s}",
+                "purchase_order_id": f"PO-{s}",
+                "supplier_id": f"supplier-{s % 10}",
+                "quantity": n // skus + 100,
+                "expected_date": dt.date.today() + dt.timedelta(days=7 + s % 21),
+            }
+            key = restock["sku"].encode()
+            produce(prod, sc.topics["restock_expected"], key, CODEC.encode("backorder.RestockExpected", restock))
+        prod.flush(60)
+        dated = wait_until(
+            lambda: sc.count("SELECT count(*) FROM order_line WHERE expected_ship_date IS NULL") == 0, args.limit, 0.5
+        )
+        sc.stop_workers()  # the worker's CPU stays out of the promises' figures
+        sc.conn.execute("VACUUM ANALYZE")
+        say(f"promise: expected ship dates {'set' if dated else 'NOT all set'} by the worker")
+
+        port = localstack.free_port()
+        env = {**sc.env, "BACKORDER_PROMISE_PORT": str(port)}
+        with LOG_PATH.open("ab") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "worker", "serve"],
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        sc.workers.append((server, port))  # stopped with the scenario
+        rng = random.Random(11)
+        names = [f"{sc.tag}-S-{s}" for s in range(skus)] + [f"{sc.tag}-IN-{s}" for s in range(stocked)]
+
+        def cart(i: int) -> bytes:
+            lines = [{"sku": sku, "quantity": rng.randint(1, 3)} for sku in rng.sample(names, rng.randint(1, 3))]
+            tier = rng.choice(["STANDARD", "STANDARD", "STANDARD", "VIP", "WHOLESALE"])
+            return json.dumps({"customer_id": f"shopper-{i}", "customer_tier": tier, "lines": lines}).encode()
+
+        def ask(conn: http.client.HTTPConnection, body: bytes) -> int:
+            conn.request("POST", "/v1/promise", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+
+        def answers() -> bool:
+            try:
+                with contextlib.closing(http.client.HTTPConnection("127.0.0.1", port, timeout=5)) as conn:
+                    return ask(conn, cart(-1)) == 200
+            except OSError:
+                return False
+
+        if not wait_until(answers, args.limit, 0.2):
+            figure("promise_p50_ms", "n/a", "(the promise API never answered)")
+            return
+        total = int(args.promise_rate * args.promise_seconds)
+        bodies = [cart(i) for i in range(total)]
+        warm = [cart(-2 - i) for i in range(50)]
+        times: list[float] = []
+        statuses: dict[int, int] = {}
+        lock = threading.Lock()
+        next_index = iter(range(total))
+        started = time.monotonic() + 0.5
+
+        def client() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for body in warm[:5]:
+                ask(conn, body)
+            for i in next_index:  # the iterator is shared: each index is taken by one client
+                due = started + i / args.promise_rate
+                if (pause := due - time.monotonic()) > 0:
+                    time.sleep(pause)
+                try:
+                    status = ask(conn, bodies[i])
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    status = 0
+                took = (time.monotonic() - due) * 1000
+                with lock:
+                    times.append(took)
+                    statuses[status] = statuses.get(status, 0) + 1
+            conn.close()
+
+        clients = [threading.Thread(target=client, name=f"bench-promise-{c}") for c in range(10)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(args.promise_seconds + args.limit)
+        elapsed = time.monotonic() - started
+    times.sort()
+
+    def pct(q: float) -> float:
+        return times[max(int(q * len(times) + 0.5) - 1, 0)] if times else float("nan")
+
+    failed = sum(count for status, count in statuses.items() if status != 200)
+    note = f"({len(times)} requests in {elapsed:.0f}s, {failed} not 200: {statuses})" if failed else ""
+    figure("promise_offered_per_s", len(times) / elapsed if elapsed else float("nan"))
+    figure("promise_p50_ms", pct(0.50), note)
+    figure("promise_p99_ms", pct(0.99), note)
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -779,6 +936,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-wait", type=float, help="how long to wait for answers after the last order (60)")
     parser.add_argument("--relay-events", type=int, help="outbox rows the relay publishes (50,000)")
     parser.add_argument("--scrape-lines", type=int, help="closed lines in the database for the scrape (1,000,000)")
+    parser.add_argument("--promise-lines", type=int, help="waiting lines in the database for the promises (100,000)")
+    parser.add_argument("--promise-rate", type=float, help="promise requests per second offered (200)")
+    parser.add_argument("--promise-seconds", type=float, help="for how long (20)")
     parser.add_argument("--limit", type=float, help="bound on each wait, seconds (240)")
     args = parser.parse_args(argv)
     full = {
@@ -791,6 +951,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "latency_wait": 60.0,
         "relay_events": 50_000,
         "scrape_lines": 1_000_000,
+        "promise_lines": 100_000,
+        "promise_rate": 200.0,
+        "promise_seconds": 20.0,
         "limit": 240.0,
     }
     quick = {
@@ -803,6 +966,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "latency_wait": 20.0,
         "relay_events": 2_000,
         "scrape_lines": 20_000,
+        "promise_lines": 2_000,
+        "promise_rate": 50.0,
+        "promise_seconds": 5.0,
         "limit": 60.0,
     }
     for key, value in (quick if args.quick else full).items():
@@ -859,6 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_throughput(stack, args, "two_workers", workers=2)
                 elif name == "scrape":
                     run_scrape(stack, args)
+                elif name == "promise":
+                    run_promise(stack, args)
             except Exception as exc:  # one scenario's failure does not cost the others' figures
                 say(f"{name}: failed: {exc!r}")
                 if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:

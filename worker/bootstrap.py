@@ -14,17 +14,18 @@ from types import FrameType
 import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, Producer
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from worker.adapters.avro import AvroCodec, EventSerializer
 from worker.adapters.http import HttpEndpoints
 from worker.adapters.kafka import consumer_config, producer_config
 from worker.adapters.metrics import Metrics, StateRefresher
-from worker.adapters.postgres.common import open_pool, transaction
+from worker.adapters.postgres.common import open_pool, transaction, with_timeouts
 from worker.adapters.postgres.migrations import Migration, migrate, pending_migrations
 from worker.adapters.postgres.read import PostgresReadModel, StateReader
 from worker.adapters.postgres.retention import Retention
-from worker.adapters.postgres.unit_of_work import PostgresStore, PostgresUnitOfWorkFactory
+from worker.adapters.postgres.unit_of_work import PostgresStore, PostgresUnitOfWorkFactory, snapshot
 from worker.adapters.relay import REFUSAL_REASONS, OutboxRelay
 from worker.adapters.schema_registry import avro_codec
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
@@ -35,7 +36,7 @@ from worker.service.batch import MessageResult, handle_batch
 from worker.service.book import Book
 from worker.service.handlers import sweep_once
 from worker.service.messages import InboundMessage
-from worker.service.ports import ReadModel, StateFigures, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
+from worker.service.ports import ReadModel, StateFigures, Store, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -377,3 +378,75 @@ def _require_schema(pool: ConnectionPool) -> None:
     if pending:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
         raise SchemaNotMigrated(f"the database lacks migrations {names}: run `backorder-worker migrate` first")
+
+
+# ----------------------------------------------------------------------------- the promise API
+
+
+def _promise_pool(settings: Settings, size: int) -> ConnectionPool:
+    """A small pool of its own for promises, whose statements give up after BACKORDER_PROMISE_TIMEOUT_SECONDS;
+    a connection is waited for as long. (Each promise's transaction is READ ONLY: see `snapshot`.)"""
+    url = settings.database_url.get_secret_value()
+    timeout_ms = max(1, int(settings.promise_timeout_seconds * 1000))
+    given = conninfo_to_dict(url).get("options") or ""
+    options = f"{given} -c statement_timeout={timeout_ms}".strip()
+    pool = ConnectionPool(
+        with_timeouts(url),
+        min_size=size,
+        max_size=size,
+        open=False,
+        name="backorder-worker-promise",
+        timeout=settings.promise_timeout_seconds,
+        kwargs={"autocommit": True, "application_name": "backorder-worker-promise", "options": options},
+        check=ConnectionPool.check_connection,  # a connection that died with the server is replaced
+    )
+    pool.open(wait=False)
+    return pool
+
+
+@contextlib.contextmanager
+def promise_snapshots(
+    settings: Settings, size: int
+) -> Iterator[Callable[[], contextlib.AbstractContextManager[Store]]]:
+    """Read-only snapshots of the configured, migrated database: each call opens one (a REPEATABLE READ READ
+    ONLY transaction that is rolled back) on a pool of `size` connections."""
+    # The handler's decisions on a snapshot are what-ifs, not news: "allocated" in this process's log would
+    # mislead (and cost time at hundreds of promises a second). Warnings and errors still show.
+    service_log = logging.getLogger("worker.service")
+    if service_log.getEffectiveLevel() < logging.WARNING:
+        service_log.setLevel(logging.WARNING)
+    pool = _promise_pool(settings, size)
+    try:
+        _require_schema(pool)
+        yield lambda: snapshot(pool)
+    finally:
+        pool.close()
+
+
+def serve_promises(settings: Settings) -> None:
+    """Serve the promise API (uvicorn) until SIGTERM or SIGINT; requests in flight are finished first."""
+    import uvicorn
+
+    from worker.entrypoints.api import create_app
+
+    with promise_snapshots(settings, settings.promise_pool_size) as snapshots:
+        app = create_app(snapshots, settings.shop_policy(), utc_now, timeout_seconds=settings.promise_timeout_seconds)
+        config = uvicorn.Config(
+            app,
+            host=settings.promise_host,
+            port=settings.promise_port,
+            limit_concurrency=settings.promise_max_concurrency,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_seconds)),
+            access_log=False,  # 200 requests a second are not news; errors are logged
+            log_config=None,  # uvicorn's loggers go through the root logger configured at the entry point
+            lifespan="off",
+            server_header=False,
+        )
+        # uvicorn stops on SIGTERM or SIGINT and then raises the signal again for the handler it found:
+        # this one, so that a requested stop exits with 0, as `run` does.
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, lambda signum, _frame: log.info("stopping", signal=signal.Signals(signum).name))
+        log.info("promise_api_listening", host=settings.promise_host, port=settings.promise_port)
+        uvicorn.Server(config).run()
+    log.info("promise_api_stopped")

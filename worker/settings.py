@@ -187,6 +187,15 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"  # containers set 0.0.0.0 (see the README on the bind address)
     metrics_port: int = Field(default=9108, ge=0, le=65535)
 
+    # The promise API (`backorder-worker serve`): where it listens, its own small pool, its bounds.
+    promise_host: str = "127.0.0.1"  # containers set 0.0.0.0
+    promise_port: int = Field(default=8080, ge=0, le=65535)
+    promise_pool_size: PositiveInt = 4  # connections kept open: at most this many promises read at once
+    # A request waits at most this long for a connection, each statement runs at most this long, a body
+    # must arrive within it: past it the answer is 503 (or 408), never a hung request.
+    promise_timeout_seconds: PositiveFloat = 2.0
+    promise_max_concurrency: PositiveInt = 100  # connections and requests in flight; beyond: 503 at once
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -1,4 +1,5 @@
-"""The `backorder-worker` command: migrate, topics, run, settings, and the operators' queue, simulate, decisions."""
+"""The `backorder-worker` command: migrate, topics, run, serve, settings, and the operators' queue, simulate,
+decisions, promise."""
 
 from __future__ import annotations
 
@@ -224,6 +225,71 @@ def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(settings: Settings, _args: argparse.Namespace) -> int:
+    from worker.bootstrap import SchemaNotMigrated, serve_promises
+
+    try:
+        serve_promises(settings)
+    except SchemaNotMigrated as exc:
+        log.error("schema_not_migrated", error=str(exc))
+        return 2
+    return 0
+
+
+def _cart_line(text: str) -> dict[str, object]:
+    sku, sep, quantity = text.rpartition(":")
+    if not sep or not sku or not quantity.strip().lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected SKU:QUANTITY, got {text!r}")
+    return {"sku": sku, "quantity": int(quantity)}
+
+
+def _promise(settings: Settings, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError as InvalidCart
+
+    from worker.bootstrap import promise_snapshots, utc_now
+    from worker.entrypoints.api import CartRequest, promise_for, validation_errors
+
+    asked = {
+        "customer_id": args.customer,
+        "customer_tier": args.tier,
+        "shipping_service": args.service,
+        "need_by": args.need_by,
+        "split_preference": args.split,
+        "lines": args.line,
+    }
+    try:
+        cart = CartRequest.model_validate({k: v for k, v in asked.items() if v is not None})
+    except InvalidCart as exc:
+        for error in validation_errors(exc.errors()):
+            print(f"backorder-worker: {error['field']}: {error['msg']}", file=sys.stderr)
+        return 2
+    with promise_snapshots(settings, 1) as snapshots:
+        answer = promise_for(cart, snapshots, settings.shop_policy(), utc_now())
+    _table(
+        ["line", "sku", "wants", "now", "backordered", "accepted", "rejected", "expected", "rank", "reason"],
+        [
+            (
+                line.line_id,
+                line.sku,
+                str(line.quantity),
+                str(line.ships_now),
+                str(line.backordered),
+                "yes" if line.accepted else "no",
+                str(line.rejected),
+                line.expected_ship_date.isoformat() if line.expected_ship_date else "unknown",
+                str(line.rank) if line.rank is not None else "",
+                line.reason or "",
+            )
+            for line in answer.lines
+        ],
+    )
+    first = answer.first_shipment_date.isoformat() if answer.first_shipment_date else "unknown"
+    whole = answer.ship_complete_date.isoformat() if answer.ship_complete_date else "unknown"
+    print(f"first shipment: {first}; whole order shipped: {whole}")
+    print(f"as of {answer.as_of:%Y-%m-%d %H:%M:%S} UTC; nothing was reserved or changed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backorder-worker",
@@ -265,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="ISO 8601 time to sweep as of (UTC if no zone); default now",
     )
     sub.add_parser("report", help="print the backlog: the tracking view and a table per SKU")
+    sub.add_parser("serve", help="serve the promise API (POST /v1/promise) until SIGTERM")
+    promise = sub.add_parser("promise", help="print what the shop can promise for a cart now, reserving nothing")
+    promise.add_argument("--customer", required=True, metavar="CUSTOMER_ID")
+    promise.add_argument("--tier", choices=["STANDARD", "VIP", "WHOLESALE"], help="default STANDARD")
+    promise.add_argument("--service", choices=["STANDARD", "EXPEDITED"], help="shipping service, default STANDARD")
+    promise.add_argument("--need-by", metavar="DATE", help="ISO date the customer needs the order by")
+    promise.add_argument(
+        "--split", choices=["SHIP_AVAILABLE_NOW", "SHIP_COMPLETE"], help="default: the product's or the shop's"
+    )
+    promise.add_argument(
+        "--line", type=_cart_line, action="append", required=True, metavar="SKU:QTY", help="a cart line (repeat)"
+    )
     preview = sub.add_parser("preview", help="render a sample customer notification as the plain-text e-mail")
     preview.add_argument(
         "type",
@@ -303,5 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": _sweep,
         "preview": _preview,
         "report": _report,
+        "serve": _serve,
+        "promise": _promise,
     }
     return commands[args.command](settings, args)
