@@ -47,7 +47,12 @@ class Priority:
     rank: int
     criterion: str  # a Criterion value, or "starved"
     why: str  # e.g. "need_by 2026-02-10 within 3 days"
-    waited: str  # e.g. "waited 4 days"
+    age: dt.timedelta  # how long the line has waited
+
+    @property
+    def waited(self) -> str:
+        """ "waited 4 days", "waited 3 hours": worded only when asked (a queue is ranked far more often)."""
+        return _waited(self.age)
 
     @property
     def reason(self) -> str:
@@ -88,16 +93,16 @@ def _why(criterion: Criterion, line: Backorder, rules: PriorityRules, today: dt.
 def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priority:
     age = max(now - (line.waits_from or line.placed_at), dt.timedelta(0))
     if rules.starvation_after is not None and age > rules.starvation_after:
-        return Priority(STARVED_RANK, "starved", f"promoted after {rules.starvation_after.days} days", _waited(age))
+        return Priority(STARVED_RANK, "starved", f"promoted after {rules.starvation_after.days} days", age)
     today = now.date()
     for rank, criterion in enumerate(rules.ranks, start=1):
         if criterion is Criterion.STANDARD:
             continue
         why = _why(criterion, line, rules, today)
         if why is not None:
-            return Priority(rank, criterion.value, why, _waited(age))
+            return Priority(rank, criterion.value, why, age)
     rank = rules.ranks.index(Criterion.STANDARD) + 1 if Criterion.STANDARD in rules.ranks else len(rules.ranks) + 1
-    return Priority(rank, Criterion.STANDARD.value, "standard", _waited(age))
+    return Priority(rank, Criterion.STANDARD.value, "standard", age)
 
 
 def in_priority_order(

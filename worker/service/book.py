@@ -82,6 +82,7 @@ class Book:
         self._loaded: dict[LineKey, OrderLineState] = {}  # each line as the store gave it (for the totals)
         self._by_order: dict[str, dict[LineKey, None]] = {}
         self._by_sku: dict[str, dict[LineKey, None]] = {}
+        self._backorders: dict[str, tuple[Backorder, ...]] = {}  # a SKU's queue, until a line of it changes
         self._orders_loaded: set[str] = set()
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
@@ -139,6 +140,7 @@ class Book:
                     mapping.pop(key, None)
                 else:
                     mapping[key] = old
+            self._backorders.clear()
             raise
         finally:
             if outer:
@@ -240,6 +242,7 @@ class Book:
             if key in self._lines and (not fresh or key in self._changed_lines or key in self._new_lines):
                 continue
             self._lines[key] = self._loaded[key] = line
+            self._backorders.pop(line.sku, None)
             self._by_order.setdefault(line.order_id, {})[key] = None
             self._by_sku.setdefault(line.sku, {})[key] = None
 
@@ -359,6 +362,7 @@ class Book:
     def _change(self, line: OrderLineState, *, new: bool = False) -> None:
         key = (line.order_id, line.line_id)
         self._put(self._lines, key, line)
+        self._backorders.pop(line.sku, None)
         self._put(self._new_lines if new else self._changed_lines, key, None)
         self._by_order.setdefault(line.order_id, {})[key] = None  # an index only grows: readers check _lines
         self._by_sku.setdefault(line.sku, {})[key] = None
@@ -439,7 +443,10 @@ class Book:
             self._available.update(self._store.lock_stock([sku]))
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
-        return [line.as_backorder() for line in self._queue(sku)]
+        queue = self._backorders.get(sku)
+        if queue is None:
+            queue = self._backorders[sku] = tuple(line.as_backorder() for line in self._queue(sku))
+        return queue
 
     def _queue(self, sku: str) -> list[OrderLineState]:
         self._load_queues([sku])
