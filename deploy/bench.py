@@ -914,7 +914,8 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
 
     failed = sum(count for status, count in statuses.items() if status != 200)
     note = f"({len(times)} requests in {elapsed:.0f}s, {failed} not 200: {statuses})" if failed else ""
-    figure("promise_offered_per_s", len(times) / elapsed if elapsed else float("nan"))
+    figure("promise_offered_per_s", args.promise_rate)
+    figure("promise_answered_per_s", len(times) / elapsed if elapsed else float("nan"))
     figure("promise_p50_ms", pct(0.50), note)
     figure("promise_p99_ms", pct(0.99), note)
 
