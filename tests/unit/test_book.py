@@ -6,8 +6,6 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
-
 from tests import factories
 from tests.unit.fakes import FakeState, MemoryStore
 from worker.domain.model import LineStatus, OrderLineState
@@ -97,14 +95,11 @@ def test_the_same_fact_twice_in_one_batch_is_applied_once() -> None:
     assert len(store.saves[-1].new_lines) == 1
 
 
-@pytest.mark.parametrize(("receipts", "held"), [(["A"], [["1"]]), (["A", "B"], [])])
-def test_an_order_is_held_only_when_a_line_of_it_is_of_a_sku_the_batch_did_not_lock(
-    receipts: list[str], held: list[list[str]]
-) -> None:
-    """Another worker may be filling the order's line of a SKU this batch did not lock: the order's row is
-    held (and its lines read again) before anything is decided from them. With every SKU of the order
-    locked here, nobody else can change it."""
+def test_an_order_filled_by_the_batch_is_held_and_read_again_unless_the_batch_placed_it() -> None:
+    """Another worker may be deciding about the order from another of its lines: its row is held (and its
+    lines read again) before anything is decided from them. An order placed in this very transaction exists
+    nowhere else yet."""
     store = CountingStore(FakeState())
     transaction(store, [factories.order("1", "2026-01-10", [("A", 1), ("B", 1)])])
-    transaction(store, [factories.receipt(f"R-{sku}", sku, 1) for sku in receipts])
-    assert store.held == held
+    transaction(store, [factories.receipt("R-A", "A", 2), factories.order("2", "2026-01-11", [("A", 1)])])
+    assert store.held == [["1"]]

@@ -214,17 +214,37 @@ class Book:
         if ordered:
             self._available.update(self._store.lock_stock(ordered))
             self._locked_skus.update(ordered)
+            self._read_again(set(ordered))
+
+    def _read_again(self, skus: set[str]) -> None:
+        """What was read of these SKUs before their locks were taken may have changed since (another worker
+        filling a line, taking a policy): forget it, and read the lines again, now that nobody else can
+        change them. What this transaction changed itself stays."""
+        for sku in skus:
+            self._queues_loaded.discard(sku)
+            self._with_dates.pop(sku, None)
+            self._backorders.pop(sku, None)
+            if sku not in self._policy_changed:
+                self._policies.pop(sku, None)
+            if not any(changed_sku == sku for changed_sku, _ in self._restock_changed):
+                self._restocks.pop(sku, None)
+        stale = sorted(
+            {
+                line.order_id
+                for key, line in self._lines.items()
+                if line.sku in skus and key not in self._changed_lines and key not in self._new_lines
+            }
+        )
+        if stale:
+            self._merge(self._store.lines(orders=stale), fresh=True)
 
     def hold_orders(self, order_ids: Iterable[str]) -> None:
-        wanted = {o for o in order_ids if o not in self._held and o not in self._new_orders}
-        self._load_orders(wanted)
-        # An order whose every line is of a SKU this transaction has locked cannot change under it.
-        needed = sorted(
-            o for o in wanted if any(self._lines[k].sku not in self._locked_skus for k in self._by_order.get(o, ()))
-        )
+        # Orders placed by this transaction exist nowhere else yet; the others are held and read again.
+        wanted = sorted({o for o in order_ids if o not in self._held and o not in self._new_orders})
         self._held.update(wanted)
-        if needed:
-            self._merge(self._store.hold_orders(needed), fresh=True)
+        if wanted:
+            self._merge(self._store.hold_orders(wanted), fresh=True)
+            self._orders_loaded.update(wanted)
 
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         ids = set(order_ids)
