@@ -6,11 +6,35 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from worker.service import commands
+
+# The field only one record of the contract carries, and that record's name. A receipt may carry a
+# purchase_order_id, so a restock is known by its expected_date.
+RECORD_BY_FIELD = {
+    "lines": "backorder.OrderCreated",
+    "receipt_id": "backorder.InventoryReceived",
+    "line_ids": "backorder.OrderCancelled",
+    "backorders_allowed": "backorder.ProductPolicy",
+    "expected_date": "backorder.RestockExpected",
+    "shipment_id": "backorder.ShipmentDispatched",
+}
+
 
 def at(day: str) -> dt.datetime:
     """'2026-01-05' or '2026-01-05T10:00' as an aware UTC time."""
     value = dt.datetime.fromisoformat(day)
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def record_name(record: dict[str, Any]) -> str:
+    """The name of the record `record` is, from the field only that record carries."""
+    return next(name for field, name in RECORD_BY_FIELD.items() if field in record)
+
+
+def command(record: dict[str, Any]) -> commands.Command:
+    """The command `record` asks for, as if it came on its own topic."""
+    name = record_name(record)
+    return commands.command_for(name, name, record)
 
 
 def order(

@@ -7,10 +7,14 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
+from tests import factories
 from worker.domain.events import OutboundEvent
 from worker.domain.model import WAITING, Backorder, OrderLineState, OrderOutcome
+from worker.domain.policy import ShopPolicy
 from worker.service.book import Book
+from worker.service.handlers import Outcome, handle
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import (
     Changes,
@@ -68,6 +72,9 @@ class MemoryStore:
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         return {sku: self.state.available.get(sku, 0) for sku in skus}
 
+    def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
+        return {line.sku for line in self.state.lines.values() if line.order_id in order_ids}
+
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         self.state.held_orders.update(order_ids)
         return self.lines(orders=order_ids)
@@ -101,7 +108,11 @@ class MemoryStore:
         return {o: self.state.told.get(o) for o in order_ids}
 
     def customer_lines(self, customer_id: str, sku: str) -> list[OrderLineState]:
-        return [line for line in self.state.lines.values() if line.customer_id == customer_id and line.sku == sku]
+        return [
+            line
+            for line in self.state.lines.values()
+            if line.customer_id == customer_id and line.sku == sku and line.wanted > line.allocated
+        ]
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
         return {
@@ -191,6 +202,13 @@ class FakeUnitOfWork(Book):
     def state(self) -> FakeState:
         self.save()
         return self._memory.state
+
+
+def handle_record(uow: UnitOfWork, record: dict[str, Any], shop: ShopPolicy, now: dt.datetime) -> Outcome:
+    """Apply one inbound record through the real handler, its SKUs locked first as the consumer locks them."""
+    command = factories.command(record)
+    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
+    return handle(command, uow, shop, now)
 
 
 class FakeReadModel:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests import examples, factories
-from tests.unit.fakes import FakeUnitOfWork, FakeUnitOfWorkFactory
+from tests.unit.fakes import FakeUnitOfWork, FakeUnitOfWorkFactory, handle_record
 from worker.domain.allocation import ShipCompleteMode
 from worker.domain.eta import (
     Eta,
@@ -37,26 +37,15 @@ from worker.domain.policy import (
     promise_limit,
     waits_from,
 )
-from worker.service import commands
-from worker.service.handlers import handle, sweep, sweep_once
+from worker.service.handlers import sweep, sweep_once
 from worker.settings import Settings
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SHOP = ShopPolicy(eta=EtaRules(handling_days=1, default_supplier_margin_days=2))
-KINDS = {
-    "lines": "backorder.OrderCreated",
-    "receipt_id": "backorder.InventoryReceived",
-    "line_ids": "backorder.OrderCancelled",
-    "backorders_allowed": "backorder.ProductPolicy",
-    "expected_date": "backorder.RestockExpected",
-}
 
 
 def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy = SHOP, now: dt.datetime = NOW) -> None:
-    kind = next(v for k, v in KINDS.items() if k in record)
-    command = commands.command_for(kind, kind, record)
-    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
-    handle(command, uow, shop, now)
+    handle_record(uow, record, shop, now)
 
 
 def restock(sku: str, po: str, quantity: int, expected: str, supplier: str = "acme") -> dict[str, Any]:

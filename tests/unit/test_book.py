@@ -10,26 +10,14 @@ from tests import factories
 from tests.unit.fakes import FakeState, MemoryStore
 from worker.domain.model import LineStatus, OrderLineState
 from worker.domain.policy import ShopPolicy
-from worker.service import commands
 from worker.service.book import Book
-from worker.service.commands import Command
 from worker.service.handlers import Outcome, handle
 from worker.service.messages import InvalidEvent
 from worker.service.ports import Changes
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SHOP = ShopPolicy()
-NAMES = {
-    "lines": "backorder.OrderCreated",
-    "receipt_id": "backorder.InventoryReceived",
-    "line_ids": "backorder.OrderCancelled",
-    "shipment_id": "backorder.ShipmentDispatched",
-}
-
-
-def command(record: dict[str, Any]) -> Command:
-    kind = next(v for k, v in NAMES.items() if k in record)
-    return commands.command_for(kind, kind, record)
+command = factories.command
 
 
 class CountingStore(MemoryStore):

@@ -9,15 +9,14 @@ from typing import Any
 import pytest
 
 from tests import factories
-from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory
+from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory, handle_record
 from tests.unit.test_allocation import backorder
 from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, NotificationType
 from worker.domain.model import Cancellation, CancelReason, LineStatus
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.timeline import Cadence
-from worker.service import commands
-from worker.service.handlers import _cancel, handle, sweep, sweep_once
+from worker.service.handlers import _cancel, sweep, sweep_once
 
 TODAY = dt.date(2026, 2, 1)
 RULES = EtaRules(handling_days=1, default_supplier_margin_days=2)
@@ -84,10 +83,8 @@ NOW = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC)
 SHOP = ShopPolicy(eta=RULES)
 
 
-def run(uow: FakeUnitOfWork, name: str, record: dict[str, Any], now: dt.datetime = NOW) -> None:
-    command = commands.command_for(name, name, record)
-    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
-    handle(command, uow, SHOP, now)
+def run(uow: FakeUnitOfWork, record: dict[str, Any], now: dt.datetime = NOW) -> None:
+    handle_record(uow, record, SHOP, now)
 
 
 def restock(po: str, quantity: int, expected: dt.date, decided: str = "2026-02-01T00:00") -> dict[str, Any]:
@@ -109,25 +106,25 @@ def notices(uow: FakeUnitOfWork, kind: NotificationType) -> list[CustomerNotific
 def test_a_withdrawn_purchase_order_moves_dates_and_tells_each_affected_order_once() -> None:
     uow = FakeUnitOfWork()
     uow.lock_stock(["SKU"])
-    run(uow, "backorder.RestockExpected", restock("PO-1", 30, dt.date(2026, 2, 20)))
-    run(uow, "backorder.RestockExpected", restock("PO-2", 50, dt.date(2026, 3, 5)))
+    run(uow, restock("PO-1", 30, dt.date(2026, 2, 20)))
+    run(uow, restock("PO-2", 50, dt.date(2026, 3, 5)))
     for i in range(6):
-        run(uow, "backorder.OrderCreated", factories.order(f"O-{i}", f"2026-01-{10 + i}", [("SKU", 10)]))
+        run(uow, factories.order(f"O-{i}", f"2026-01-{10 + i}", [("SKU", 10)]))
     confirmed = {n.order_id: n.expected_ship_date for n in notices(uow, NotificationType.BACKORDER_CONFIRMED)}
     assert confirmed == {f"O-{i}": dt.date(2026, 2, 23) if i < 3 else dt.date(2026, 3, 8) for i in range(6)}
 
-    run(uow, "backorder.RestockExpected", restock("PO-1", 0, dt.date(2026, 2, 20), "2026-02-01T01:00"))
+    run(uow, restock("PO-1", 0, dt.date(2026, 2, 20), "2026-02-01T01:00"))
     changed = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
     assert sorted(n.order_id for n in changed) == ["O-0", "O-1", "O-2"]  # the others keep their date
     assert {n.expected_ship_date for n in changed} == {dt.date(2026, 3, 8)}
-    run(uow, "backorder.RestockExpected", restock("PO-1", 0, dt.date(2026, 2, 20), "2026-02-01T02:00"))
+    run(uow, restock("PO-1", 0, dt.date(2026, 2, 20), "2026-02-01T02:00"))
     assert len(notices(uow, NotificationType.BACKORDER_ETA_CHANGED)) == 3  # nothing new: no second notice
 
 
 def test_status_updates_are_sent_once_per_step() -> None:
     uow = FakeUnitOfWork()
     uow.lock_stock(["SKU"])
-    run(uow, "backorder.OrderCreated", factories.order("O", "2026-02-01T12:00", [("SKU", 1)]))
+    run(uow, factories.order("O", "2026-02-01T12:00", [("SKU", 1)]))
     for day in (3, 7, 7, 8, 14, 14, 21):
         sweep(uow, SHOP, NOW + dt.timedelta(days=day))
     updates = notices(uow, NotificationType.BACKORDER_STATUS_UPDATE)
@@ -138,10 +135,10 @@ def backlog(orders: int) -> FakeState:
     """`orders` waiting orders: every third one of an SKU whose backorders go stale after 30 days and
     placed long ago, the others due for a status update a week after NOW."""
     uow = FakeUnitOfWork()
-    run(uow, "backorder.ProductPolicy", factories.policy("OLD", "2025-01-01", stale_after_days=30))
+    run(uow, factories.policy("OLD", "2025-01-01", stale_after_days=30))
     for i in range(orders):
         sku, placed = ("OLD", "2025-12-01") if i % 3 == 0 else ("SKU", f"2026-01-{10 + i % 15:02d}")
-        run(uow, "backorder.OrderCreated", factories.order(f"O-{i:03d}", placed, [(sku, 1)]))
+        run(uow, factories.order(f"O-{i:03d}", placed, [(sku, 1)]))
     return uow.state
 
 
@@ -198,11 +195,11 @@ def test_a_sweep_stopped_between_transactions_keeps_what_it_committed_and_the_ne
 def test_a_new_lead_time_moves_the_dates_of_what_waits_beyond_the_restocks() -> None:
     uow = FakeUnitOfWork()
     uow.lock_stock(["SKU"])
-    run(uow, "backorder.ProductPolicy", factories.policy("SKU", "2026-01-01", lead_time_days=10))
-    run(uow, "backorder.OrderCreated", factories.order("O", "2026-01-31", [("SKU", 1)]))
+    run(uow, factories.policy("SKU", "2026-01-01", lead_time_days=10))
+    run(uow, factories.order("O", "2026-01-31", [("SKU", 1)]))
     [confirmed] = notices(uow, NotificationType.BACKORDER_CONFIRMED)
     assert confirmed.expected_ship_date == dt.date(2026, 2, 12)  # today + 10 days lead time + 1 handling
-    run(uow, "backorder.ProductPolicy", factories.policy("SKU", "2026-01-02", lead_time_days=30))
+    run(uow, factories.policy("SKU", "2026-01-02", lead_time_days=30))
     [changed] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
     assert changed.expected_ship_date == dt.date(2026, 3, 4)
 
@@ -212,17 +209,15 @@ def test_a_held_line_does_not_hide_the_date_of_the_rest_of_its_order() -> None:
     uow = FakeUnitOfWork()
     uow.lock_stock(["SKU", "HERE"])
 
-    def run_(name: str, record: dict[str, Any]) -> None:
-        command = commands.command_for(name, name, record)
-        handle(command, uow, shop, NOW)
-
-    run_("backorder.InventoryReceived", factories.receipt("R", "HERE", 2))
-    run_(
-        "backorder.OrderCreated",
+    handle_record(uow, factories.receipt("R", "HERE", 2), shop, NOW)
+    handle_record(
+        uow,
         factories.order("O", "2026-01-31", [("SKU", 1), ("HERE", 2)], split_preference="SHIP_COMPLETE"),
+        shop,
+        NOW,
     )
     assert uow.state.lines[("O", "L2")].held
-    run_("backorder.RestockExpected", restock("PO-1", 5, dt.date(2026, 2, 20)))
+    handle_record(uow, restock("PO-1", 5, dt.date(2026, 2, 20)), shop, NOW)
     [changed] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
     assert changed.expected_ship_date == dt.date(2026, 2, 23)
 
@@ -242,8 +237,8 @@ def test_a_sweep_transaction_that_fails_is_skipped_and_the_rest_of_the_sweep_goe
 
 def test_a_stale_cancellation_that_meets_a_line_no_longer_waiting_says_nothing() -> None:
     uow = FakeUnitOfWork()
-    run(uow, "backorder.OrderCreated", factories.order("O-1", "2026-01-01", [("SKU", 1)]))
-    run(uow, "backorder.OrderCancelled", factories.cancellation("O-1"))
+    run(uow, factories.order("O-1", "2026-01-01", [("SKU", 1)]))
+    run(uow, factories.cancellation("O-1"))
     before = len(uow.state.outbox)
     asked = Cancellation("O-1", ("L1",), CancelReason.CUSTOMER_REQUEST, None, NOW)
     stale = Cancellation("O-1", ("L1",), CancelReason.STALE, "waited more than 30 days", NOW)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import examples, factories
-from tests.unit.fakes import FakeUnitOfWork
+from tests.unit.fakes import FakeUnitOfWork, handle_record
 from worker.domain.allocation import ShipCompleteMode
 from worker.domain.eta import UnreliableSupplier
 from worker.domain.events import (
@@ -22,8 +22,7 @@ from worker.domain.events import (
 )
 from worker.domain.model import CancelReason, LineStatus, OrderOutcome
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy, held_until
-from worker.service import commands
-from worker.service.handlers import Outcome, handle, sweep
+from worker.service.handlers import Outcome, sweep
 from worker.service.messages import ConflictingDuplicate
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
@@ -45,17 +44,7 @@ def world(*skus: str) -> FakeUnitOfWork:
 
 
 def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy = SHOP, now: dt.datetime = NOW) -> Outcome:
-    name = {
-        "lines": "backorder.OrderCreated",
-        "receipt_id": "backorder.InventoryReceived",
-        "line_ids": "backorder.OrderCancelled",
-        "backorders_allowed": "backorder.ProductPolicy",
-        "expected_date": "backorder.RestockExpected",
-    }
-    kind = next(v for k, v in name.items() if k in record)
-    command = commands.command_for(kind, kind, record)
-    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
-    return handle(command, uow, shop, now)
+    return handle_record(uow, record, shop, now)
 
 
 cancel = factories.cancellation

@@ -12,28 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import examples, factories
-from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore
+from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore, handle_record
 from worker.domain.model import CustomerTier, ShippingService, SplitPreference
 from worker.domain.policy import ShopPolicy
-from worker.service import commands
-from worker.service.handlers import handle
 from worker.service.promise import Cart, CartLine, promise
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SKUS = ["A", "B", "C"]
-NAMES = {
-    "lines": "backorder.OrderCreated",
-    "receipt_id": "backorder.InventoryReceived",
-    "backorders_allowed": "backorder.ProductPolicy",
-    "purchase_order_id": "backorder.RestockExpected",
-}
 
 
 def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy, now: dt.datetime = NOW) -> None:
-    kind = next(v for k, v in NAMES.items() if k in record)
-    command = commands.command_for(kind, kind, record)
-    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
-    handle(command, uow, shop, now)
+    handle_record(uow, record, shop, now)
 
 
 def restock(sku: str, po: str, quantity: int, expected: str) -> dict[str, Any]:

@@ -13,30 +13,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import factories
-from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore
+from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore, handle_record
 from worker.domain.model import CustomerTier, ShippingService
 from worker.domain.policy import ShopPolicy
 from worker.entrypoints.api import MAX_BODY_BYTES, create_app
 from worker.entrypoints.cli import build_parser
-from worker.service import commands, limits
-from worker.service.handlers import handle
+from worker.service import limits
 from worker.service.ports import Store, StoreUnavailable
 from worker.service.promise import Cart, CartLine, promise
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SHOP = ShopPolicy()
-KINDS = {
-    "lines": "backorder.OrderCreated",
-    "receipt_id": "backorder.InventoryReceived",
-    "purchase_order_id": "backorder.RestockExpected",
-}
 
 
 def apply(uow: FakeUnitOfWork, record: dict[str, Any]) -> None:
-    kind = next(v for k, v in KINDS.items() if k in record)
-    command = commands.command_for(kind, kind, record)
-    uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
-    handle(command, uow, SHOP, NOW)
+    handle_record(uow, record, SHOP, NOW)
 
 
 def shop_state() -> FakeState:
