@@ -119,6 +119,27 @@ def policy(sku: str, decided_at: str = "2026-01-01", **fields: Any) -> dict[str,
     }
 
 
+def restock(
+    sku: str,
+    po: str,
+    quantity: int,
+    expected: str | dt.date,
+    decided_at: str | dt.datetime = "2026-01-01",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A RestockExpected record: `quantity` of `sku` on purchase order `po`, expected on `expected`."""
+    return {
+        "event_id": f"restock-{po}-{sku}",
+        "occurred_at": decided_at if isinstance(decided_at, dt.datetime) else at(decided_at),
+        "purchase_order_id": po,
+        "sku": sku,
+        "supplier_id": "acme",
+        "quantity": quantity,
+        "expected_date": dt.date.fromisoformat(expected) if isinstance(expected, str) else expected,
+        **fields,
+    }
+
+
 def shipment(order_id: str, shipment_id: str, dispatched_at: str = "2026-01-22", **fields: Any) -> dict[str, Any]:
     """A ShipmentDispatched record."""
     return {

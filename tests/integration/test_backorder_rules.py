@@ -20,15 +20,7 @@ def ago(**delta: float) -> str:
 
 
 def restock(po: str, sku: str, supplier: str, quantity: int, expected: dt.date) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "occurred_at": T0,
-        "purchase_order_id": po,
-        "sku": sku,
-        "supplier_id": supplier,
-        "quantity": quantity,
-        "expected_date": expected,
-    }
+    return factories.restock(sku, po, quantity, expected, T0, event_id=str(uuid.uuid4()), supplier_id=supplier)
 
 
 def latest(deployment: Deployment, kind: str) -> dict[str, dict[str, Any]]:

@@ -126,18 +126,9 @@ def test_the_promise_is_what_the_worker_then_does(deployment: Deployment, server
     deployment.produce("product-policy", factories.policy("CAP", max_backorder_qty_per_customer=2))
     deployment.produce("order-created", factories.order("old-std", days_ago(3), [("OUT", 2)]))
     deployment.produce("order-created", factories.order("old-vip", days_ago(1), [("OUT", 2)], customer_tier="VIP"))
-    deployment.produce(
-        "restock-expected",
-        {
-            "event_id": "restock-PO-1",
-            "occurred_at": dt.datetime.now(dt.UTC),
-            "sku": "OUT",
-            "purchase_order_id": "PO-1",
-            "supplier_id": "acme",
-            "quantity": 6,
-            "expected_date": dt.date.today() + dt.timedelta(days=10),
-        },
-    )
+    restock_date = dt.date.today() + dt.timedelta(days=10)
+    restock = factories.restock("OUT", "PO-1", 6, restock_date, dt.datetime.now(dt.UTC), event_id="restock-PO-1")
+    deployment.produce("restock-expected", restock)
     wait_for(
         "the setup handled",
         lambda: deployment.query(

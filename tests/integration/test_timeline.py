@@ -44,15 +44,7 @@ def sweep(deployment: Deployment, days: float, *, concurrently: int = 1) -> None
 
 
 def restock(po: str, sku: str, quantity: int, expected: dt.date) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "occurred_at": T0,
-        "purchase_order_id": po,
-        "sku": sku,
-        "supplier_id": "acme",
-        "quantity": quantity,
-        "expected_date": expected,
-    }
+    return factories.restock(sku, po, quantity, expected, T0, event_id=str(uuid.uuid4()))
 
 
 def test_the_customer_timeline_from_confirmation_to_shipment(deployment: Deployment) -> None:

@@ -48,22 +48,10 @@ def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy = SHOP, no
     handle_record(uow, record, shop, now)
 
 
-def restock(sku: str, po: str, quantity: int, expected: str, supplier: str = "acme") -> dict[str, Any]:
-    return {
-        "event_id": f"restock-{po}-{sku}",
-        "occurred_at": factories.at("2026-01-01"),
-        "purchase_order_id": po,
-        "sku": sku,
-        "supplier_id": supplier,
-        "quantity": quantity,
-        "expected_date": dt.date.fromisoformat(expected),
-    }
-
-
 def delivered(uow: FakeUnitOfWork, supplier: str, po: str, expected: str, received: str) -> None:
     """A delivery of `supplier` against a purchase order of a SKU of its own: its history, nothing else."""
     sku = f"HISTORY-{po}"
-    run(uow, restock(sku, po, 1, expected, supplier))
+    run(uow, factories.restock(sku, po, 1, expected, supplier_id=supplier))
     run(uow, factories.receipt(f"R-{po}", sku, 1, received, purchase_order_id=po, supplier_id=supplier))
 
 
@@ -168,8 +156,8 @@ def test_pre_order_dates_and_waits() -> None:
 def test_a_backorder_expected_past_the_limit_is_refused_and_the_date_judged_is_the_lines_rank_not_the_tail() -> None:
     uow = FakeUnitOfWork()
     run(uow, factories.policy("S", max_promise_days=10))
-    run(uow, restock("S", "PO-1", 5, "2026-01-25"))  # ships 01-28: +1 handling, +2 margin
-    run(uow, restock("S", "PO-2", 20, "2026-03-01"))  # ships 03-04
+    run(uow, factories.restock("S", "PO-1", 5, "2026-01-25"))  # ships 01-28: +1 handling, +2 margin
+    run(uow, factories.restock("S", "PO-2", 20, "2026-03-01"))  # ships 03-04
     run(uow, factories.order("old", "2026-01-19", [("S", 4)]))
     # A VIP placed later ranks ahead of "old": its 3 units come with PO-1, not after the 4 already waiting.
     run(uow, factories.order("vip", "2026-01-20", [("S", 3)], customer_tier="VIP"))
@@ -223,8 +211,8 @@ def test_a_ship_complete_line_past_the_limit_is_refused_whole() -> None:
 def test_a_second_line_of_the_sku_is_judged_after_the_first_was_refused() -> None:
     uow = FakeUnitOfWork()
     run(uow, factories.policy("S", max_promise_days=10))
-    run(uow, restock("S", "PO-1", 3, "2026-01-25"))
-    run(uow, restock("S", "PO-2", 50, "2026-04-01"))
+    run(uow, factories.restock("S", "PO-1", 3, "2026-01-25"))
+    run(uow, factories.restock("S", "PO-2", 50, "2026-04-01"))
     # L1 (5 units) cannot come within 10 days and is refused; L2 (3 units) then comes with PO-1.
     run(uow, factories.order("O", "2026-01-20", [("S", 5), ("S", 3)]))
     by_line = {s.line_id: s for s in statuses(uow, "O")}
@@ -245,8 +233,8 @@ def unreliable_world(mode: UnreliableSupplier) -> tuple[FakeUnitOfWork, ShopPoli
     delivered(uow, "good", "PO-G3", "2026-01-07", "2026-01-07")
     delivered(uow, "good", "PO-G4", "2026-01-08", "2026-01-08")
     delivered(uow, "good", "PO-G5", "2026-01-09", "2026-01-08")  # early counts as on time: 4 of 5, 80%
-    run(uow, restock("FROM-SLOW", "PO-1", 10, "2026-01-25", "slow"), shop)
-    run(uow, restock("FROM-GOOD", "PO-2", 10, "2026-01-25", "good"), shop)
+    run(uow, factories.restock("FROM-SLOW", "PO-1", 10, "2026-01-25", supplier_id="slow"), shop)
+    run(uow, factories.restock("FROM-GOOD", "PO-2", 10, "2026-01-25", supplier_id="good"), shop)
     return uow, shop
 
 
@@ -353,7 +341,7 @@ def test_the_sweep_in_bounded_transactions_releases_too() -> None:
 def test_a_pre_order_with_supply_expected_after_the_release_gets_the_later_date() -> None:
     uow = FakeUnitOfWork()
     run(uow, factories.policy("NEW", available_from=RELEASE))
-    run(uow, restock("NEW", "PO-1", 5, "2026-02-10"))
+    run(uow, factories.restock("NEW", "PO-1", 5, "2026-02-10"))
     run(uow, factories.order("O", "2026-01-20", [("NEW", 2)]))
     [status] = statuses(uow, "O")
     assert status.expected_ship_date == dt.date(2026, 2, 13)  # 02-10 + 1 handling + 2 margin

@@ -119,17 +119,8 @@ NOW = factories.at("2026-01-20")
 Path = tuple[str | int, ...]
 
 
-def restock(**fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": "E-1",
-        "occurred_at": NOW,
-        "purchase_order_id": "PO-1",
-        "sku": "SKU",
-        "supplier_id": "acme",
-        "quantity": 10,
-        "expected_date": dt.date(2026, 2, 1),
-        **fields,
-    }
+def restock() -> dict[str, Any]:
+    return factories.restock("SKU", "PO-1", 10, dt.date(2026, 2, 1), NOW, event_id="E-1")
 
 
 def shipment(**fields: Any) -> dict[str, Any]:

@@ -88,15 +88,7 @@ def run(uow: FakeUnitOfWork, record: dict[str, Any], now: dt.datetime = NOW) -> 
 
 
 def restock(po: str, quantity: int, expected: dt.date, decided: str = "2026-02-01T00:00") -> dict[str, Any]:
-    return {
-        "event_id": f"{po}-{quantity}-{decided}",
-        "occurred_at": factories.at(decided),
-        "purchase_order_id": po,
-        "sku": "SKU",
-        "supplier_id": "acme",
-        "quantity": quantity,
-        "expected_date": expected,
-    }
+    return factories.restock("SKU", po, quantity, expected, decided, event_id=f"{po}-{quantity}-{decided}")
 
 
 def notices(uow: FakeUnitOfWork, kind: NotificationType) -> list[CustomerNotification]:

@@ -312,18 +312,6 @@ SKUS = ["A", "B"]
 POS = {"PO-1": "acme", "PO-2": "slowco"}  # purchase orders and their suppliers
 
 
-def restock(sku: str, po: str, quantity: int, expected: dt.date, at: dt.datetime) -> dict[str, Any]:
-    return {
-        "event_id": f"restock-{po}-{sku}-{at.isoformat()}",
-        "occurred_at": at,
-        "purchase_order_id": po,
-        "sku": sku,
-        "supplier_id": POS[po],
-        "quantity": quantity,
-        "expected_date": expected,
-    }
-
-
 operations = st.lists(
     st.one_of(
         st.tuples(
@@ -412,7 +400,14 @@ def test_units_are_never_lost_or_created_whatever_happens(
             run(uow, record, shop, now)
         elif op[0] == "restock":
             _, sku, po, quantity, days = op
-            run(uow, restock(sku, po, quantity, now.date() + dt.timedelta(days=days), now), shop, now)
+            expected = now.date() + dt.timedelta(days=days)
+            event_id = f"restock-{po}-{sku}-{now.isoformat()}"
+            run(
+                uow,
+                factories.restock(sku, po, quantity, expected, now, event_id=event_id, supplier_id=POS[po]),
+                shop,
+                now,
+            )
         elif op[0] == "sweep":
             sweep(uow, shop, now)
         # Nothing of a product not released yet is given to anyone (unless this step's policy released it).

@@ -25,18 +25,6 @@ def run(uow: FakeUnitOfWork, record: dict[str, Any], shop: ShopPolicy, now: dt.d
     handle_record(uow, record, shop, now)
 
 
-def restock(sku: str, po: str, quantity: int, expected: str) -> dict[str, Any]:
-    return {
-        "event_id": f"restock-{po}-{sku}",
-        "occurred_at": factories.at("2026-01-01"),
-        "sku": sku,
-        "purchase_order_id": po,
-        "supplier_id": "acme",
-        "quantity": quantity,
-        "expected_date": dt.date.fromisoformat(expected),
-    }
-
-
 history = st.lists(
     st.one_of(
         st.tuples(
@@ -83,7 +71,11 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
         elif op[0] == "receipt":
             run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop)
         elif op[0] == "restock":
-            run(uow, restock(op[1], f"PO{i}", op[2], (NOW.date() + dt.timedelta(days=op[3])).isoformat()), shop)
+            run(
+                uow,
+                factories.restock(op[1], f"PO{i}", op[2], (NOW.date() + dt.timedelta(days=op[3])).isoformat()),
+                shop,
+            )
         else:
             _, sku, allowed, lead, promise_days, release = op
             run(

@@ -36,18 +36,7 @@ def shop_state() -> FakeState:
     apply(uow, factories.receipt("R1", "LAMP", 3))
     apply(uow, factories.order("O1", "2026-01-10T10:00:00+00:00", [("DESK", 2)]))
     apply(uow, factories.order("O2", "2026-01-11T10:00:00+00:00", [("DESK", 2)]))
-    apply(
-        uow,
-        {
-            "event_id": "restock-PO1",
-            "occurred_at": factories.at("2026-01-01"),
-            "sku": "DESK",
-            "purchase_order_id": "PO1",
-            "supplier_id": "acme",
-            "quantity": 10,
-            "expected_date": dt.date(2026, 2, 1),
-        },
-    )
+    apply(uow, factories.restock("DESK", "PO1", 10, dt.date(2026, 2, 1), event_id="restock-PO1"))
     return uow.state
 
 
