@@ -21,7 +21,7 @@ from worker.adapters.avro import AvroCodec, EventSerializer
 from worker.adapters.http import HttpEndpoints
 from worker.adapters.kafka import consumer_config, producer_config
 from worker.adapters.metrics import Metrics, StateRefresher
-from worker.adapters.postgres.common import open_pool, transaction, with_timeouts
+from worker.adapters.postgres.common import open_pool, transaction
 from worker.adapters.postgres.migrations import Migration, migrate, pending_migrations
 from worker.adapters.postgres.read import PostgresReadModel, StateReader
 from worker.adapters.postgres.retention import Retention
@@ -191,12 +191,7 @@ def run_worker(settings: Settings) -> None:
                 on_refused=metrics.outbox_refused,
             )
             metrics.outbound_topics(
-                (
-                    settings.topic_fulfillment_requested,
-                    settings.topic_customer_notification,
-                    settings.topic_backorder_status,
-                    settings.topic_dead_letter,
-                ),
+                (*settings.outbound_topics, settings.topic_dead_letter),
                 REFUSAL_REASONS,
             )
             relay_beat = supervisor.heartbeat("outbox-relay", settings.loop_stall_seconds)
@@ -390,18 +385,9 @@ def _promise_pool(settings: Settings, size: int) -> ConnectionPool:
     timeout_ms = max(1, int(settings.promise_timeout_seconds * 1000))
     given = conninfo_to_dict(url).get("options") or ""
     options = f"{given} -c statement_timeout={timeout_ms}".strip()
-    pool = ConnectionPool(
-        with_timeouts(url),
-        min_size=size,
-        max_size=size,
-        open=False,
-        name="backorder-worker-promise",
-        timeout=settings.promise_timeout_seconds,
-        kwargs={"autocommit": True, "application_name": "backorder-worker-promise", "options": options},
-        check=ConnectionPool.check_connection,  # a connection that died with the server is replaced
+    return open_pool(
+        url, size, size, "backorder-worker-promise", timeout=settings.promise_timeout_seconds, options=options
     )
-    pool.open(wait=False)
-    return pool
 
 
 @contextlib.contextmanager

@@ -279,6 +279,15 @@ class Settings(BaseSettings):
             self.topic_shipment_dispatched: "backorder.ShipmentDispatched",
         }
 
+    @property
+    def outbound_topics(self) -> dict[str, str]:
+        """Outbound event topic name -> the Avro record the contract puts on it (dead letters aside)."""
+        return {
+            self.topic_fulfillment_requested: "backorder.FulfillmentRequested",
+            self.topic_customer_notification: "backorder.CustomerNotification",
+            self.topic_backorder_status: "backorder.BackorderStatusChanged",
+        }
+
     def shop_policy(self) -> ShopPolicy:
         return ShopPolicy(
             product=ProductPolicy(

@@ -178,7 +178,8 @@ class AvroCodec:
         if raw is None:
             raise UnknownSchema(f"the schema registry has no schema id {schema_id}")
         try:
-            ours = self._by_fingerprint.get(schema_fingerprint(raw))
+            fingerprint = schema_fingerprint(raw)
+            ours = self._by_fingerprint.get(fingerprint)
             if ours is not None:
                 writer = ours
             else:
@@ -186,9 +187,7 @@ class AvroCodec:
                 if not isinstance(parsed, dict) or parsed.get("name") not in self._latest:
                     name = parsed.get("name") if isinstance(parsed, dict) else type(parsed).__name__
                     raise UnknownSchema(f"schema id {schema_id} is {quote(str(name))}, not a record this worker reads")
-                writer = SchemaVersion(
-                    parsed["name"], 0, schema_fingerprint(raw), parsed, Path(f"registry schema id {schema_id}")
-                )
+                writer = SchemaVersion(parsed["name"], 0, fingerprint, parsed, Path(f"registry schema id {schema_id}"))
         except UnknownSchema:
             raise
         except Exception as exc:  # fastavro refuses a schema it cannot parse with several types

@@ -75,13 +75,7 @@ def admin_config(settings: Settings) -> KafkaConfig:
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [
-        *settings.inbound_topics,
-        settings.topic_fulfillment_requested,
-        settings.topic_customer_notification,
-        settings.topic_backorder_status,
-        settings.topic_dead_letter,
-    ]
+    return [*settings.inbound_topics, *settings.outbound_topics, settings.topic_dead_letter]
 
 
 def create_topics(

@@ -102,12 +102,7 @@ class RegistrationRefused(Exception):
 
 def topic_records(settings: Settings) -> dict[str, str]:
     """Every topic of the contract (inbound and outbound) -> the record it carries."""
-    return {
-        **settings.inbound_topics,
-        settings.topic_fulfillment_requested: "backorder.FulfillmentRequested",
-        settings.topic_customer_notification: "backorder.CustomerNotification",
-        settings.topic_backorder_status: "backorder.BackorderStatusChanged",
-    }
+    return {**settings.inbound_topics, **settings.outbound_topics}
 
 
 def subjects(topics: Mapping[str, str]) -> dict[str, list[str]]:

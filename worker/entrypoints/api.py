@@ -80,11 +80,14 @@ class CartRequest(BaseModel):
     )
     lines: list[CartLineRequest] = Field(min_length=1, max_length=limits.MAX_LINES_PER_ORDER)
 
+    def line_ids(self) -> list[str]:
+        """Each line's id: its own, or its position in the cart (1, 2, ...)."""
+        return [line.line_id or str(position) for position, line in enumerate(self.lines, start=1)]
+
     @model_validator(mode="after")
     def _line_ids_unique(self) -> CartRequest:
         seen: set[str] = set()
-        for position, line in enumerate(self.lines, start=1):
-            line_id = line.line_id or str(position)
+        for line_id in self.line_ids():
             if line_id in seen:
                 raise ValueError(f"line_id {limits.quote(line_id)} repeats within the cart")
             seen.add(line_id)
@@ -98,8 +101,8 @@ class CartRequest(BaseModel):
             need_by=self.need_by,
             split_preference=self.split_preference,
             lines=tuple(
-                CartLine(line.line_id or str(position), line.sku, line.quantity)
-                for position, line in enumerate(self.lines, start=1)
+                CartLine(line_id, line.sku, line.quantity)
+                for line_id, line in zip(self.line_ids(), self.lines, strict=True)
             ),
         )
 

@@ -86,7 +86,7 @@ class Book:
         self._orders_loaded: set[str] = set()
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
-        self._facts: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (hash, claimed by this batch, unused)
+        self._facts: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (hash, claimed by this batch and not used yet)
         self._policies: dict[str, KeptPolicy | None] = {}
         self._restocks: dict[str, dict[str, KeptRestock]] = {}  # sku: purchase order: line
         self._deliveries: dict[str, tuple[Delivery, ...]] = {}
@@ -188,20 +188,24 @@ class Book:
     def prepare(self, commands: Sequence[Command]) -> None:
         orders = sorted({order_id for command in commands for order_id in command.orders})
         self.lock_orders(orders)  # first the orders, then their SKUs: every batch locks in this order
-        self.lock_stock(sorted({sku for command in commands for sku in command.skus} | self.skus_of_orders(orders)))
+        # The orders the batch does not place exist already: their SKUs are locked too, then their lines read.
+        existing = sorted({o for c in commands if not isinstance(c, PlaceOrder) for o in c.orders})
+        skus = {sku for command in commands for sku in command.skus}
+        self.lock_stock(sorted(skus | self._store.skus_of_orders(existing)) if existing else sorted(skus))
+        self._load_orders(existing)
         facts: dict[tuple[str, str], Fact] = {}
         for command in commands:
             facts.setdefault(command.fact, Fact(*command.fact, command.event_id, command.content_hash))
         self._claim(list(facts.values()))
-        skus = sorted(self._locked_skus)
-        self._load_policies(skus)
-        self._load_restocks(skus)
-        self._load_with_dates(skus)
+        locked = sorted(self._locked_skus)
+        self._load_policies(locked)
+        self._load_restocks(locked)
         placed = sorted({c.order.order_id for c in commands if isinstance(c, PlaceOrder)})
         self._load_pending(placed)
         # The queues that will meet units: of the SKUs with units on hand or arriving.
         receiving = {sku for command in commands if not isinstance(command, PlaceOrder) for sku in command.skus}
-        self._load_queues([sku for sku in skus if self._available.get(sku, 0) > 0 or sku in receiving])
+        self._load_queues([sku for sku in locked if self._available.get(sku, 0) > 0 or sku in receiving])
+        self._load_with_dates([sku for sku in locked if sku not in self._queues_loaded])
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
         ordered = sorted({x for x in order_ids if x not in self._locked_orders})
@@ -569,8 +573,6 @@ class Book:
             if line.expected_ship_date != eta.date:
                 changed.add(line.order_id)
             self._change(dataclasses.replace(line, expected_ship_date=eta.date, eta_basis=eta.basis))
-            if eta.date is not None:
-                self._put(self._with_dates, line.sku, True)
         return changed
 
     def has_expected_dates(self, sku: str) -> bool:

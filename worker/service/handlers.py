@@ -235,9 +235,7 @@ def _cancel_and_reallocate(
     """Cancel, give what the cancellation freed to the next lines at once, and update expected dates."""
     events = _cancel(uow, cancellation, cause, shop, now)
     released = sorted(uow.skus_of_orders([cancellation.order_id]))
-    fills = _allocate(uow, released, cause, shop, now, orders_changed=[cancellation.order_id])
-    states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
-    events += _announce_fills(cause, caused_by, fills, states, uow, shop, now)
+    events += _allocate_and_announce(uow, released, cause, caused_by, shop, now, [cancellation.order_id])
     return events + _refresh_etas(uow, released, cause, shop, now)
 
 
@@ -392,10 +390,8 @@ def _release_held_stock(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, s
         if uow.available(sku) == 0 or held_until(_policy(uow, shop, sku), as_of) is not None:
             continue
         cause = f"release/{sku}/{as_of.isoformat()}"  # one sweep, one cause: ids never collide
-        fills = _allocate(uow, [sku], cause, shop, as_of)
-        log.info("released", sku=sku, units=sum(f.quantity for f in fills), lines=len(fills))
-        states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
-        events += _announce_fills(cause, cause, fills, states, uow, shop, as_of)
+        log.info("released", sku=sku, units=uow.available(sku))
+        events += _allocate_and_announce(uow, [sku], cause, cause, shop, as_of)
         events += _refresh_etas(uow, [sku], cause, shop, as_of)
     return events
 
@@ -418,11 +414,8 @@ def _stale_lines(
     """The waiting lines past their SKU's `stale_after_days` at `as_of`, by order (a pre-order's wait
     counts from its product's release)."""
     stale: dict[str, list[OrderLineState]] = defaultdict(list)
-    policies: dict[str, ProductPolicy] = {}
     for line in waiting:
-        if line.sku not in policies:
-            policies[line.sku] = _policy(uow, shop, line.sku)
-        policy = policies[line.sku]
+        policy = _policy(uow, shop, line.sku)  # the unit of work keeps each SKU's policy
         limit = policy.stale_after_days
         if limit is not None and as_of - waits_from(policy, line.placed_at) > dt.timedelta(days=limit):
             stale[line.order_id].append(line)
@@ -483,9 +476,7 @@ def set_product_policy(command: SetProductPolicy, uow: UnitOfWork, shop: ShopPol
         events: list[OutboundEvent] = []
         if was_held and held_until(command.policy, now) is None:
             # The release was brought forward to today or withdrawn: what was held meets the queue now.
-            fills = _allocate(uow, [command.sku], cause, shop, now)
-            states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
-            events += _announce_fills(cause, command.event_id, fills, states, uow, shop, now)
+            events += _allocate_and_announce(uow, [command.sku], cause, command.event_id, shop, now)
         # A new lead time (or release) moves the dates of what waits beyond the expected restocks.
         uow.emit(events + _refresh_etas(uow, [command.sku], cause, shop, now))
     log.info("product_policy", sku=command.sku, kept=kept, **dataclasses.asdict(command.policy))
@@ -503,9 +494,9 @@ def _held_reason(release: dt.date) -> str:
     return f"pre-order: nothing ships before the release on {release.isoformat()}"
 
 
-def waiting_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> list[Backorder]:
+def waiting_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> Sequence[Backorder]:
     """The SKU's waiting lines as the rules see them: a pre-order's wait counts from its product's release."""
-    lines = list(uow.waiting_lines(sku))
+    lines = uow.waiting_lines(sku)
     policy = _policy(uow, shop, sku)
     if policy.available_from is None:
         return lines
@@ -583,10 +574,10 @@ def _judge_shortfalls(
         return {}  # nothing can be refused: no need to work out what would be short
     order = command.order
     got: dict[str, int] = {}
-    if uow.available(sku) > 0 and held_until(policy, now) is None:
+    if (on_hand := _on_hand(uow, shop, sku, now)) > 0:
         dry = allocate(
             waiting_queue(uow, shop, sku),
-            uow.available(sku),
+            on_hand,
             rules=shop.priority,
             mode=shop.ship_complete_mode,
             now=now,
@@ -644,9 +635,9 @@ def _allocate(
     otherwise (a cancellation), which may now ship complete."""
     fills: list[Fill] = []
     for sku in skus:
-        units = uow.available(sku)
-        if units == 0 or held_until(_policy(uow, shop, sku), now) is not None:
-            continue  # nothing, or a pre-order product before its release: its units wait for that day
+        units = _on_hand(uow, shop, sku, now)
+        if units == 0:
+            continue
         allocation = allocate(
             waiting_queue(uow, shop, sku), units, rules=shop.priority, mode=shop.ship_complete_mode, now=now
         )
@@ -673,6 +664,27 @@ def _allocate(
             fills, {f.backorder.order_id: shipment_id(cause, f.backorder.order_id) for f in fills}, cause, now
         )
     return fills
+
+
+def _on_hand(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> int:
+    """The units the SKU may give now: none of a pre-order product before its release (they wait for that day)."""
+    units = uow.available(sku)
+    return 0 if units and held_until(_policy(uow, shop, sku), now) is not None else units
+
+
+def _allocate_and_announce(
+    uow: UnitOfWork,
+    skus: Iterable[str],
+    cause: str,
+    caused_by: str,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    orders_changed: Iterable[str] = (),
+) -> list[OutboundEvent]:
+    """Allocate what the SKUs may give, and announce it to the orders that got units."""
+    fills = _allocate(uow, skus, cause, shop, now, orders_changed)
+    states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
+    return _announce_fills(cause, caused_by, fills, states, uow, shop, now)
 
 
 def _covered(line: OrderLineState, fills: dict[tuple[str, str], Fill]) -> bool:
@@ -766,7 +778,7 @@ def _cancel(
         lines=[f"{line.line_id}:{units}" for line, units in cancelled],
     )
     after = {line.line_id: line for line in uow.order_lines([cancellation.order_id])}
-    events += [_status(cause, after[line.line_id], now, cancel_reason=cancellation.reason) for line, _ in cancelled]
+    events += [_status(cause, after[line.line_id], now) for line, _ in cancelled]
     events.append(
         _notification(
             cause,
@@ -963,11 +975,9 @@ def _status(
     line: OrderLineState,
     now: dt.datetime,
     reason: str | None = None,
-    cancel_reason: CancelReason | None = None,
 ) -> BackorderStatusChanged:
     """The line as it is now. `quantity_allocated` counts the units released to shipping, `quantity_reserved`
-    those held until the line (or its order) can ship complete (contract 1.1). `cancel_reason`: the reason of
-    the cancellation that closed the line, when the caller knows it better than the line's record."""
+    those held until the line (or its order) can ship complete (contract 1.1)."""
     set_aside = line.allocated + line.reserved
     cancelled = line.status is LineStatus.CANCELLED
     return BackorderStatusChanged(
@@ -983,7 +993,7 @@ def _status(
         expected_ship_date=line.expected_ship_date if line.waiting else None,
         reason=reason if reason is not None else line.reason,
         quantity_reserved=line.reserved,
-        cancel_reason=(cancel_reason or line.cancel_reason) if cancelled else None,
+        cancel_reason=line.cancel_reason if cancelled else None,
     )
 
 

@@ -155,7 +155,8 @@ class UnitOfWork(Protocol):
         ...
 
     def savepoint(self) -> AbstractContextManager[None]:
-        """Undo one event's writes if it fails; turns data errors into UnprocessableEvent."""
+        """Undo one event's writes if it fails (a value the database refuses surfaces when the batch is saved,
+        as StoreRefused: the batch is then split to find the message to blame)."""
         ...
 
     def remember(self, kind: str, natural_key: str, event_id: str, content_hash: bytes) -> Seen:
@@ -388,6 +389,10 @@ class Store(Protocol):
         """Lock the stock rows of these SKUs (in SKU order, creating missing ones); units available of each."""
         ...
 
+    def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
+        """The SKUs of these orders' lines (read before the stock locks are taken)."""
+        ...
+
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         """Units available of each SKU (0 for one never seen), without locking anything."""
         ...
@@ -412,7 +417,7 @@ class Store(Protocol):
     def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]: ...
 
     def customer_lines(self, customer_id: str, sku: str) -> list[OrderLineState]:
-        """The customer's lines of the SKU."""
+        """The customer's lines of the SKU that still wait for units (the others add nothing to what waits)."""
         ...
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:

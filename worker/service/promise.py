@@ -153,6 +153,9 @@ class Snapshot:
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         return self._store.stock(skus)
 
+    def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
+        return self._store.skus_of_orders(order_ids)
+
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self._store.lines(orders=order_ids)
 

@@ -77,16 +77,28 @@ def with_timeouts(conninfo: str) -> str:
     return make_conninfo("", **{**CONNECTION_OPTIONS, **conninfo_to_dict(conninfo)})
 
 
-def open_pool(conninfo: str, min_size: int, max_size: int, name: str = "backorder-worker") -> ConnectionPool:
-    """An opened pool. It does not wait for the database: a worker starts and retries while it is down."""
+def open_pool(
+    conninfo: str,
+    min_size: int,
+    max_size: int,
+    name: str = "backorder-worker",
+    *,
+    timeout: float = 10.0,
+    options: str | None = None,
+) -> ConnectionPool:
+    """An opened pool. It does not wait for the database: a worker starts and retries while it is down.
+    `timeout`: how long a connection is waited for; `options`: libpq options of every connection."""
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": name}
+    if options is not None:
+        kwargs["options"] = options
     pool = ConnectionPool(
         with_timeouts(conninfo),
         min_size=min_size,
         max_size=max_size,
         open=False,
         name=name,
-        timeout=10.0,
-        kwargs={"autocommit": True, "application_name": name},
+        timeout=timeout,
+        kwargs=kwargs,
         check=ConnectionPool.check_connection,  # a connection that died with the server is replaced
     )
     pool.open(wait=False)
@@ -106,11 +118,8 @@ def transaction(pool: ConnectionPool, *, rollback: bool = False) -> Iterator[psy
         raise
 
 
-def select_lines(
-    conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...], *, lock: str = ""
-) -> list[OrderLineState]:
-    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`); `lock`
-    a locking clause (`ORDER BY ... FOR UPDATE OF o`) if any."""
+def select_lines(conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
+    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`)."""
     rows = conn.execute(
         f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
                    o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
@@ -118,7 +127,7 @@ def select_lines(
                    l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped,
                    l.cancel_reason, l.eta_basis, l.backordered, l.filled_at, l.shipped_at
             FROM order_line l JOIN customer_order o USING (order_id)
-            WHERE {where} {lock}""",
+            WHERE {where}""",
         params,
     ).fetchall()
     return [

@@ -98,6 +98,11 @@ class PostgresStore:
         return dict(rows)
 
     @_judged
+    def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
+        rows = self._conn.execute("SELECT DISTINCT sku FROM order_line WHERE order_id = ANY(%s)", (list(order_ids),))
+        return {row[0] for row in rows.fetchall()}
+
+    @_judged
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         rows = self._conn.execute("SELECT sku, available FROM stock_level WHERE sku = ANY(%s)", (list(skus),))
         found = dict(rows.fetchall())
@@ -173,7 +178,12 @@ class PostgresStore:
 
     @_judged
     def customer_lines(self, customer_id: str, sku: str) -> list[OrderLineState]:
-        return select_lines(self._conn, "o.customer_id = %s AND l.sku = %s", (customer_id, sku))
+        return select_lines(
+            self._conn,
+            """o.customer_id = %s AND l.sku = %s
+               AND l.quantity - l.quantity_rejected - l.quantity_cancelled - l.quantity_allocated > 0""",
+            (customer_id, sku),
+        )
 
     @_judged
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
@@ -300,6 +310,8 @@ class PostgresStore:
         c = changes
         conn = self._conn
         now = dt.datetime.now(dt.UTC)
+        if c.changed_lines or c.events:
+            _stage(conn)
         if c.facts_unclaimed:
             conn.execute(
                 """DELETE FROM inbound_fact i USING unnest(%s::text[], %s::text[]) AS f(kind, natural_key)
@@ -353,7 +365,6 @@ class PostgresStore:
             ),
         )
         if c.changed_lines:
-            _stage(conn)
             _copy(conn, "line_change", ((x.order_id, x.line_id, *_line_state(x)) for x in c.changed_lines))
             conn.execute(
                 """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
@@ -399,7 +410,6 @@ class PostgresStore:
                 conn.execute(statement, params)
             totals.record(conn, c)
         if c.events:
-            _stage(conn)
             rows = []
             for n, (event, caused_at) in enumerate(c.events):
                 topic, key, value = self._serialize(event)
