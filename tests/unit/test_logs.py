@@ -6,12 +6,10 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import structlog
 
-from worker import settings as settings_module
 from worker.entrypoints.cli import main
 from worker.entrypoints.logs import LogFormat, chosen_format, configure_logging
 from worker.settings import Settings
@@ -37,11 +35,6 @@ def logging_restored() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     structlog.reset_defaults()
-
-
-@pytest.fixture(autouse=True)
-def no_secrets_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings_module, "DEFAULT_SECRETS_DIR", Path("/nonexistent/backorder-worker"))
 
 
 def logged(monkeypatch: pytest.MonkeyPatch, fmt: LogFormat, *, terminal: bool) -> str:

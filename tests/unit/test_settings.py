@@ -56,12 +56,6 @@ def run_settings_command(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
-@pytest.fixture(autouse=True)
-def no_secrets_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine that happens to have /run/secrets/backorder-worker must not leak it into these tests."""
-    monkeypatch.setattr(settings_module, "DEFAULT_SECRETS_DIR", Path("/nonexistent/backorder-worker"))
-
-
 def test_settings_masks_every_kafka_secret_given_inline(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
