@@ -20,7 +20,6 @@ from worker.service.ports import (
     Changes,
     Decision,
     Delivery,
-    Dispatch,
     Fact,
     KeptPolicy,
     KeptRestock,
@@ -44,9 +43,7 @@ class FakeState:
     pending: dict[str, list[PendingCancellation]] = field(default_factory=dict)
     available: dict[str, int] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
-    decision_log: list[Decision] = field(default_factory=list)
     shipments: list[tuple[Decision, str | None]] = field(default_factory=list)
-    dispatches: list[Dispatch] = field(default_factory=list)
     restocks: dict[tuple[str, str], KeptRestock] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
     told: dict[str, dt.date | None] = field(default_factory=dict)
@@ -54,7 +51,6 @@ class FakeState:
     outcomes: dict[str, OrderOutcome] = field(default_factory=dict)
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
-    held_orders: set[str] = field(default_factory=set)  # orders held for a decision: no other worker here
 
 
 class MemoryStore:
@@ -76,7 +72,6 @@ class MemoryStore:
         return {line.sku for line in self.state.lines.values() if line.order_id in order_ids}
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
-        self.state.held_orders.update(order_ids)
         return self.lines(orders=order_ids)
 
     def lock_sweep(self, wait: bool) -> bool:
@@ -174,7 +169,6 @@ class MemoryStore:
             assert available >= 0
             state.available[sku] = available
             state.received[sku] = state.received.get(sku, 0) + received
-        state.decision_log += [decision for decision, _ in changes.allocations]
         state.shipments += changes.allocations
         for policy in changes.policies:
             state.policies[policy.sku] = policy
@@ -186,7 +180,6 @@ class MemoryStore:
         for order_id in changes.pending_applied:
             state.pending.pop(order_id, None)
         state.updates.update(changes.status_updates)
-        state.dispatches += changes.dispatches
         state.outbox += [event for event, _ in changes.events]
 
 
@@ -228,7 +221,7 @@ class FakeReadModel:
     ) -> list[Decision]:
         return [
             d
-            for d in self.state.decision_log
+            for d, _ in self.state.shipments
             if (order_id is None or d.order_id == order_id)
             and (sku is None or d.sku == sku)
             and (cause is None or d.cause == cause)
