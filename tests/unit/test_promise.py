@@ -4,7 +4,6 @@ equals what placing the same order a moment later decides, with nothing else in 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -108,10 +107,7 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
     record = factories.order(
         "CART",
         NOW.isoformat(),
-        [
-            {"line_id": f"L{n}", "sku": sku, "product_name": sku, "quantity": q, "unit_price_minor": 0}
-            for n, (sku, q) in enumerate(lines, start=1)
-        ],
+        lines,
         customer_id="shopper",
         customer_tier=str(tier),
         shipping_service=str(service),
@@ -128,4 +124,4 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
         if line.backordered:
             assert line.expected_ship_date == real.expected_ship_date
     if all(line.accepted for line in promised.lines):
-        assert not any(dataclasses.asdict(line)["rejected"] for line in promised.lines)
+        assert not any(line.rejected for line in promised.lines)
