@@ -78,12 +78,36 @@ def _log_tail(path: Path, lines: int = 40) -> str:
 def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     if proc.poll() is not None:
         return
+    proc.send_signal(signal.SIGCONT)  # a frozen process would not act on SIGTERM; a running one ignores this
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+class _ChildServer:
+    """A server run as a child process, which a test may freeze (SIGSTOP) and thaw (SIGCONT) as a partition."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _stop_timeout_s = 20.0
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server stops answering while its connections and port stay open, as in a network
+        partition: every request times out."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """SIGTERM (a frozen server is thawed first), SIGKILL if it has not exited within its timeout."""
+        if self._proc is not None:
+            _stop_process(self._proc, timeout_s=self._stop_timeout_s)
+            self._proc = None
 
 
 # --------------------------------------------------------------------------------------------- Kafka
@@ -141,8 +165,10 @@ def kafka_classpath() -> str:
     return cached.read_text().strip()
 
 
-class KafkaBroker:
+class KafkaBroker(_ChildServer):
     """One Kafka node in KRaft mode (broker and controller in one JVM) on 127.0.0.1."""
+
+    _stop_timeout_s = 30.0
 
     def __init__(self, workdir: Path, heap: str = "1g") -> None:
         self.workdir = workdir
@@ -239,20 +265,6 @@ class KafkaBroker:
             f"the Kafka broker did not answer within {KAFKA_START_TIMEOUT_S:.0f}s:\n{_log_tail(self.log_path)}"
         )
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            _stop_process(self._proc, timeout_s=30)
-            self._proc = None
-
-    def freeze(self) -> None:
-        """SIGSTOP: the broker stops answering while its connections stay open, as in a network partition."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
-
     def kill(self) -> None:
         """SIGKILL, as a crash would; the data directory stays, and start() brings the broker back on it."""
         if self._proc is not None:
@@ -300,7 +312,7 @@ def apicurio_jar() -> Path:
     return jar
 
 
-class SchemaRegistryServer:
+class SchemaRegistryServer(_ChildServer):
     """Apicurio Registry on 127.0.0.1 with in-memory storage: what it holds is gone when it stops."""
 
     def __init__(self, workdir: Path, heap: str = "256m") -> None:
@@ -357,21 +369,6 @@ class SchemaRegistryServer:
                 return bool(response.status == 200)
         except OSError:  # refused, reset, timed out, or an HTTP error (URLError and HTTPError are OSErrors)
             return False
-
-    def freeze(self) -> None:
-        """SIGSTOP: the registry stops answering while its port stays open, so every request times out."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self.thaw()
-            _stop_process(self._proc)
-            self._proc = None
 
 
 # ----------------------------------------------------------------------------------------- Prometheus
