@@ -6,6 +6,7 @@ group, and worker processes started as a user would start them (`python -m worke
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -102,6 +103,11 @@ def _headers(msg: Message) -> dict[str, bytes]:
     raw = msg.headers() or []
     pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
     return {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}
+
+
+def days_ago(days: float) -> str:
+    """The time `days` days before now, as an ISO string (an order's placed_at, say)."""
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.2) -> Any:

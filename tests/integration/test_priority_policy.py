@@ -6,11 +6,7 @@ import datetime as dt
 from typing import Any
 
 from tests import factories
-from tests.integration.conftest import Deployment, wait_for
-
-
-def days_ago(days: float) -> str:
-    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat()
+from tests.integration.conftest import Deployment, days_ago, wait_for
 
 
 def shipments(deployment: Deployment, count: int) -> list[tuple[str, str, int]]:

@@ -19,12 +19,8 @@ import localstack
 import pytest
 
 from tests import factories
-from tests.integration.conftest import ROOT, Deployment, wait_for
+from tests.integration.conftest import ROOT, Deployment, days_ago, wait_for
 from worker.service import limits
-
-
-def days_ago(days: float) -> str:
-    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat()
 
 
 class PromiseServer:

@@ -24,7 +24,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import schemaless_writer
 
 from tests import factories
-from tests.integration.conftest import RECORD_OF, ROOT, Deployment, json_lines, wait_for
+from tests.integration.conftest import RECORD_OF, ROOT, Deployment, days_ago, json_lines, wait_for
 from worker.adapters.avro import MAGIC, AvroCodec, bundled_schema_dir, schema_versions
 from worker.adapters.schema_registry import RegistrationRefused, RegistrySchemas, register_all
 
@@ -88,10 +88,6 @@ class RegistryDeployment(Deployment):
         schemaless_writer(out, v1.parsed, record)
         key = record.get("order_id") or record.get("sku") or ""
         self.produce_raw(kind, str(key).encode(), out.getvalue())
-
-
-def days_ago(days: float) -> str:
-    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat()
 
 
 def v1_policy(sku: str, **fields: Any) -> dict[str, Any]:
