@@ -16,7 +16,7 @@ from tests import examples
 from tests.unit.test_allocation import NOW as ALLOCATION_NOW
 from tests.unit.test_allocation import backorder, queues
 from worker.domain.model import Backorder, CustomerTier, ShippingService
-from worker.domain.priority import Criterion, PriorityRules, in_priority_order, priority
+from worker.domain.priority import Criterion, PriorityRules, in_priority_order, priority, rank
 
 NOW = dt.datetime(2026, 2, 10, 12, tzinfo=dt.UTC)  # backorder(day=d) is placed on 2026-01-01 + d days
 
@@ -172,3 +172,57 @@ def test_an_earlier_deadline_never_loses_its_place_to_a_later_one(
         return next(i for i, (b, _) in enumerate(in_priority_order(q, rules, ALLOCATION_NOW)) if b is target)
 
     assert place(moved, earlier) <= place(queue, line)
+
+
+@settings(max_examples=examples(300))
+@given(queue=queues, rules=rules_, hours=st.integers(0, 24 * 60))
+def test_no_line_changes_rank_before_the_order_says_time_may_change_it(
+    queue: tuple[Backorder, ...], rules: PriorityRules, hours: int
+) -> None:
+    """Ranked at one instant, the order is the one ranking from scratch gives at any instant before `until`
+    (the last microsecond included); from `until` on, it is not claimed to hold."""
+    order = rank(queue, rules, ALLOCATION_NOW)
+    later = ALLOCATION_NOW + dt.timedelta(hours=hours)
+    if order.holds_at(later):
+        again = rank(queue, rules, later)
+        assert [line for line, _ in again.lines] == [line for line, _ in order.lines]
+        assert [(p.rank, p.criterion, p.why) for _, p in again.lines] == [
+            (p.rank, p.criterion, p.why) for _, p in order.lines
+        ]
+    if order.until is not None:
+        last = order.until - dt.timedelta(microseconds=1)
+        assert order.holds_at(last) and not order.holds_at(order.until)
+        before = [(p.rank, p.criterion, p.why) for _, p in rank(queue, rules, last).lines]
+        assert before == [(p.rank, p.criterion, p.why) for _, p in order.lines]
+
+
+@settings(max_examples=examples(300))
+@given(queue=queues, rules=rules_, data=st.data())
+def test_a_kept_order_changed_line_by_line_is_the_order_ranked_from_scratch(
+    queue: tuple[Backorder, ...], rules: PriorityRules, data: st.DataObject
+) -> None:
+    """Lines leaving, changing and joining a kept order put each where ranking the whole queue would."""
+    lines = list({(b.order_id, b.line_id): b for b in queue}.values())
+    kept = rank(lines, rules, ALLOCATION_NOW)
+    later = ALLOCATION_NOW + dt.timedelta(minutes=data.draw(st.integers(0, 600)))
+    if not kept.holds_at(later):
+        return
+    gone = data.draw(st.sets(st.sampled_from([(b.order_id, b.line_id) for b in lines]))) if lines else set()
+    changed = [
+        dataclasses.replace(b, allocated=0, reserved=0, quantity=b.quantity + 1)
+        for b in lines
+        if (b.order_id, b.line_id) in gone and data.draw(st.booleans())
+    ]
+    joining = [dataclasses.replace(b, order_id=f"new-{b.order_id}") for b in data.draw(queues)]
+    joining = list({(b.order_id, b.line_id): b for b in joining}.values())
+    now_waiting = [b for b in lines if (b.order_id, b.line_id) not in gone] + changed + joining
+    gone |= {(b.order_id, b.line_id) for b in joining}
+    incremental = kept.changed(gone, changed + joining, rules, later)
+    scratch = rank(now_waiting, rules, later)
+    assert [b for b, _ in incremental.lines] == [b for b, _ in scratch.lines]
+    assert [(p.rank, p.criterion, p.why) for _, p in incremental.lines] == [
+        (p.rank, p.criterion, p.why) for _, p in scratch.lines
+    ]
+    assert incremental.keys == scratch.keys
+    if scratch.until is not None:
+        assert incremental.until is not None and incremental.until <= scratch.until

@@ -274,6 +274,33 @@ class OrderLineState:
             cancelled=self.cancelled,
         )
 
+    def _as_queued(self) -> tuple[object, ...]:
+        return (
+            self.order_id,
+            self.line_id,
+            self.sku,
+            self.status,
+            self.ordered,
+            self.allocated,
+            self.reserved,
+            self.rejected,
+            self.cancelled,
+            self.split,
+            self.customer_tier,
+            self.shipping_service,
+            self.need_by,
+            self.order_units,
+            self.placed_at,
+            self.customer_id,
+            self.product_name,
+            self.unit_price_minor,
+        )
+
+    def queues_as(self, other: OrderLineState) -> bool:
+        """Whether `other` waits (or not) in its queue exactly as this line does: the same `as_backorder` and
+        status; only its expected date, what it was told or its history may differ."""
+        return self._as_queued() == other._as_queued()
+
     def as_backorder(self) -> Backorder:
         return Backorder(
             order_id=self.order_id,

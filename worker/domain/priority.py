@@ -10,8 +10,9 @@ within the `need_by` rank, the earliest deadline goes first (earliest-deadline-f
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -108,13 +109,86 @@ def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priorit
 def in_priority_order(
     queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
 ) -> list[tuple[Backorder, Priority]]:
-    """The queue in the order it is served: by rank; within the `need_by` rank the earliest need-by date
-    first; then oldest first (ties by order and line id)."""
-    ranked = [(line, priority(line, rules, now)) for line in queue]
-    return sorted(ranked, key=lambda pair: serving_key(*pair))
+    """The queue in the order it is served (see `rank`), each line with its priority."""
+    return list(rank(queue, rules, now).lines)
 
 
-def serving_key(line: Backorder, why: Priority) -> tuple[int, dt.date, tuple[dt.datetime, str, str]]:
+ServingKey = tuple[int, dt.date, tuple[dt.datetime, str, str]]
+
+
+def serving_key(line: Backorder, why: Priority) -> ServingKey:
     """Where a ranked line stands in its queue: lines are served in ascending order of this key."""
     deadline = line.need_by if why.criterion == Criterion.NEED_BY.value and line.need_by is not None else dt.date.min
     return (why.rank, deadline, line.fifo_key)
+
+
+def rank_changes_at(line: Backorder, rules: PriorityRules, now: dt.datetime) -> dt.datetime | None:
+    """The first instant after `now` at which `priority(line, rules, ·)` may give another rank, criterion or
+    reason (its age aside): when the line would be promoted for starvation, or when its need-by date comes
+    within reach. None: time alone never changes it. Early rather than late: an instant where nothing
+    changes is allowed, a change before the instant is not."""
+    instants = []
+    if rules.starvation_after is not None:
+        promoted = (line.waits_from or line.placed_at) + rules.starvation_after + dt.timedelta(microseconds=1)
+        if promoted > now:
+            instants.append(promoted)
+    if line.need_by is not None:
+        first_day = line.need_by - dt.timedelta(days=rules.need_by_within_days)
+        if first_day > now.date():
+            instants.append(dt.datetime.combine(first_day, dt.time(), tzinfo=now.tzinfo))
+    return min(instants, default=None)
+
+
+LineKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class ServingOrder:
+    """A queue ranked at `at`, in the order it is served, each line with its priority (ages as of `at`).
+    Time alone does not change that order before `until` (None: never), so it may be used at any instant
+    in between; a change to its lines is applied with `changed`, without ranking the rest again."""
+
+    at: dt.datetime
+    until: dt.datetime | None
+    lines: tuple[tuple[Backorder, Priority], ...]
+    keys: tuple[ServingKey, ...]  # each line's serving key, ascending
+
+    def holds_at(self, now: dt.datetime) -> bool:
+        return self.at <= now and (self.until is None or now < self.until)
+
+    def changed(
+        self, gone: Collection[LineKey], waiting: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
+    ) -> ServingOrder:
+        """The order at `now` (where it `holds_at`) once the lines `gone` left it and the `waiting` ones
+        (changed or new) joined it where their rank puts them."""
+        lines = list(self.lines)
+        keys = list(self.keys)
+        if gone:
+            kept = [i for i, (line, _) in enumerate(lines) if (line.order_id, line.line_id) not in gone]
+            if len(kept) != len(lines):
+                lines = [lines[i] for i in kept]
+                keys = [keys[i] for i in kept]
+        until = self.until
+        for line in waiting:
+            why = priority(line, rules, now)
+            key = serving_key(line, why)
+            at = bisect.bisect_left(keys, key)
+            keys.insert(at, key)
+            lines.insert(at, (line, why))
+            changes = rank_changes_at(line, rules, now)
+            if changes is not None and (until is None or changes < until):
+                until = changes
+        return ServingOrder(max(self.at, now), until, tuple(lines), tuple(keys))
+
+
+def rank(queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime) -> ServingOrder:
+    """`queue` in the order it is served at `now`: by rank; within the `need_by` rank the earliest need-by
+    date first; then oldest first (ties by order and line id)."""
+    ranked = sorted((serving_key(line, why), line, why) for line in queue for why in (priority(line, rules, now),))
+    changes = [at for _, line, _ in ranked if (at := rank_changes_at(line, rules, now)) is not None]
+    return ServingOrder(
+        now,
+        min(changes, default=None),
+        tuple((line, why) for _, line, why in ranked),
+        tuple(key for key, _, _ in ranked),
+    )

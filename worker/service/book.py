@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,6 +41,7 @@ from worker.domain.model import (
     merge_cancellations,
 )
 from worker.domain.policy import ProductPolicy
+from worker.domain.priority import ServingOrder
 from worker.service.commands import Command, PlaceOrder
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import (
@@ -64,10 +65,12 @@ _MISSING: Any = object()
 
 
 class Book:
-    """The UnitOfWork of one transaction, in memory over a Store."""
+    """The UnitOfWork of one transaction, in memory over a Store. `seeds`: a SKU's queue as the store holds
+    it, ranked before (by a reader that keeps them across transactions of one snapshot's data, the promise)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, seeds: Callable[[str], ServingOrder | None] | None = None) -> None:
         self._store = store
+        self._seeds = seeds
         self._caused_at: dt.datetime | None = None
         self._undo: list[tuple[MutableMapping[Any, Any], Any, Any]] | None = None
         self._forget()
@@ -83,6 +86,10 @@ class Book:
         self._by_order: dict[str, dict[LineKey, None]] = {}
         self._by_sku: dict[str, dict[LineKey, None]] = {}
         self._backorders: dict[str, tuple[Backorder, ...]] = {}  # a SKU's queue, until a line of it changes
+        # A SKU's queue in serving order, and the lines that changed since it was ranked (applied when asked).
+        self._serving: dict[str, ServingOrder] = {}
+        self._serving_stale: dict[str, dict[LineKey, None]] = {}
+        self._policy_set: set[str] = set()  # SKUs whose policy this transaction changed: no seed holds for them
         self._orders_loaded: set[str] = set()
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
@@ -141,6 +148,7 @@ class Book:
                 else:
                     mapping[key] = old
             self._backorders.clear()
+            self._serving.clear()
             raise
         finally:
             if outer:
@@ -228,6 +236,7 @@ class Book:
             self._queues_loaded.discard(sku)
             self._with_dates.pop(sku, None)
             self._backorders.pop(sku, None)
+            self._serving.pop(sku, None)
             if sku not in self._policy_changed:
                 self._policies.pop(sku, None)
             if not any(changed_sku == sku for changed_sku, _ in self._restock_changed):
@@ -265,8 +274,8 @@ class Book:
             key = (line.order_id, line.line_id)
             if key in self._lines and (not fresh or key in self._changed_lines or key in self._new_lines):
                 continue
+            self._queue_changed(self._lines.get(key), line)
             self._lines[key] = self._loaded[key] = line
-            self._backorders.pop(line.sku, None)
             self._by_order.setdefault(line.order_id, {})[key] = None
             self._by_sku.setdefault(line.sku, {})[key] = None
 
@@ -349,6 +358,8 @@ class Book:
             return False
         self._put(self._policies, sku, KeptPolicy(sku, policy, decided_at, event_id))
         self._put(self._policy_changed, sku, None)
+        self._serving.pop(sku, None)  # a pre-order's wait counts from its product's release
+        self._policy_set.add(sku)
         return True
 
     # ------------------------------------------------------------------------- orders and lines
@@ -385,8 +396,8 @@ class Book:
 
     def _change(self, line: OrderLineState, *, new: bool = False) -> None:
         key = (line.order_id, line.line_id)
+        self._queue_changed(self._lines.get(key), line)
         self._put(self._lines, key, line)
-        self._backorders.pop(line.sku, None)
         self._put(self._new_lines if new else self._changed_lines, key, None)
         self._by_order.setdefault(line.order_id, {})[key] = None  # an index only grows: readers check _lines
         self._by_sku.setdefault(line.sku, {})[key] = None
@@ -465,6 +476,36 @@ class Book:
             raise RuntimeError(f"stock of {sku!r} was not locked at the start of the batch")
         if sku not in self._available:  # locked, then forgotten by a save: read it again
             self._available.update(self._store.lock_stock([sku]))
+
+    def _queue_changed(self, before: OrderLineState | None, after: OrderLineState) -> None:
+        """Forget what was worked out of the line's queue, unless the line waits in it exactly as before."""
+        if before is not None and before.queues_as(after):
+            return
+        self._backorders.pop(after.sku, None)
+        if after.sku in self._serving:
+            self._serving_stale.setdefault(after.sku, {})[(after.order_id, after.line_id)] = None
+
+    def serving(self, sku: str) -> tuple[ServingOrder | None, Sequence[LineKey]]:
+        kept = self._serving.get(sku)
+        if kept is None and self._seeds is not None and sku not in self._policy_set:
+            self._load_queues([sku])
+            kept = self._seeds(sku)
+            if kept is not None:  # the store's queue: what this transaction changed of it applies on top
+                self._serving[sku] = kept
+                self._serving_stale[sku] = {
+                    key: None
+                    for key in self._by_sku.get(sku, ())
+                    if key in self._changed_lines or key in self._new_lines
+                }
+        return kept, tuple(self._serving_stale.get(sku, ())) if kept is not None else ()
+
+    def keep_serving(self, sku: str, order: ServingOrder) -> None:
+        self._serving[sku] = order
+        self._serving_stale[sku] = {}
+
+    def waiting_backorders(self, keys: Iterable[LineKey]) -> list[Backorder]:
+        found = (self._lines.get(key) for key in keys)
+        return [line.as_backorder() for line in found if line is not None and line.status in WAITING]
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         queue = self._backorders.get(sku)

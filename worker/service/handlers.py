@@ -60,7 +60,7 @@ from worker.domain.policy import (
     promise_limit,
     waits_from,
 )
-from worker.domain.priority import Priority, in_priority_order, priority
+from worker.domain.priority import ServingOrder, priority, rank
 from worker.service.commands import (
     CancelOrder,
     Command,
@@ -500,17 +500,28 @@ def waiting_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> Sequence[Backo
     policy = _policy(uow, shop, sku)
     if policy.available_from is None:
         return lines
-    return [
-        dataclasses.replace(line, waits_from=start)
-        if (start := waits_from(policy, line.placed_at)) != line.placed_at
-        else line
-        for line in lines
-    ]
+    return [_waiting_as_ranked(policy, line) for line in lines]
 
 
-def serving_order(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> list[tuple[Backorder, Priority]]:
-    """The SKU's queue in the order it is served at `now`, each line with its priority."""
-    return in_priority_order(waiting_queue(uow, shop, sku), shop.priority, now)
+def _waiting_as_ranked(policy: ProductPolicy, line: Backorder) -> Backorder:
+    start = waits_from(policy, line.placed_at)
+    return dataclasses.replace(line, waits_from=start) if start != line.placed_at else line
+
+
+def serving_order(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> ServingOrder:
+    """The SKU's queue in the order it is served at `now`, each line with its priority. The order kept from
+    before is used while time has not changed it, with only the lines changed since ranked again."""
+    kept, stale = uow.serving(sku)
+    if kept is not None and kept.holds_at(now):
+        if not stale:
+            return kept
+        policy = _policy(uow, shop, sku)
+        changed = [_waiting_as_ranked(policy, line) for line in uow.waiting_backorders(stale)]
+        order = kept.changed(set(stale), changed, shop.priority, now)
+    else:
+        order = rank(waiting_queue(uow, shop, sku), shop.priority, now)
+    uow.keep_serving(sku, order)
+    return order
 
 
 def expected_dates(
@@ -597,7 +608,7 @@ def _judge_shortfalls(
         outlook = Outlook(order.placed_at, None)
         if dated and short > 0:
             if etas is None:
-                etas = expected_dates(uow, shop, sku, now, [b for b, _ in serving_order(uow, shop, sku, now)])
+                etas = expected_dates(uow, shop, sku, now, [b for b, _ in serving_order(uow, shop, sku, now).lines])
             outlook = _outlook(uow, shop, order.placed_at, etas.get((order.order_id, line.line_id)))
         verdict = judge_shortfall(
             short,
@@ -938,7 +949,7 @@ def _refresh_etas(
             and not uow.has_expected_dates(sku)
         ):
             continue  # every waiting line's date is unknown, and is already stored as unknown
-        queue = [line for line, _ in serving_order(uow, shop, sku, now)]
+        queue = [line for line, _ in serving_order(uow, shop, sku, now).lines]
         if not queue:
             continue
         changed |= uow.set_expected_dates(expected_dates(uow, shop, sku, now, queue))

@@ -23,6 +23,7 @@ from worker.domain.model import (
     StockReceipt,
 )
 from worker.domain.policy import ProductPolicy
+from worker.domain.priority import ServingOrder
 from worker.service.commands import Command
 from worker.service.messages import InboundMessage, RejectedMessage
 
@@ -214,6 +215,18 @@ class UnitOfWork(Protocol):
     def available(self, sku: str) -> int: ...
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]: ...
+
+    def serving(self, sku: str) -> tuple[ServingOrder | None, Sequence[tuple[str, str]]]:
+        """The SKU's queue in serving order as last kept (or seeded), and the lines changed since."""
+        ...
+
+    def keep_serving(self, sku: str, order: ServingOrder) -> None:
+        """Keep the SKU's queue in serving order, as it is now."""
+        ...
+
+    def waiting_backorders(self, keys: Iterable[tuple[str, str]]) -> list[Backorder]:
+        """Those of the lines that wait, as the queue sees them."""
+        ...
 
     def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
         """Apply the fills: units leave the SKUs' available stock for the lines; shipment_ids by order_id."""

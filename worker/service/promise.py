@@ -108,7 +108,7 @@ def promise(cart: Cart, store: Store, shop: ShopPolicy, now: dt.datetime, *, ord
                 rejected=state.rejected,
                 reason=state.reason if state.rejected or state.reserved else None,
                 expected_ship_date=(state.expected_ship_date if waiting else today) if state.wanted else None,
-                rank=_rank(state, serving_order(book, shop, state.sku, now)) if waiting else None,
+                rank=_rank(state, serving_order(book, shop, state.sku, now).lines) if waiting else None,
             )
         )
     by_id = {line.line_id: line for line in lines}
