@@ -94,8 +94,16 @@ def expected_ship_dates(
     today: dt.date,
     rules: EtaRules,
 ) -> dict[tuple[str, str], Eta]:
-    """Dates for the lines of `queue`, which must come in allocation order. `on_hand` units are free now."""
+    """Dates for the lines of `queue`, which must come in allocation order. `on_hand` units are free now.
+    Lines served from the same receipt share one `Eta`."""
     receipts = sorted(supply, key=lambda r: (r.expected_date, r.purchase_order_id))
+    in_stock = Eta(today + dt.timedelta(days=rules.handling_days), "in stock")
+    if lead_time_days is not None:
+        lead = dt.timedelta(days=lead_time_days + rules.handling_days)
+        beyond = Eta(today + lead, f"lead time {lead_time_days} days")
+    else:
+        beyond = Eta(None, "unknown: no restock expected and no lead time")
+    by_receipt: dict[int, Eta] = {}
     out: dict[tuple[str, str], Eta] = {}
     covered = on_hand  # units that will have come in by the receipt at `index`
     index = -1
@@ -105,26 +113,21 @@ def expected_ship_dates(
         while covered < demand and index + 1 < len(receipts):
             index += 1
             covered += receipts[index].quantity
-        key = (line.order_id, line.line_id)
-        if covered >= demand:
-            if index < 0:
-                out[key] = Eta(today + dt.timedelta(days=rules.handling_days), "in stock")
-                continue
+        if covered < demand:
+            eta = beyond
+        elif index < 0:
+            eta = in_stock
+        elif (eta := by_receipt.get(index)) is None:
             receipt = receipts[index]
             margin = margins.get(receipt.supplier_id, rules.default_supplier_margin_days)
             arrives = max(receipt.expected_date, today)
-            out[key] = Eta(
+            eta = by_receipt[index] = Eta(
                 arrives + dt.timedelta(days=rules.handling_days + margin),
                 f"{receipt.purchase_order_id} from {receipt.supplier_id} expected {receipt.expected_date.isoformat()}"
                 f" (+{rules.handling_days} handling, +{margin} supplier)",
                 receipt.supplier_id,
             )
-        elif lead_time_days is not None:
-            out[key] = Eta(
-                today + dt.timedelta(days=lead_time_days + rules.handling_days), f"lead time {lead_time_days} days"
-            )
-        else:
-            out[key] = Eta(None, "unknown: no restock expected and no lead time")
+        out[(line.order_id, line.line_id)] = eta
     return out
 
 
