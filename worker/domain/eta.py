@@ -114,20 +114,21 @@ def expected_ship_dates(
             index += 1
             covered += receipts[index].quantity
         if covered < demand:
-            eta = beyond
+            out[(line.order_id, line.line_id)] = beyond
         elif index < 0:
-            eta = in_stock
-        elif (eta := by_receipt.get(index)) is None:
-            receipt = receipts[index]
-            margin = margins.get(receipt.supplier_id, rules.default_supplier_margin_days)
-            arrives = max(receipt.expected_date, today)
-            eta = by_receipt[index] = Eta(
-                arrives + dt.timedelta(days=rules.handling_days + margin),
-                f"{receipt.purchase_order_id} from {receipt.supplier_id} expected {receipt.expected_date.isoformat()}"
-                f" (+{rules.handling_days} handling, +{margin} supplier)",
-                receipt.supplier_id,
-            )
-        out[(line.order_id, line.line_id)] = eta
+            out[(line.order_id, line.line_id)] = in_stock
+        else:
+            eta = by_receipt.get(index)
+            if eta is None:
+                receipt = receipts[index]
+                margin = margins.get(receipt.supplier_id, rules.default_supplier_margin_days)
+                eta = by_receipt[index] = Eta(
+                    max(receipt.expected_date, today) + dt.timedelta(days=rules.handling_days + margin),
+                    f"{receipt.purchase_order_id} from {receipt.supplier_id} expected "
+                    f"{receipt.expected_date.isoformat()} (+{rules.handling_days} handling, +{margin} supplier)",
+                    receipt.supplier_id,
+                )
+            out[(line.order_id, line.line_id)] = eta
     return out
 
 
