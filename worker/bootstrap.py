@@ -414,9 +414,17 @@ def serve_promises(settings: Settings) -> None:
     import uvicorn
 
     from worker.entrypoints.api import create_app
+    from worker.service.promise import QueueCopies
 
     with promise_snapshots(settings, settings.promise_pool_size) as snapshots:
-        app = create_app(snapshots, settings.shop_policy(), utc_now, timeout_seconds=settings.promise_timeout_seconds)
+        copies = QueueCopies(settings.promise_cache_lines) if settings.promise_cache_lines else None
+        app = create_app(
+            snapshots,
+            settings.shop_policy(),
+            utc_now,
+            timeout_seconds=settings.promise_timeout_seconds,
+            copies=copies,
+        )
         config = uvicorn.Config(
             app,
             host=settings.promise_host,

@@ -51,6 +51,7 @@ class FakeState:
     outcomes: dict[str, OrderOutcome] = field(default_factory=dict)
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
+    queue_versions: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -67,6 +68,9 @@ class MemoryStore:
 
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         return {sku: self.state.available.get(sku, 0) for sku in skus}
+
+    def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
+        return {sku: self.state.queue_versions.get(sku, 0) for sku in skus}
 
     def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
         return {line.sku for line in self.state.lines.values() if line.order_id in order_ids}
@@ -181,6 +185,8 @@ class MemoryStore:
             state.pending.pop(order_id, None)
         state.updates.update(changes.status_updates)
         state.outbox += [event for event, _ in changes.events]
+        for sku in changes.queue_skus:
+            state.queue_versions[sku] = state.queue_versions.get(sku, 0) + 1
 
 
 class FakeUnitOfWork(Book):

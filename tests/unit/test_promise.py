@@ -14,7 +14,7 @@ from tests import examples, factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore, handle_record
 from worker.domain.model import CustomerTier, ShippingService, SplitPreference
 from worker.domain.policy import ShopPolicy
-from worker.service.promise import Cart, CartLine, promise
+from worker.service.promise import Cart, CartLine, QueueCopies, promise
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
 SKUS = ["A", "B", "C"]
@@ -57,48 +57,58 @@ carts = st.tuples(
 )
 
 
+def as_cart(cart: tuple[Any, ...]) -> Cart:
+    lines, tier, service, split, need_in = cart
+    return Cart(
+        customer_id="shopper",
+        customer_tier=tier,
+        shipping_service=service,
+        need_by=NOW.date() + dt.timedelta(days=need_in) if need_in is not None else None,
+        split_preference=split,
+        lines=tuple(CartLine(f"L{n}", sku, quantity) for n, (sku, quantity) in enumerate(lines, start=1)),
+    )
+
+
+def play(uow: FakeUnitOfWork, i: int, op: tuple[Any, ...], shop: ShopPolicy) -> None:
+    """One step of a generated `history`, the i-th."""
+    if op[0] == "order":
+        _, lines, split, tier, age = op
+        when = (NOW - dt.timedelta(days=age, minutes=i)).isoformat()
+        run(uow, factories.order(f"O{i}", when, lines, split_preference=split, customer_tier=tier), shop)
+    elif op[0] == "receipt":
+        run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop)
+    elif op[0] == "restock":
+        run(
+            uow,
+            factories.restock(op[1], f"PO{i}", op[2], (NOW.date() + dt.timedelta(days=op[3])).isoformat()),
+            shop,
+        )
+    else:
+        _, sku, allowed, lead, promise_days, release = op
+        run(
+            uow,
+            factories.policy(
+                sku,
+                backorders_allowed=allowed,
+                lead_time_days=lead,
+                max_promise_days=promise_days,
+                available_from=NOW.date() + dt.timedelta(days=release) if release is not None else None,
+            ),
+            shop,
+        )
+
+
 @settings(max_examples=examples(200), deadline=None)
 @given(past=history, cart=carts)
 def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, ...]], cart: tuple[Any, ...]) -> None:
     shop = ShopPolicy()
     uow = FakeUnitOfWork()
     for i, op in enumerate(past):
-        if op[0] == "order":
-            _, lines, split, tier, age = op
-            when = (NOW - dt.timedelta(days=age, minutes=i)).isoformat()
-            run(uow, factories.order(f"O{i}", when, lines, split_preference=split, customer_tier=tier), shop)
-        elif op[0] == "receipt":
-            run(uow, factories.receipt(f"R{i}", op[1], op[2]), shop)
-        elif op[0] == "restock":
-            run(
-                uow,
-                factories.restock(op[1], f"PO{i}", op[2], (NOW.date() + dt.timedelta(days=op[3])).isoformat()),
-                shop,
-            )
-        else:
-            _, sku, allowed, lead, promise_days, release = op
-            run(
-                uow,
-                factories.policy(
-                    sku,
-                    backorders_allowed=allowed,
-                    lead_time_days=lead,
-                    max_promise_days=promise_days,
-                    available_from=NOW.date() + dt.timedelta(days=release) if release is not None else None,
-                ),
-                shop,
-            )
+        play(uow, i, op, shop)
     state: FakeState = uow.state
-    lines, tier, service, split, need_in = cart
-    need_by = NOW.date() + dt.timedelta(days=need_in) if need_in is not None else None
-    asked = Cart(
-        customer_id="shopper",
-        customer_tier=tier,
-        shipping_service=service,
-        need_by=need_by,
-        split_preference=split,
-        lines=tuple(CartLine(f"L{n}", sku, quantity) for n, (sku, quantity) in enumerate(lines, start=1)),
-    )
+    asked = as_cart(cart)
+    lines, tier, service, split, _ = cart
+    need_by = asked.need_by
     before = copy.deepcopy(state)
     promised = promise(asked, MemoryStore(state), shop, NOW, order_id="CART")
     assert state == before  # a promise changes nothing
@@ -125,3 +135,25 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
             assert line.expected_ship_date == real.expected_ship_date
     if all(line.accepted for line in promised.lines):
         assert not any(line.rejected for line in promised.lines)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(past=history, asked=st.lists(carts, min_size=1, max_size=4), max_lines=st.integers(0, 12))
+def test_a_promise_on_kept_queues_is_the_promise_on_the_store(
+    past: list[tuple[Any, ...]], asked: list[tuple[Any, ...]], max_lines: int
+) -> None:
+    """Promises share queue copies while orders, receipts, restocks and policies change the store and time
+    goes on (a day per step: kept serving orders expire): each equals the promise made on the store alone."""
+    shop = ShopPolicy()
+    uow = FakeUnitOfWork()
+    copies = QueueCopies(max_lines)
+    for i, op in enumerate([None, *past]):
+        if op is not None:
+            play(uow, i, op, shop)
+        now = NOW + dt.timedelta(days=i, hours=i)
+        for n, cart in enumerate(asked):
+            store = MemoryStore(uow.state)
+            kept = promise(as_cart(cart), store, shop, now, order_id=f"CART{n}", copies=copies)
+            fresh = promise(as_cart(cart), store, shop, now, order_id=f"CART{n}")
+            assert kept == fresh
+    assert copies.hits + copies.misses > 0

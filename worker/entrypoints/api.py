@@ -30,7 +30,7 @@ from worker.domain.model import CustomerTier, ShippingService, SplitPreference
 from worker.domain.policy import ShopPolicy
 from worker.service import limits
 from worker.service.ports import Store, StoreUnavailable
-from worker.service.promise import Cart, CartLine, Promise, promise
+from worker.service.promise import Cart, CartLine, Promise, QueueCopies, promise
 
 Snapshots = Callable[[], AbstractContextManager[Store]]
 
@@ -157,11 +157,17 @@ class Problem(BaseModel):
     detail: str
 
 
-def promise_for(request: CartRequest, snapshots: Snapshots, shop: ShopPolicy, now: dt.datetime) -> PromiseResponse:
+def promise_for(
+    request: CartRequest,
+    snapshots: Snapshots,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    copies: QueueCopies | None = None,
+) -> PromiseResponse:
     """The promise for a cart on one snapshot taken now: what the API answers and the CLI prints."""
     cart = request.cart()
     with snapshots() as store:
-        made = promise(cart, store, shop, now)
+        made = promise(cart, store, shop, now, copies=copies)
     return PromiseResponse.of(cart, made, now)
 
 
@@ -242,8 +248,10 @@ def create_app(
     clock: Callable[[], dt.datetime],
     *,
     timeout_seconds: float = 2.0,
+    copies: QueueCopies | None = None,
 ) -> FastAPI:
-    """The promise API over `snapshots` (each call: a read-only store on one consistent snapshot)."""
+    """The promise API over `snapshots` (each call: a read-only store on one consistent snapshot), with the
+    queue `copies` it keeps across requests, if any."""
     app = FastAPI(
         title="backorder-worker promise API",
         version="1",
@@ -271,7 +279,7 @@ def create_app(
         summary="What placing this cart now would give: units now, backordered, accepted, expected dates",
     )
     def post_promise(cart: CartRequest) -> PromiseResponse:
-        return promise_for(cart, snapshots, shop, clock())
+        return promise_for(cart, snapshots, shop, clock(), copies)
 
     @app.get("/healthz", summary="200 while the server answers (it checks no dependency)")
     def healthz() -> dict[str, str]:

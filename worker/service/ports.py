@@ -389,6 +389,12 @@ class Changes:
     def __bool__(self) -> bool:
         return any(bool(value) for value in vars(self).values())
 
+    @property
+    def queue_skus(self) -> list[str]:
+        """The SKUs whose queue this changes: a line of theirs written, or their policy."""
+        lines = (*self.new_lines, *self.changed_lines)
+        return sorted({line.sku for line in lines} | {policy.sku for policy in self.policies})
+
 
 class Store(Protocol):
     """Where a unit of work loads its state from and saves its changes to: locks, set-based loads, one
@@ -408,6 +414,10 @@ class Store(Protocol):
 
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         """Units available of each SKU (0 for one never seen), without locking anything."""
+        ...
+
+    def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
+        """The version of each SKU's queue, raised by every save that changes it (`Changes.queue_skus`)."""
         ...
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:

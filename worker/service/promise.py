@@ -5,12 +5,20 @@ in a unit of work over a store that only reads (`Snapshot`), and the answer is r
 decided. Every rule the worker applies when the order arrives (priority, allocation, refusals, expected
 ship dates) is therefore the rule the promise applies; there is no second copy. Nothing is written and
 nothing is reserved: another order placed a second later may take the units this one was promised.
+
+A server answering many promises keeps copies of the queues it read (`QueueCopies`): each SKU's waiting
+lines and their serving order, as of a version of that queue. Every save that changes a SKU's queue raises
+its version in the same transaction, so a copy is used only when the snapshot shows the version it was
+taken at: the promise is still made on one consistent snapshot, without reading and ranking a deep queue
+again for every cart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +32,7 @@ from worker.domain.model import (
     SplitPreference,
 )
 from worker.domain.policy import ShopPolicy
-from worker.domain.priority import Priority
+from worker.domain.priority import Priority, ServingOrder
 from worker.service.book import Book
 from worker.service.commands import PlaceOrder
 from worker.service.handlers import place_order, serving_order
@@ -72,9 +80,18 @@ class Promise:
     first_shipment_date: dt.date | None  # when its first units would ship; None: nothing ships yet that is known
 
 
-def promise(cart: Cart, store: Store, shop: ShopPolicy, now: dt.datetime, *, order_id: str | None = None) -> Promise:
+def promise(
+    cart: Cart,
+    store: Store,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    *,
+    order_id: str | None = None,
+    copies: QueueCopies | None = None,
+) -> Promise:
     """What placing `cart` now would give, by the worker's own rules on what `store` holds; changes nothing.
-    `order_id`: the id the order would have (it breaks ties between orders placed at the same instant)."""
+    `order_id`: the id the order would have (it breaks ties between orders placed at the same instant).
+    `copies`: queues kept from earlier promises, used where `store` shows them unchanged."""
     order_id = order_id or f"promise-{uuid.uuid4()}"
     order = Order(
         order_id=order_id,
@@ -91,8 +108,11 @@ def promise(cart: Cart, store: Store, shop: ShopPolicy, now: dt.datetime, *, ord
         ),
     )
     command = PlaceOrder(event_id=order_id, order=order, content_hash=b"")
-    book = Book(Snapshot(store))
+    snapshot = Snapshot(store, copies)
+    book = Book(snapshot, seeds=snapshot.seed)
     book.prepare([command])
+    for sku in sorted({line.sku for line in cart.lines}):  # the queues as the store holds them, for next time
+        snapshot.keep_serving(sku, serving_order(book, shop, sku, now))
     place_order(command, book, shop, now)
     today = now.date()
     lines = []
@@ -137,12 +157,97 @@ def _first_shipment(lines: Sequence[LinePromise], today: dt.date) -> dt.date | N
     return min(dates) if dates else None
 
 
+@dataclass(frozen=True)
+class _QueueCopy:
+    version: int
+    lines: tuple[OrderLineState, ...]
+    serving: ServingOrder | None = None
+
+
+class QueueCopies:
+    """Copies of SKUs' queues kept across promises (see the module's text), the most recently used first
+    kept, up to `max_lines` lines in all. Safe to share between threads."""
+
+    def __init__(self, max_lines: int) -> None:
+        self.max_lines = max_lines
+        self._copies: OrderedDict[str, _QueueCopy] = OrderedDict()
+        self._lines = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sku: str, version: int) -> _QueueCopy | None:
+        with self._lock:
+            copy = self._copies.get(sku)
+            if copy is None or copy.version != version:
+                self.misses += 1
+                return None
+            self._copies.move_to_end(sku)
+            self.hits += 1
+            return copy
+
+    def put(self, sku: str, copy: _QueueCopy) -> None:
+        if len(copy.lines) > self.max_lines:
+            return
+        with self._lock:
+            old = self._copies.pop(sku, None)
+            if old is not None:
+                self._lines -= len(old.lines)
+            if old is not None and old.version > copy.version:  # a newer one was kept meanwhile
+                copy = old
+            self._copies[sku] = copy
+            self._lines += len(copy.lines)
+            while self._lines > self.max_lines:
+                _, dropped = self._copies.popitem(last=False)
+                self._lines -= len(dropped.lines)
+
+
 class Snapshot:
     """A Store that only reads: nothing is locked, claimed or saved. For a promise, in a transaction that
-    sees one consistent snapshot (the caller's)."""
+    sees one consistent snapshot (the caller's). With `copies`, a SKU's waiting lines (and their serving
+    order, as `seed`) come from a copy taken at the version of the queue this snapshot shows, if there is one."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, copies: QueueCopies | None = None) -> None:
         self._store = store
+        self._copies = copies
+        self._versions: dict[str, int] = {}
+        self._used: dict[str, _QueueCopy] = {}
+
+    def _waiting(self, skus: Sequence[str]) -> list[OrderLineState]:
+        if self._copies is None:
+            return self._store.lines(waiting_skus=skus)
+        self._versions.update(self._store.queue_versions([sku for sku in skus if sku not in self._versions]))
+        found: list[OrderLineState] = []
+        missing = []
+        for sku in skus:
+            copy = self._copies.get(sku, self._versions[sku])
+            if copy is None:
+                missing.append(sku)
+            else:
+                self._used[sku] = copy
+                found += copy.lines
+        if missing:
+            read = self._store.lines(waiting_skus=missing)
+            by_sku: dict[str, list[OrderLineState]] = {sku: [] for sku in missing}
+            for line in read:
+                by_sku[line.sku].append(line)
+            for sku, lines in by_sku.items():
+                self._used[sku] = _QueueCopy(self._versions[sku], tuple(lines))
+                self._copies.put(sku, self._used[sku])
+            found += read
+        return found
+
+    def seed(self, sku: str) -> ServingOrder | None:
+        """The serving order of the SKU's queue as this snapshot shows it, if one was kept."""
+        copy = self._used.get(sku)
+        return copy.serving if copy is not None else None
+
+    def keep_serving(self, sku: str, order: ServingOrder) -> None:
+        """Keep the serving order of the SKU's queue as this snapshot shows it, for the next promises."""
+        copy = self._used.get(sku)
+        if self._copies is not None and copy is not None and copy.serving is not order:
+            self._used[sku] = kept = _QueueCopy(copy.version, copy.lines, order)
+            self._copies.put(sku, kept)
 
     def lock_orders(self, order_ids: Sequence[str]) -> None:
         pass
@@ -168,7 +273,13 @@ class Snapshot:
     def lines(
         self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
     ) -> list[OrderLineState]:
-        return self._store.lines(orders=orders, waiting_skus=waiting_skus, every_waiting=every_waiting)
+        found = self._waiting(waiting_skus) if waiting_skus else []
+        if orders or every_waiting:
+            found += self._store.lines(orders=orders, every_waiting=every_waiting)
+        return found
+
+    def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
+        return self._store.queue_versions(skus)
 
     def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]:
         return self._store.eta_told(order_ids)

@@ -109,6 +109,12 @@ class PostgresStore:
         return {sku: found.get(sku, 0) for sku in skus}
 
     @_judged
+    def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
+        rows = self._conn.execute("SELECT sku, version FROM sku_queue_version WHERE sku = ANY(%s)", (list(skus),))
+        found = dict(rows.fetchall())
+        return {sku: found.get(sku, 0) for sku in skus}
+
+    @_judged
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         # Row locks, not advisory ones: they take no room in the lock table however many orders a
         # receipt fills. Taken in order_id order; a deadlock between two workers' batches is retried.
@@ -420,6 +426,15 @@ class PostgresStore:
                    SELECT event_id, topic, message_key, message_value, source_time FROM outbox_stage
                    ORDER BY n  -- the ids follow the events' order: consumers see each key's events in order
                    ON CONFLICT (event_id) DO NOTHING"""
+            )
+        if queues := c.queue_skus:
+            # Last, in SKU order: a transaction waiting for one of these rows waits for one that takes no
+            # other lock after them.
+            conn.execute(
+                """INSERT INTO sku_queue_version (sku, version) SELECT sku, 1 FROM unnest(%s::text[]) AS f(sku)
+                   ORDER BY sku
+                   ON CONFLICT (sku) DO UPDATE SET version = sku_queue_version.version + 1""",
+                (queues,),
             )
 
 
