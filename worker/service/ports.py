@@ -391,9 +391,11 @@ class Changes:
 
     @property
     def queue_skus(self) -> list[str]:
-        """The SKUs whose queue this changes: a line of theirs written, or their policy."""
+        """The SKUs whose queue this changes: a line of theirs written, their stock, policy or restocks."""
         lines = (*self.new_lines, *self.changed_lines)
-        return sorted({line.sku for line in lines} | {policy.sku for policy in self.policies})
+        policies = (kept.sku for kept in self.policies)
+        restocks = (kept.sku for kept in self.restocks)
+        return sorted({line.sku for line in lines}.union(self.stock, policies, restocks))
 
 
 class Store(Protocol):
