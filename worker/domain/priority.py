@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -152,6 +152,7 @@ class ServingOrder:
     until: dt.datetime | None
     lines: tuple[tuple[Backorder, Priority], ...]
     keys: tuple[ServingKey, ...]  # each line's serving key, ascending
+    members: Mapping[LineKey, ServingKey]  # where each line stands: found by bisection
 
     def holds_at(self, now: dt.datetime) -> bool:
         return self.at <= now and (self.until is None or now < self.until)
@@ -163,11 +164,12 @@ class ServingOrder:
         (changed or new) joined it where their rank puts them."""
         lines = list(self.lines)
         keys = list(self.keys)
-        if gone:
-            kept = [i for i, (line, _) in enumerate(lines) if (line.order_id, line.line_id) not in gone]
-            if len(kept) != len(lines):
-                lines = [lines[i] for i in kept]
-                keys = [keys[i] for i in kept]
+        members = dict(self.members)
+        for left in gone:
+            stood = members.pop(left, None)
+            if stood is not None:
+                at = bisect.bisect_left(keys, stood)
+                del keys[at], lines[at]
         until = self.until
         for line in waiting:
             why = priority(line, rules, now)
@@ -175,10 +177,11 @@ class ServingOrder:
             at = bisect.bisect_left(keys, key)
             keys.insert(at, key)
             lines.insert(at, (line, why))
+            members[(line.order_id, line.line_id)] = key
             changes = rank_changes_at(line, rules, now)
             if changes is not None and (until is None or changes < until):
                 until = changes
-        return ServingOrder(max(self.at, now), until, tuple(lines), tuple(keys))
+        return ServingOrder(max(self.at, now), until, tuple(lines), tuple(keys), members)
 
 
 def rank(queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime) -> ServingOrder:
@@ -191,4 +194,5 @@ def rank(queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime) -> 
         min(changes, default=None),
         tuple((line, why) for _, line, why in ranked),
         tuple(key for key, _, _ in ranked),
+        {(line.order_id, line.line_id): key for key, line, _ in ranked},
     )

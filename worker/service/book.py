@@ -267,9 +267,11 @@ class Book:
     def lock_sweep(self, wait: bool) -> bool:
         return self._store.lock_sweep(wait)
 
-    def _merge(self, lines: Iterable[OrderLineState], *, fresh: bool = False) -> None:
+    def _merge(self, lines: Iterable[OrderLineState], *, fresh: bool = False, of_orders: bool = True) -> None:
         """Add loaded lines. What this transaction changed stays as it is; so does what it loaded before,
-        unless `fresh` (read under the order's hold: another transaction may have changed it since)."""
+        unless `fresh` (read under the order's hold: another transaction may have changed it since).
+        `of_orders`: every line of the orders they belong to, which are indexed by order (a queue's lines
+        are not: their orders' other lines are read when an order is asked for)."""
         known, loaded, by_order, by_sku = self._lines, self._loaded, self._by_order, self._by_sku
         ranked = self._serving
         for line in lines:  # a few hundred thousand lines a second: locals, and one lookup per index
@@ -277,15 +279,18 @@ class Book:
             before = known.get(key)
             if before is not None:
                 if not fresh or key in self._changed_lines or key in self._new_lines:
+                    if of_orders:
+                        by_order.setdefault(line.order_id, {})[key] = None
                     continue
                 self._queue_changed(before, line)
             elif line.sku in ranked or line.sku in self._backorders:
                 self._queue_changed(None, line)
             known[key] = loaded[key] = line
-            order = by_order.get(line.order_id)
-            if order is None:
-                order = by_order[line.order_id] = {}
-            order[key] = None
+            if of_orders:
+                order = by_order.get(line.order_id)
+                if order is None:
+                    order = by_order[line.order_id] = {}
+                order[key] = None
             queue = by_sku.get(line.sku)
             if queue is None:
                 queue = by_sku[line.sku] = {}
@@ -300,7 +305,7 @@ class Book:
     def _load_queues(self, skus: Iterable[str]) -> None:
         missing = sorted({x for x in skus if x not in self._queues_loaded})
         if missing:
-            self._merge(self._store.lines(waiting_skus=missing))
+            self._merge(self._store.lines(waiting_skus=missing), of_orders=False)
             self._queues_loaded.update(missing)
 
     def _claim(self, facts: Sequence[Fact]) -> None:
