@@ -195,7 +195,8 @@ class Settings(BaseSettings):
     # must arrive within it: past it the answer is 503 (or 408), never a hung request.
     promise_timeout_seconds: PositiveFloat = 2.0
     promise_max_concurrency: PositiveInt = 100  # connections and requests in flight; beyond: 503 at once
-    # Waiting lines kept in memory across promises (copies of queues, used while unchanged); 0: none kept.
+    # Kept in memory across promises: copies of what was read of each SKU, used while unchanged; one per SKU
+    # plus one per waiting line; 0: none kept.
     promise_cache_lines: int = Field(default=200_000, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

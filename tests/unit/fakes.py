@@ -70,7 +70,7 @@ class MemoryStore:
         return {sku: self.state.available.get(sku, 0) for sku in skus}
 
     def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
-        return {sku: self.state.queue_versions.get(sku, 0) for sku in skus}
+        return {sku: self.state.queue_versions[sku] for sku in skus if sku in self.state.queue_versions}
 
     def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
         return {line.sku for line in self.state.lines.values() if line.order_id in order_ids}

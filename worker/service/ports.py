@@ -419,7 +419,8 @@ class Store(Protocol):
         ...
 
     def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
-        """The version of each SKU's queue, raised by every save that changes it (`Changes.queue_skus`)."""
+        """The version of each SKU's queue, a token that changes with every save that changes the SKU
+        (`Changes.queue_skus`); a SKU no such save has written yet is left out."""
         ...
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import gc
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -164,7 +165,7 @@ def _first_shipment(lines: Sequence[LinePromise], today: dt.date) -> dt.date | N
 class _QueueCopy:
     """What a snapshot showed of one SKU at one version of its queue; a field is None until it was read."""
 
-    version: int
+    version: int | None  # None: the SKU has no version yet, and its copy is not kept
     stock: int | None = None
     policy: tuple[KeptPolicy | None] | None = None  # (the policy, or None for none kept)
     restocks: tuple[KeptRestock, ...] | None = None
@@ -173,34 +174,38 @@ class _QueueCopy:
 
     @property
     def size(self) -> int:
-        return len(self.lines) if self.lines is not None else 0
+        """What it counts for against `QueueCopies.max_lines`: one, and one per waiting line."""
+        return 1 + (len(self.lines) if self.lines is not None else 0)
 
 
 class QueueCopies:
     """Copies of SKUs' queues kept across promises (see the module's text), the most recently used first
-    kept, up to `max_lines` waiting lines in all. Safe to share between threads: a copy is never changed
-    once kept; a snapshot works on its own and keeps it when done."""
+    kept, up to `max_lines` in all (see `_QueueCopy.size`). Safe to share between threads: a copy is never
+    changed once kept; a snapshot works on its own and keeps it when done."""
 
-    # Kept copies are long-lived and hold no reference cycles: after this many lines were taken in, every
-    # object alive is moved out of the cycle collector's sight (gc.freeze), so that a full collection does
-    # not walk hundreds of thousands of them (a pause of 200 ms at 100,000 lines). Reference counting still
-    # frees a copy once it is dropped.
+    # Kept copies are long-lived and hold no reference cycles, but a full collection of the cycle collector
+    # walks them all: a pause that grew to 228 ms at 100,000 lines. Once this many lines were taken in, and
+    # at most once a minute, garbage is collected and what is alive is moved out of the collector's sight
+    # (gc.freeze); reference counting still frees a copy once it is dropped. The price: objects of requests
+    # in flight at that instant that later become garbage in a cycle are not reclaimed.
     FREEZE_EVERY_LINES = 20_000
+    FREEZE_MIN_INTERVAL_S = 60.0
 
     def __init__(self, max_lines: int) -> None:
         self.max_lines = max_lines
         self._copies: OrderedDict[str, _QueueCopy] = OrderedDict()
         self._lines = 0
-        self._unfrozen = 0
+        self._taken_in = 0
+        self._frozen_at: float | None = None
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, sku: str, version: int) -> _QueueCopy:
+    def get(self, sku: str, version: int | None) -> _QueueCopy:
         """The copy kept of the SKU at `version` (a copy of it, to fill in), or an empty one."""
         with self._lock:
             kept = self._copies.get(sku)
-            if kept is None or kept.version != version:
+            if kept is None or version is None or kept.version != version:
                 self.misses += 1
                 return _QueueCopy(version)
             self._copies.move_to_end(sku)
@@ -208,12 +213,14 @@ class QueueCopies:
             return dataclasses.replace(kept)
 
     def put(self, sku: str, copy: _QueueCopy) -> None:
+        if copy.version is None:  # the SKU was never written by a worker that raises versions
+            return
         with self._lock:
             old = self._copies.pop(sku, None)
             if old is not None:
                 self._lines -= old.size
-                if old.version > copy.version:  # a newer one was kept meanwhile
-                    copy = old
+            if old is None or old.version != copy.version or (old.lines is None and copy.lines is not None):
+                self._taken_in += copy.size
             if copy.size > self.max_lines:
                 return
             self._copies[sku] = copy
@@ -221,10 +228,13 @@ class QueueCopies:
             while self._lines > self.max_lines:
                 _, dropped = self._copies.popitem(last=False)
                 self._lines -= dropped.size
-            if copy is not old:
-                self._unfrozen += copy.size
-            if self._unfrozen >= self.FREEZE_EVERY_LINES:
-                self._unfrozen = 0
+            now = time.monotonic()
+            if self._taken_in >= self.FREEZE_EVERY_LINES and (
+                self._frozen_at is None or now - self._frozen_at >= self.FREEZE_MIN_INTERVAL_S
+            ):
+                self._taken_in = 0
+                self._frozen_at = now
+                gc.collect()  # walks only what is not frozen yet
                 gc.freeze()
 
 
@@ -243,8 +253,9 @@ class Snapshot:
         assert self._copies is not None
         unknown = [sku for sku in skus if sku not in self._of]
         if unknown:
-            for sku, version in self._store.queue_versions(unknown).items():
-                self._of[sku] = self._copies.get(sku, version)
+            versions = self._store.queue_versions(unknown)
+            for sku in unknown:
+                self._of[sku] = self._copies.get(sku, versions.get(sku))
         return {sku: self._of[sku] for sku in skus}
 
     def keep(self) -> None:

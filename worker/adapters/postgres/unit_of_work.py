@@ -111,8 +111,7 @@ class PostgresStore:
     @_judged
     def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
         rows = self._conn.execute("SELECT sku, version FROM sku_queue_version WHERE sku = ANY(%s)", (list(skus),))
-        found = dict(rows.fetchall())
-        return {sku: found.get(sku, 0) for sku in skus}
+        return dict(rows.fetchall())
 
     @_judged
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
@@ -429,11 +428,12 @@ class PostgresStore:
             )
         if queues := c.queue_skus:
             # Last, in SKU order: a transaction waiting for one of these rows waits for one that takes no
-            # other lock after them.
+            # other lock after them. A random token rather than a count: a version is never given twice,
+            # even to a transaction lost in a failover to a replica that had not received it.
             conn.execute(
-                """INSERT INTO sku_queue_version (sku, version) SELECT sku, 1 FROM unnest(%s::text[]) AS f(sku)
-                   ORDER BY sku
-                   ON CONFLICT (sku) DO UPDATE SET version = sku_queue_version.version + 1""",
+                """INSERT INTO sku_queue_version (sku, version)
+                   SELECT sku, (random() * 9.2e18)::bigint FROM unnest(%s::text[]) AS f(sku) ORDER BY sku
+                   ON CONFLICT (sku) DO UPDATE SET version = excluded.version""",
                 (queues,),
             )
 
