@@ -14,6 +14,7 @@ from tests import examples, factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore, handle_record
 from worker.domain.model import CustomerTier, ShippingService, SplitPreference
 from worker.domain.policy import ShopPolicy
+from worker.service.handlers import serving_order
 from worker.service.promise import Cart, CartLine, QueueCopies, promise
 
 NOW = dt.datetime(2026, 1, 20, 12, tzinfo=dt.UTC)
@@ -133,6 +134,9 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
         assert line.backordered == real.wanted - real.allocated
         if line.backordered:
             assert line.expected_ship_date == real.expected_ship_date
+        if line.rank is not None:  # its place in its SKU's queue once placed, counted from the queue itself
+            queue = serving_order(FakeUnitOfWork(placed.state), shop, line.sku, NOW).queue
+            assert queue[line.rank - 1].order_id == "CART" and queue[line.rank - 1].line_id == line.line_id
     if all(line.accepted for line in promised.lines):
         assert not any(line.rejected for line in promised.lines)
 

@@ -109,7 +109,7 @@ def expected_ship_dates(
     index = -1
     demand = 0
     for line in queue:
-        demand += line.open_quantity
+        demand += line.quantity - line.allocated - line.reserved  # its open quantity, without a call
         while covered < demand and index + 1 < len(receipts):
             index += 1
             covered += receipts[index].quantity

@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from worker.domain.model import Backorder, CustomerTier, ShippingService
 
@@ -156,6 +157,11 @@ class ServingOrder:
 
     def holds_at(self, now: dt.datetime) -> bool:
         return self.at <= now and (self.until is None or now < self.until)
+
+    @cached_property
+    def queue(self) -> tuple[Backorder, ...]:
+        """The lines alone, in serving order."""
+        return tuple(line for line, _ in self.lines)
 
     def changed(
         self, gone: Collection[LineKey], waiting: Iterable[Backorder], rules: PriorityRules, now: dt.datetime

@@ -608,7 +608,7 @@ def _judge_shortfalls(
         outlook = Outlook(order.placed_at, None)
         if dated and short > 0:
             if etas is None:
-                etas = expected_dates(uow, shop, sku, now, [b for b, _ in serving_order(uow, shop, sku, now).lines])
+                etas = expected_dates(uow, shop, sku, now, serving_order(uow, shop, sku, now).queue)
             outlook = _outlook(uow, shop, order.placed_at, etas.get((order.order_id, line.line_id)))
         verdict = judge_shortfall(
             short,
@@ -949,7 +949,7 @@ def _refresh_etas(
             and not uow.has_expected_dates(sku)
         ):
             continue  # every waiting line's date is unknown, and is already stored as unknown
-        queue = [line for line, _ in serving_order(uow, shop, sku, now).lines]
+        queue = serving_order(uow, shop, sku, now).queue
         if not queue:
             continue
         changed |= uow.set_expected_dates(expected_dates(uow, shop, sku, now, queue))
