@@ -110,8 +110,10 @@ def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priorit
 def in_priority_order(
     queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
 ) -> list[tuple[Backorder, Priority]]:
-    """The queue in the order it is served (see `rank`), each line with its priority."""
-    return list(rank(queue, rules, now).lines)
+    """The queue in the order it is served (see `rank`), each line with its priority; for a single pass,
+    such as an allocation, without what `rank` keeps for changing the order later."""
+    ranked = sorted((serving_key(line, why), line, why) for line in queue for why in (priority(line, rules, now),))
+    return [(line, why) for _, line, why in ranked]
 
 
 ServingKey = tuple[int, dt.date, tuple[dt.datetime, str, str]]
