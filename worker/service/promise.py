@@ -23,8 +23,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from worker.domain.model import (
     CustomerTier,
@@ -295,11 +296,8 @@ class Snapshot:
             return self._store.restocks(skus)
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.restocks is None]:
-            found: dict[str, list[KeptRestock]] = {sku: [] for sku in missing}
-            for row in self._store.restocks(missing):
-                found[row.sku].append(row)
-            for sku, rows in found.items():
-                copies[sku].restocks = tuple(rows)
+            for sku, rows in _by_sku(missing, self._store.restocks(missing)).items():
+                copies[sku].restocks = rows
         return [row for copy in copies.values() for row in copy.restocks or ()]
 
     def _waiting(self, skus: Sequence[str]) -> list[OrderLineState]:
@@ -307,11 +305,8 @@ class Snapshot:
             return self._store.lines(waiting_skus=skus)
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.lines is None]:
-            found: dict[str, list[OrderLineState]] = {sku: [] for sku in missing}
-            for line in self._store.lines(waiting_skus=missing):
-                found[line.sku].append(line)
-            for sku, lines in found.items():
-                copies[sku].lines = tuple(lines)
+            for sku, lines in _by_sku(missing, self._store.lines(waiting_skus=missing)).items():
+                copies[sku].lines = lines
         return [line for copy in copies.values() for line in copy.lines or ()]
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
@@ -378,3 +373,19 @@ class Snapshot:
 
     def save(self, changes: Changes) -> None:
         raise RuntimeError("a promise writes nothing")
+
+
+class _OfSku(Protocol):
+    @property
+    def sku(self) -> str: ...
+
+
+_Row = TypeVar("_Row", bound=_OfSku)
+
+
+def _by_sku(skus: Sequence[str], rows: Iterable[_Row]) -> dict[str, tuple[_Row, ...]]:
+    """`rows` grouped by their SKU, an empty group for each of `skus` that has none."""
+    found: dict[str, list[_Row]] = {sku: [] for sku in skus}
+    for row in rows:
+        found[row.sku].append(row)
+    return {sku: tuple(group) for sku, group in found.items()}
