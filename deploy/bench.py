@@ -33,7 +33,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,11 @@ def loadavg() -> str:
 def figure(name: str, value: object, note: str = "") -> None:
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
     print(f"{name}: {text}  [load {loadavg()}]{'  ' + note if note else ''}", flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank q-quantile of sorted `values` (NaN for none)."""
+    return values[max(int(q * len(values) + 0.5) - 1, 0)] if values else float("nan")
 
 
 def say(text: str) -> None:
@@ -575,6 +580,31 @@ def run_hot_sku(stack: Stack, args: argparse.Namespace) -> None:
     )
 
 
+def write_waiting(
+    sc: Scenario, n: int, sku_sql: str, params: dict[str, Any], *, since: str, step: str, vip_every: int | None
+) -> None:
+    """N waiting one-unit lines, one per order, written set-based: order g placed `since` ago plus g times
+    `step`, of the SKU `sku_sql` gives (SQL over g and `params`); every `vip_every`-th a VIP's."""
+    tier = f"CASE WHEN g %% {vip_every} = 0 THEN 'VIP' ELSE 'STANDARD' END" if vip_every else "'STANDARD'"
+    placed = f"now() - interval '{since}' + g * interval '{step}'"
+    values = {"tag": sc.tag, "n": n, **params}
+    sc.conn.execute(
+        f"""INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                                        placed_at, event_id, order_units, outcome)
+            SELECT %(tag)s || '-O-' || g, 'c' || g %% 5000, {tier}, 'STANDARD', 'USD', {placed},
+                   gen_random_uuid()::text, 1, 'FULLY_BACKORDERED'
+            FROM generate_series(1, %(n)s) g""",
+        values,
+    )
+    sc.conn.execute(
+        f"""INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                                    placed_at, updated_at, backordered)
+            SELECT %(tag)s || '-O-' || g, '1', {sku_sql}, 'Bench item', 1, 1000, 'BACKORDERED', {placed}, now(), true
+            FROM generate_series(1, %(n)s) g""",
+        values,
+    )
+
+
 def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
     """A queue of N waiting lines on one SKU written straight into the database (one line per order,
     each wanting one unit), then one receipt of N units through Kafka."""
@@ -582,23 +612,7 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
         sku, n = sku_name(sc.tag, 0), args.deep_lines
         with sc.conn.transaction():
             sc.conn.execute("INSERT INTO stock_level (sku, available, received_total) VALUES (%s, 0, 0)", (sku,))
-            sc.conn.execute(
-                """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
-                                               placed_at, event_id, order_units, outcome)
-                   SELECT %(tag)s || '-O-' || g, 'c' || g %% 5000, 'STANDARD', 'STANDARD', 'USD',
-                          now() - interval '1 day' + g * interval '1 ms', gen_random_uuid()::text, 1,
-                          'FULLY_BACKORDERED'
-                   FROM generate_series(1, %(n)s) g""",
-                {"tag": sc.tag, "n": n},
-            )
-            sc.conn.execute(
-                """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
-                                           placed_at, updated_at, backordered)
-                   SELECT %(tag)s || '-O-' || g, '1', %(sku)s, 'Bench item', 1, 1000, 'BACKORDERED',
-                          now() - interval '1 day' + g * interval '1 ms', now(), true
-                   FROM generate_series(1, %(n)s) g""",
-                {"tag": sc.tag, "sku": sku, "n": n},
-            )
+            write_waiting(sc, n, "%(sku)s", {"sku": sku}, since="1 day", step="1 ms", vip_every=None)
         sc.conn.execute("VACUUM ANALYZE")
         fulfillments = watermark_total(stack, [sc.topics["fulfillment_requested"]])
         prod = producer(stack)
@@ -795,23 +809,8 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
                    SELECT %(tag)s || '-IN-' || s, 1000000, 1000000 FROM generate_series(0, %(stocked)s - 1) s""",
                 {"tag": sc.tag, "skus": skus, "stocked": stocked},
             )
-            sc.conn.execute(
-                """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
-                                               placed_at, event_id, order_units, outcome)
-                   SELECT %(tag)s || '-O-' || g, 'c' || g %% 5000,
-                          CASE WHEN g %% 10 = 0 THEN 'VIP' ELSE 'STANDARD' END, 'STANDARD', 'USD',
-                          now() - interval '5 days' + g * interval '1 s', gen_random_uuid()::text, 1,
-                          'FULLY_BACKORDERED'
-                   FROM generate_series(1, %(n)s) g""",
-                {"tag": sc.tag, "n": n},
-            )
-            sc.conn.execute(
-                """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
-                                           placed_at, updated_at, backordered)
-                   SELECT %(tag)s || '-O-' || g, '1', %(tag)s || '-S-' || g %% %(skus)s, 'Bench item', 1, 1000,
-                          'BACKORDERED', now() - interval '5 days' + g * interval '1 s', now(), true
-                   FROM generate_series(1, %(n)s) g""",
-                {"tag": sc.tag, "skus": skus, "n": n},
+            write_waiting(
+                sc, n, "%(tag)s || '-S-' || g %% %(skus)s", {"skus": skus}, since="5 days", step="1 s", vip_every=10
             )
             # The version of each SKU written here, as the worker's saves would have set it (from migration
             # 0008 on; a commit before it is benchmarked without).
@@ -890,7 +889,7 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
                 ask(conn, body)
                 cold.append((time.monotonic() - asked) * 1000)
         cold.sort()
-        figure("promise_cold_p50_ms", cold[len(cold) // 2], f"(one cart per SKU, {len(cold)} one after the other)")
+        figure("promise_cold_p50_ms", percentile(cold, 0.5), f"(one cart per SKU, {len(cold)} one after the other)")
         warmup = int(args.promise_rate * args.promise_warmup)
         total = warmup + int(args.promise_rate * args.promise_seconds)
         bodies = [cart(i) for i in range(total)]
@@ -929,21 +928,18 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
     times.sort()
     warming.sort()
 
-    def pct(q: float) -> float:
-        return times[max(int(q * len(times) + 0.5) - 1, 0)] if times else float("nan")
-
     failed = sum(count for status, count in statuses.items() if status != 200)
     note = f"({len(times)} requests in {elapsed:.0f}s, {failed} not 200: {statuses})" if failed else ""
     if warming:
         figure(
             "promise_warmup_p99_ms",
-            warming[max(int(0.99 * len(warming) + 0.5) - 1, 0)],
+            percentile(warming, 0.99),
             f"(the first {args.promise_warmup:.0f}s at the offered rate, not in the figures below)",
         )
     figure("promise_offered_per_s", args.promise_rate)
     figure("promise_answered_per_s", len(times) / elapsed if elapsed else float("nan"))
-    figure("promise_p50_ms", pct(0.50), note)
-    figure("promise_p99_ms", pct(0.99), note)
+    figure("promise_p50_ms", percentile(times, 0.50), note)
+    figure("promise_p99_ms", percentile(times, 0.99), note)
 
 
 # --------------------------------------------------------------------------------------------- main

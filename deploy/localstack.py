@@ -400,7 +400,7 @@ def prometheus_bindir() -> Path:
     return bindir
 
 
-class PrometheusServer:
+class PrometheusServer(_ChildServer):
     """A Prometheus server on 127.0.0.1 that scrapes the given targets every second."""
 
     def __init__(self, workdir: Path, targets: list[str], rules: list[Path] | None = None) -> None:
@@ -450,11 +450,6 @@ class PrometheusServer:
                 time.sleep(0.2)
         self.stop()
         raise StackError(f"Prometheus did not listen within 60s:\n{_log_tail(self.log_path)}")
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            _stop_process(self._proc)
-            self._proc = None
 
 
 # ----------------------------------------------------------------------------------------- PostgreSQL

@@ -39,6 +39,7 @@ from worker.domain.model import PaymentTiming, SplitPreference
 from worker.domain.policy import ProductPolicy, ShipCompleteScope, ShopPolicy
 from worker.domain.priority import DEFAULT_RANKS, Criterion, PriorityRules
 from worker.domain.timeline import Cadence
+from worker.service import limits
 
 KafkaConfig = dict[str, str | int | float | bool]
 
@@ -140,7 +141,7 @@ class Settings(BaseSettings):
     # When not to take a backorder: one expected to ship more than this many days after the order (a product's
     # own max_promise_days wins; unset: no limit), and one whose date rests on a supplier on time for less than
     # this share of its last deliveries (unset: never), which is refused or given a wider margin.
-    max_promise_days: int | None = Field(default=None, ge=1, le=3650)
+    max_promise_days: int | None = Field(default=None, ge=1, le=limits.MAX_POLICY_DAYS)
     supplier_min_on_time_ratio: float | None = Field(default=None, ge=0.0, le=1.0)
     unreliable_supplier: UnreliableSupplier = UnreliableSupplier.WIDEN
 

@@ -107,12 +107,18 @@ def priority(line: Backorder, rules: PriorityRules, now: dt.datetime) -> Priorit
     return Priority(rank, Criterion.STANDARD.value, "standard", age)
 
 
+def _ranked(
+    queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
+) -> list[tuple[ServingKey, Backorder, Priority]]:
+    return sorted((serving_key(line, why), line, why) for line in queue for why in (priority(line, rules, now),))
+
+
 def in_priority_order(
     queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
 ) -> list[tuple[Backorder, Priority]]:
     """The queue in the order it is served (see `rank`), each line with its priority; for a single pass,
     such as an allocation, without what `rank` keeps for changing the order later."""
-    ranked = sorted((serving_key(line, why), line, why) for line in queue for why in (priority(line, rules, now),))
+    ranked = _ranked(queue, rules, now)
     return [(line, why) for _, line, why in ranked]
 
 
@@ -195,7 +201,7 @@ class ServingOrder:
 def rank(queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime) -> ServingOrder:
     """`queue` in the order it is served at `now`: by rank; within the `need_by` rank the earliest need-by
     date first; then oldest first (ties by order and line id)."""
-    ranked = sorted((serving_key(line, why), line, why) for line in queue for why in (priority(line, rules, now),))
+    ranked = _ranked(queue, rules, now)
     changes = [at for _, line, _ in ranked if (at := rank_changes_at(line, rules, now)) is not None]
     return ServingOrder(
         now,

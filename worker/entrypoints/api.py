@@ -46,8 +46,8 @@ def _identifier(value: str) -> str:
 
 
 def _business_date(value: dt.date) -> dt.date:
-    if not limits.EARLIEST_DATE <= value <= limits.LATEST_DATE:
-        raise ValueError(f"must be from {limits.EARLIEST_DATE} to {limits.LATEST_DATE}")
+    if (problem := limits.date_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 

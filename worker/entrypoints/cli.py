@@ -13,6 +13,7 @@ import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from worker.domain.model import CustomerTier, ShippingService, SplitPreference
 from worker.entrypoints.logs import configure_logging
 from worker.service.ports import Decision
 from worker.settings import Settings, masked_database_url, masked_user_info
@@ -334,12 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="serve the promise API (POST /v1/promise) until SIGTERM")
     promise = sub.add_parser("promise", help="print what the shop can promise for a cart now, reserving nothing")
     promise.add_argument("--customer", required=True, metavar="CUSTOMER_ID")
-    promise.add_argument("--tier", choices=["STANDARD", "VIP", "WHOLESALE"], help="default STANDARD")
-    promise.add_argument("--service", choices=["STANDARD", "EXPEDITED"], help="shipping service, default STANDARD")
+    promise.add_argument("--tier", choices=list(CustomerTier), help="default STANDARD")
+    promise.add_argument("--service", choices=list(ShippingService), help="shipping service, default STANDARD")
     promise.add_argument("--need-by", metavar="DATE", help="ISO date the customer needs the order by")
-    promise.add_argument(
-        "--split", choices=["SHIP_AVAILABLE_NOW", "SHIP_COMPLETE"], help="default: the product's or the shop's"
-    )
+    promise.add_argument("--split", choices=list(SplitPreference), help="default: the product's or the shop's")
     promise.add_argument(
         "--line", type=_cart_line, action="append", required=True, metavar="SKU:QTY", help="a cart line (repeat)"
     )

@@ -89,7 +89,6 @@ class Book:
         # A SKU's queue in serving order, and the lines that changed since it was ranked (applied when asked).
         self._serving: dict[str, ServingOrder] = {}
         self._serving_stale: dict[str, dict[LineKey, None]] = {}
-        self._policy_set: set[str] = set()  # SKUs whose policy this transaction changed: no seed holds for them
         self._orders_loaded: set[str] = set()
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
@@ -376,7 +375,6 @@ class Book:
         self._put(self._policies, sku, KeptPolicy(sku, policy, decided_at, event_id))
         self._put(self._policy_changed, sku, None)
         self._serving.pop(sku, None)  # a pre-order's wait counts from its product's release
-        self._policy_set.add(sku)
         return True
 
     # ------------------------------------------------------------------------- orders and lines
@@ -496,15 +494,19 @@ class Book:
 
     def _queue_changed(self, before: OrderLineState | None, after: OrderLineState) -> None:
         """Forget what was worked out of the line's queue, unless the line waits in it exactly as before."""
+        sku = after.sku
+        ranked = sku in self._serving
+        if not ranked and sku not in self._backorders:
+            return  # nothing worked out yet: no comparison on the way of every change
         if before is not None and before.queues_as(after):
             return
-        self._backorders.pop(after.sku, None)
-        if after.sku in self._serving:
-            self._serving_stale.setdefault(after.sku, {})[(after.order_id, after.line_id)] = None
+        self._backorders.pop(sku, None)
+        if ranked:
+            self._serving_stale.setdefault(sku, {})[(after.order_id, after.line_id)] = None
 
     def serving(self, sku: str) -> tuple[ServingOrder | None, Sequence[LineKey]]:
         kept = self._serving.get(sku)
-        if kept is None and self._seeds is not None and sku not in self._policy_set:
+        if kept is None and self._seeds is not None and sku not in self._policy_changed:
             self._load_queues([sku])
             kept = self._seeds(sku)
             if kept is not None:  # the store's queue: what this transaction changed of it applies on top

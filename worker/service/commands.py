@@ -209,8 +209,8 @@ def _optional_number(record: Record, name: str, low: int, high: int) -> int | No
 def _date(value: object, name: str) -> dt.date:
     if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
         raise InvalidEvent(f"{name} must be a date, got {quote(value)}")
-    if not limits.EARLIEST_DATE <= value <= limits.LATEST_DATE:
-        raise InvalidEvent(f"{name} must be from {limits.EARLIEST_DATE} to {limits.LATEST_DATE}, got {value}")
+    if (problem := limits.date_problem(value)) is not None:
+        raise InvalidEvent(f"{name} {problem}, got {value}")
     return value
 
 

@@ -73,6 +73,13 @@ def quote(value: object) -> str:
     return text if len(text) <= QUOTE_LENGTH else f"{text[:QUOTE_LENGTH]}... ({len(text):,} characters)"
 
 
+def date_problem(value: dt.date) -> str | None:
+    """Why a date cannot be a business date, or None when it can."""
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        return f"must be from {EARLIEST_DATE} to {LATEST_DATE}"
+    return None
+
+
 def identifier_problem(value: str) -> str | None:
     """Why a string cannot be an identifier, or None when it can."""
     if not value.strip():

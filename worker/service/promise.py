@@ -248,12 +248,14 @@ class Snapshot:
         self._of: dict[str, _QueueCopy] = {}
 
     def _copy_of(self, skus: Sequence[str]) -> dict[str, _QueueCopy]:
-        assert self._copies is not None
         unknown = [sku for sku in skus if sku not in self._of]
         if unknown:
-            versions = self._store.queue_versions(unknown)
-            for sku in unknown:
-                self._of[sku] = self._copies.get(sku, versions.get(sku))
+            copies = self._copies
+            if copies is None:  # nothing is kept: what is read lasts this snapshot
+                self._of.update((sku, _QueueCopy(None)) for sku in unknown)
+            else:
+                versions = self._store.queue_versions(unknown)
+                self._of.update((sku, copies.get(sku, versions.get(sku))) for sku in unknown)
         return {sku: self._of[sku] for sku in skus}
 
     def keep(self) -> None:
@@ -273,8 +275,6 @@ class Snapshot:
             self._of[sku].serving = order
 
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
-        if self._copies is None:
-            return self._store.stock(skus)
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.stock is None]:
             for sku, units in self._store.stock(missing).items():
@@ -282,8 +282,6 @@ class Snapshot:
         return {sku: copy.stock for sku, copy in copies.items() if copy.stock is not None}
 
     def policies(self, skus: Sequence[str]) -> list[KeptPolicy]:
-        if self._copies is None:
-            return self._store.policies(skus)
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.policy is None]:
             found = {kept.sku: kept for kept in self._store.policies(missing)}
@@ -292,8 +290,6 @@ class Snapshot:
         return [kept for copy in copies.values() if copy.policy is not None and (kept := copy.policy[0]) is not None]
 
     def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
-        if self._copies is None:
-            return self._store.restocks(skus)
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.restocks is None]:
             for sku, rows in _by_sku(missing, self._store.restocks(missing)).items():
@@ -301,8 +297,6 @@ class Snapshot:
         return [row for copy in copies.values() for row in copy.restocks or ()]
 
     def _waiting(self, skus: Sequence[str]) -> list[OrderLineState]:
-        if self._copies is None:
-            return self._store.lines(waiting_skus=skus)
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.lines is None]:
             for sku, lines in _by_sku(missing, self._store.lines(waiting_skus=missing)).items():
@@ -310,8 +304,6 @@ class Snapshot:
         return [line for copy in copies.values() for line in copy.lines or ()]
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
-        if self._copies is None:
-            return self._store.skus_with_expected_dates(skus)
         copies = self._copy_of(skus)
         known = {sku for sku, copy in copies.items() if copy.lines is not None}
         dated = {sku for sku in known if any(line.expected_ship_date is not None for line in copies[sku].lines or ())}
