@@ -207,11 +207,15 @@ class Scenario:
         self.conn = psycopg.connect(self.url, autocommit=True)
 
     def start_worker(self, **settings: str) -> subprocess.Popen[bytes]:
+        return self.start("run", "BACKORDER_METRICS_PORT", **settings)[0]
+
+    def start(self, command: str, port_setting: str, **settings: str) -> tuple[subprocess.Popen[bytes], int]:
+        """`backorder-worker COMMAND` on a free port given as `port_setting`; stopped with the scenario."""
         port = localstack.free_port()
-        env = {**self.env, "BACKORDER_METRICS_PORT": str(port), **settings}
+        env = {**self.env, port_setting: str(port), **settings}
         with LOG_PATH.open("ab") as log:  # the workers' own logs stay out of the figures
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "run"],
+                [sys.executable, "-m", "worker", command],
                 env=env,
                 cwd=ROOT,
                 start_new_session=True,
@@ -219,7 +223,7 @@ class Scenario:
                 stderr=subprocess.STDOUT,
             )
         self.workers.append((proc, port))
-        return proc
+        return proc, port
 
     def worker_pids(self) -> list[int]:
         return [proc.pid for proc, _ in self.workers]
@@ -845,18 +849,7 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
         sc.conn.execute("VACUUM ANALYZE")
         say(f"promise: expected ship dates {'set' if dated else 'NOT all set'} by the worker")
 
-        port = localstack.free_port()
-        env = {**sc.env, "BACKORDER_PROMISE_PORT": str(port)}
-        with LOG_PATH.open("ab") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "worker", "serve"],
-                env=env,
-                cwd=ROOT,
-                start_new_session=True,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        sc.workers.append((server, port))  # stopped with the scenario
+        _, port = sc.start("serve", "BACKORDER_PROMISE_PORT")
         rng = random.Random(11)
         names = [f"{sc.tag}-S-{s}" for s in range(skus)] + [f"{sc.tag}-IN-{s}" for s in range(stocked)]
 
