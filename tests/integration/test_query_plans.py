@@ -53,7 +53,7 @@ def test_the_queue_of_a_sku_is_read_through_the_partial_index(deployment: Deploy
         history(conn)
         conn.execute("SET plan_cache_mode = force_generic_plan")  # what a long-lived connection ends up with
         store = PostgresStore(conn, lambda event: ("t", b"", b""), "dlq")
-        assert len(store.lines(waiting_skus=["WAITING-SKU"])) == 5
+        assert len(store.queues(["WAITING-SKU"])["WAITING-SKU"]) == 5
         assert store.skus_with_expected_dates(["WAITING-SKU"]) == set()
         plans = generic_plans(conn, "FROM order_line")
         assert len(plans) == 2

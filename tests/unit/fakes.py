@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,17 +91,20 @@ class MemoryStore:
                 self.state.facts[key] = fact.content_hash
         return seen
 
-    def lines(
-        self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
-    ) -> list[OrderLineState]:
-        wanted, skus = set(orders), set(waiting_skus)
+    def lines(self, *, orders: Sequence[str] = (), every_waiting: bool = False) -> list[OrderLineState]:
+        wanted = set(orders)
         return [
             line
             for line in self.state.lines.values()
-            if line.order_id in wanted
-            or (line.sku in skus and line.status in WAITING)
-            or (every_waiting and (line.status in WAITING or line.reserved > 0))
+            if line.order_id in wanted or (every_waiting and (line.status in WAITING or line.reserved > 0))
         ]
+
+    def queues(self, skus: Sequence[str]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
+        found: dict[str, dict[tuple[str, str], OrderLineState]] = {sku: {} for sku in skus}
+        for key, line in self.state.lines.items():
+            if line.sku in found and line.status in WAITING:
+                found[line.sku][key] = line
+        return dict(found)
 
     def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]:
         return {o: self.state.told.get(o) for o in order_ids}

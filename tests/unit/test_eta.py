@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests import factories
+from tests import examples, factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory, handle_record
-from tests.unit.test_allocation import backorder
-from worker.domain.eta import EtaRules, ExpectedReceipt, expected_ship_dates, is_news, supplier_margin
+from tests.unit.test_allocation import NOW as ALLOCATION_NOW
+from tests.unit.test_allocation import backorder, queues
+from tests.unit.test_priority import rules_
+from worker.domain.eta import (
+    Eta,
+    EtaRules,
+    ExpectedReceipt,
+    Supply,
+    date_queue,
+    expected_ship_dates,
+    is_news,
+    not_before_release,
+    supplier_margin,
+)
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, NotificationType
-from worker.domain.model import Cancellation, CancelReason, LineStatus
+from worker.domain.model import Backorder, Cancellation, CancelReason, LineStatus
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
+from worker.domain.priority import PriorityRules, ServingOrder, rank
 from worker.domain.timeline import Cadence
 from worker.service.handlers import _cancel, sweep, sweep_once
 
@@ -238,3 +254,72 @@ def test_a_stale_cancellation_that_meets_a_line_no_longer_waiting_says_nothing()
     assert len(_cancel(uow, asked, "c", SHOP, NOW)) == 1  # asked for by name: told why nothing happened
     assert _cancel(uow, stale, "s", SHOP, NOW) == []  # the sweep's own: nobody asked, nothing to say
     assert len(uow.state.outbox) == before
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+receipts_ = st.lists(
+    st.builds(
+        ExpectedReceipt,
+        purchase_order_id=st.sampled_from(["PO-1", "PO-2", "PO-3", "PO-4"]),
+        supplier_id=st.sampled_from(["acme", "globex"]),
+        quantity=st.integers(1, 60),
+        expected_date=st.dates(TODAY - dt.timedelta(days=5), TODAY + dt.timedelta(days=60)),
+    ),
+    max_size=4,
+    unique_by=lambda r: r.purchase_order_id,
+)
+supplies = st.builds(
+    Supply.of,
+    receipts_,
+    on_hand=st.integers(0, 40),
+    margins=st.dictionaries(st.sampled_from(["acme", "globex"]), st.integers(0, 9)),
+    lead_time_days=st.none() | st.integers(1, 30),
+    today=st.just(TODAY),
+    rules=st.just(RULES),
+    release=st.none() | st.dates(TODAY, TODAY + dt.timedelta(days=40)),
+)
+
+
+@settings(max_examples=examples(400))
+@given(queue=queues, supply=supplies, rules=rules_, data=st.data())
+def test_a_queue_dated_again_after_changes_has_the_dates_of_dating_it_whole(
+    queue: tuple[Backorder, ...], supply: Supply, rules: PriorityRules, data: st.DataObject
+) -> None:
+    """Dating only the lines after those a changed order shares with the one dated before gives every line
+    the date dating the whole queue gives it; a line left out keeps the date it had."""
+    lines = list({(b.order_id, b.line_id): b for b in queue}.values())
+    order = rank(lines, rules, ALLOCATION_NOW)
+    before, everything = date_queue(order, supply)
+    assert everything == expected_dates_of(order, supply)
+    for step in range(data.draw(st.integers(1, 3))):
+        members = [(b.order_id, b.line_id) for b, _ in order.lines]
+        gone = data.draw(st.sets(st.sampled_from(members))) if members else set()
+        joining = [dataclasses.replace(b, order_id=f"new{step}-{b.order_id}") for b in data.draw(queues)]
+        joining = list({(b.order_id, b.line_id): b for b in joining}.values())
+        changed = order.changed(gone, joining, rules, ALLOCATION_NOW)
+        dated, redone = date_queue(changed, supply, before)
+        whole, _ = date_queue(changed, supply)
+        assert dated.etas == whole.etas and dated.demand == whole.demand
+        was = {(b.order_id, b.line_id): eta for (b, _), eta in zip(order.lines, before.etas, strict=True)}
+        for (line, _), eta in zip(changed.lines, dated.etas, strict=True):
+            key = (line.order_id, line.line_id)
+            assert key in redone or was.get(key) == eta, key
+            assert dated.eta_of(key) == eta
+        order, before = changed, dated
+    again, redone = date_queue(order, supply, before)
+    assert again is before and redone == {}  # nothing changed: nothing to do
+
+
+def expected_dates_of(order: ServingOrder, supply: Supply) -> dict[tuple[str, str], Eta]:
+    """What `expected_ship_dates` gives the order's lines, floored at the release as the handlers do."""
+    etas = expected_ship_dates(
+        order.queue,
+        supply.receipts,
+        on_hand=supply.on_hand,
+        margins=dict(supply.margins),
+        lead_time_days=supply.lead_time_days,
+        today=supply.today,
+        rules=supply.rules,
+    )
+    return not_before_release(etas, supply.release, supply.rules) if supply.release is not None else etas

@@ -346,6 +346,49 @@ operations = st.lists(
 reliability = st.tuples(st.none() | st.sampled_from([0.5, 1.0]), st.sampled_from(UnreliableSupplier))
 
 
+def apply(
+    uow: FakeUnitOfWork, i: int, op: tuple[Any, ...], shop: ShopPolicy, now: dt.datetime, placed: list[str]
+) -> None:
+    """Step i of generated `operations`, at `now`; `placed`: the orders placed so far. Its record's event
+    id is made of i, so that the same steps give the same events."""
+    record: dict[str, Any] | None = None
+    if op[0] == "order":
+        _, lines, split, tier, age, customer = op
+        placed.append(f"O{i}")
+        record = factories.order(
+            f"O{i}",
+            (now - dt.timedelta(days=age)).isoformat(),
+            lines,
+            split_preference=split,
+            customer_tier=tier,
+            customer_id=customer,
+        )
+    elif op[0] == "receipt":
+        po = {"purchase_order_id": op[3], "supplier_id": POS[op[3]]} if op[3] else {}
+        record = factories.receipt(f"R{i}", op[1], op[2], **po)
+    elif op[0] == "cancel" and placed:
+        record = cancel(placed[op[1] % len(placed)])
+    elif op[0] == "policy":
+        _, sku, allowed, cap, release_in, promise_days = op
+        release = None if release_in is None else NOW.date() + dt.timedelta(days=release_in)
+        record = policy(
+            sku,
+            backorders_allowed=allowed,
+            max_backorder_qty_per_customer=cap,
+            available_from=release,
+            max_promise_days=promise_days,
+            occurred_at=now,
+        )
+    elif op[0] == "restock":
+        _, sku, po, quantity, days = op
+        expected = now.date() + dt.timedelta(days=days)
+        record = factories.restock(sku, po, quantity, expected, now, supplier_id=POS[po])
+    elif op[0] == "sweep":
+        sweep(uow, shop, now)
+    if record is not None:
+        run(uow, {**record, "event_id": f"event-{i}"}, shop, now)
+
+
 @settings(max_examples=examples(300), deadline=None)
 @given(
     ops=operations,
@@ -369,47 +412,7 @@ def test_units_are_never_lost_or_created_whatever_happens(
             sku: sum(ln.allocated + ln.reserved for ln in uow.state.lines.values() if ln.sku == sku) for sku in SKUS
         }
         unreleased = {sku for sku in SKUS if held_until(uow.policy(sku) or shop.product, now) is not None}
-        if op[0] == "order":
-            _, lines, split, tier, age, customer = op
-            placed.append(f"O{i}")
-            record = factories.order(
-                f"O{i}",
-                (now - dt.timedelta(days=age)).isoformat(),
-                lines,
-                split_preference=split,
-                customer_tier=tier,
-                customer_id=customer,
-            )
-            run(uow, record, shop, now)
-        elif op[0] == "receipt":
-            po = {"purchase_order_id": op[3], "supplier_id": POS[op[3]]} if op[3] else {}
-            run(uow, factories.receipt(f"R{i}", op[1], op[2], **po), shop, now)
-        elif op[0] == "cancel" and placed:
-            run(uow, cancel(placed[op[1] % len(placed)]), shop, now)
-        elif op[0] == "policy":
-            _, sku, allowed, cap, release_in, promise_days = op
-            release = None if release_in is None else NOW.date() + dt.timedelta(days=release_in)
-            record = policy(
-                sku,
-                backorders_allowed=allowed,
-                max_backorder_qty_per_customer=cap,
-                available_from=release,
-                max_promise_days=promise_days,
-                occurred_at=now,
-            )
-            run(uow, record, shop, now)
-        elif op[0] == "restock":
-            _, sku, po, quantity, days = op
-            expected = now.date() + dt.timedelta(days=days)
-            event_id = f"restock-{po}-{sku}-{now.isoformat()}"
-            run(
-                uow,
-                factories.restock(sku, po, quantity, expected, now, event_id=event_id, supplier_id=POS[po]),
-                shop,
-                now,
-            )
-        elif op[0] == "sweep":
-            sweep(uow, shop, now)
+        apply(uow, i, op, shop, now, placed)
         # Nothing of a product not released yet is given to anyone (unless this step's policy released it).
         unreleased = {sku for sku in unreleased if held_until(uow.policy(sku) or shop.product, now) is not None}
         for sku in unreleased:
@@ -429,6 +432,31 @@ def test_units_are_never_lost_or_created_whatever_happens(
                 )
                 or line.held
             )
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(ops=operations, bound=reliability)
+def test_what_a_unit_of_work_keeps_from_one_event_to_the_next_changes_no_outcome(
+    ops: list[tuple[Any, ...]], bound: tuple[float | None, UnreliableSupplier]
+) -> None:
+    """Events handled in one unit of work, which keeps its serving orders and dated queues from event to
+    event (as a batch does), leave the same lines, stock and outbox as events each in a unit of work of its
+    own, which works everything out again from what the store holds."""
+    shop = dataclasses.replace(
+        SHOP, eta=dataclasses.replace(SHOP.eta, min_on_time_ratio=bound[0], unreliable_supplier=bound[1])
+    )
+    together, apart = world(*SKUS), world(*SKUS)
+    placed_together: list[str] = []
+    placed_apart: list[str] = []
+    for i, op in enumerate(ops):
+        now = NOW + dt.timedelta(hours=6 * i)
+        apply(together, i, op, shop, now, placed_together)
+        apply(apart, i, op, shop, now, placed_apart)
+        apart.save()
+    assert together.state.lines == apart.state.lines
+    assert together.state.available == apart.state.available
+
+    assert together.state.outbox == apart.state.outbox
 
 
 def test_a_line_named_twice_is_cancelled_once() -> None:

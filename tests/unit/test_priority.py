@@ -226,3 +226,5 @@ def test_a_kept_order_changed_line_by_line_is_the_order_ranked_from_scratch(
     assert incremental.keys == scratch.keys
     if scratch.until is not None:
         assert incremental.until is not None and incremental.until <= scratch.until
+    shared = incremental.shared_with(kept)  # what dating keeps of the dates before (`date_queue`)
+    assert shared is not None and incremental.lines[:shared] == kept.lines[:shared]

@@ -13,13 +13,16 @@ date: its lines' dates are never earlier than that date plus handling (`not_befo
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from worker.domain.model import Backorder
+from worker.domain.priority import LineKey, ServingOrder
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,42 @@ def supplier_margin(days_late: Iterable[int], rules: EtaRules) -> int:
     return math.ceil(sum(history) / len(history))
 
 
+@dataclass(frozen=True)
+class Supply:
+    """What the dates of a queue's lines rest on besides the queue itself: the same supply dates the same
+    lines in the same places alike."""
+
+    receipts: tuple[ExpectedReceipt, ...]  # in the order they are expected to come in
+    on_hand: int  # units free now
+    margins: tuple[tuple[str, int], ...]  # (supplier, its margin in days), by supplier
+    lead_time_days: int | None
+    today: dt.date
+    rules: EtaRules
+    release: dt.date | None = None  # a pre-order product's release (see `not_before_release`)
+
+    @classmethod
+    def of(
+        cls,
+        receipts: Iterable[ExpectedReceipt],
+        *,
+        on_hand: int,
+        margins: Mapping[str, int],
+        lead_time_days: int | None,
+        today: dt.date,
+        rules: EtaRules,
+        release: dt.date | None = None,
+    ) -> Supply:
+        return cls(
+            tuple(sorted(receipts, key=lambda r: (r.expected_date, r.purchase_order_id))),
+            on_hand,
+            tuple(sorted(margins.items())),
+            lead_time_days,
+            today,
+            rules,
+            release,
+        )
+
+
 def expected_ship_dates(
     queue: Sequence[Backorder],
     supply: Sequence[ExpectedReceipt],
@@ -96,40 +135,104 @@ def expected_ship_dates(
 ) -> dict[tuple[str, str], Eta]:
     """Dates for the lines of `queue`, which must come in allocation order. `on_hand` units are free now.
     Lines served from the same receipt share one `Eta`."""
-    receipts = sorted(supply, key=lambda r: (r.expected_date, r.purchase_order_id))
-    in_stock = Eta(today + dt.timedelta(days=rules.handling_days), "in stock")
-    if lead_time_days is not None:
-        lead = dt.timedelta(days=lead_time_days + rules.handling_days)
-        beyond = Eta(today + lead, f"lead time {lead_time_days} days")
+    dated = Supply.of(supply, on_hand=on_hand, margins=margins, lead_time_days=lead_time_days, today=today, rules=rules)
+    etas, _ = _date_lines(queue, dated, 0)
+    return {(line.order_id, line.line_id): eta for line, eta in zip(queue, etas, strict=True)}
+
+
+def _date_lines(lines: Sequence[Backorder], supply: Supply, demand: int) -> tuple[list[Eta], list[int]]:
+    """The dates of `lines`, which come in allocation order after lines waiting for `demand` units in all;
+    and the units waited for up to and including each line."""
+    rules, today, receipts = supply.rules, supply.today, supply.receipts
+    margins = dict(supply.margins)
+    in_stock = _released(Eta(today + dt.timedelta(days=rules.handling_days), "in stock"), supply)
+    if supply.lead_time_days is not None:
+        lead = dt.timedelta(days=supply.lead_time_days + rules.handling_days)
+        beyond = Eta(today + lead, f"lead time {supply.lead_time_days} days")
     else:
         beyond = Eta(None, "unknown: no restock expected and no lead time")
+    beyond = _released(beyond, supply)
     by_receipt: dict[int, Eta] = {}
-    out: dict[tuple[str, str], Eta] = {}
-    covered = on_hand  # units that will have come in by the receipt at `index`
+    etas: list[Eta] = []
+    demands: list[int] = []
+    covered = supply.on_hand  # units that will have come in by the receipt at `index`
     index = -1
-    demand = 0
-    for line in queue:
+    while index + 1 < len(receipts) and covered < demand:  # where the lines before left off
+        index += 1
+        covered += receipts[index].quantity
+    for line in lines:
         demand += line.quantity - line.allocated - line.reserved  # its open quantity, without a call
+        demands.append(demand)
         while covered < demand and index + 1 < len(receipts):
             index += 1
             covered += receipts[index].quantity
         if covered < demand:
-            out[(line.order_id, line.line_id)] = beyond
+            etas.append(beyond)
         elif index < 0:
-            out[(line.order_id, line.line_id)] = in_stock
+            etas.append(in_stock)
         else:
             eta = by_receipt.get(index)
             if eta is None:
                 receipt = receipts[index]
                 margin = margins.get(receipt.supplier_id, rules.default_supplier_margin_days)
-                eta = by_receipt[index] = Eta(
-                    max(receipt.expected_date, today) + dt.timedelta(days=rules.handling_days + margin),
-                    f"{receipt.purchase_order_id} from {receipt.supplier_id} expected "
-                    f"{receipt.expected_date.isoformat()} (+{rules.handling_days} handling, +{margin} supplier)",
-                    receipt.supplier_id,
+                eta = by_receipt[index] = _released(
+                    Eta(
+                        max(receipt.expected_date, today) + dt.timedelta(days=rules.handling_days + margin),
+                        f"{receipt.purchase_order_id} from {receipt.supplier_id} expected "
+                        f"{receipt.expected_date.isoformat()} (+{rules.handling_days} handling, +{margin} supplier)",
+                        receipt.supplier_id,
+                    ),
+                    supply,
                 )
-            out[(line.order_id, line.line_id)] = eta
-    return out
+            etas.append(eta)
+    return etas, demands
+
+
+def _released(eta: Eta, supply: Supply) -> Eta:
+    if supply.release is None:
+        return eta
+    return not_before_release({("", ""): eta}, supply.release, supply.rules)[("", "")]
+
+
+@dataclass(frozen=True)
+class DatedQueue:
+    """The lines of a serving order dated against a supply: `etas[i]` is the date of `order.lines[i]`, and
+    `demand[i]` the units waited for by the lines up to and including it."""
+
+    order: ServingOrder
+    supply: Supply
+    etas: tuple[Eta, ...]
+    demand: tuple[int, ...]
+
+    def eta_of(self, key: LineKey) -> Eta | None:
+        stands = self.order.members.get(key)
+        return None if stands is None else self.etas[bisect.bisect_left(self.order.keys, stands)]
+
+
+def date_queue(
+    order: ServingOrder, supply: Supply, before: DatedQueue | None = None
+) -> tuple[DatedQueue, dict[LineKey, Eta]]:
+    """The lines of `order` dated against `supply` (as `expected_ship_dates` dates them), and the dates
+    of those that may differ from `before`'s: a line's date rests only on the lines before it, so where
+    `order` was changed from `before`'s order and the supply is the same, the lines it shares with it keep
+    their dates and only the others are dated again; otherwise every line is."""
+    if before is not None and before.order is order and before.supply == supply:
+        return before, {}
+    shared = order.shared_with(before.order) if before is not None and before.supply == supply else None
+    if before is None or not shared:
+        etas, demand = _date_lines(order.queue, supply, 0)
+        return DatedQueue(order, supply, tuple(etas), tuple(demand)), _by_key(order.lines, etas)
+    rest = order.lines[shared:]
+    etas, demand = _date_lines(tuple(map(_LINE, rest)), supply, before.demand[shared - 1])
+    dated = DatedQueue(order, supply, before.etas[:shared] + tuple(etas), before.demand[:shared] + tuple(demand))
+    return dated, _by_key(rest, etas)
+
+
+def _by_key(lines: Sequence[tuple[Backorder, object]], etas: Sequence[Eta]) -> dict[LineKey, Eta]:
+    return {(line.order_id, line.line_id): eta for (line, _), eta in zip(lines, etas, strict=True)}
+
+
+_LINE = operator.itemgetter(0)
 
 
 def not_before_release(

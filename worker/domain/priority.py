@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
+import operator
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
@@ -149,6 +151,8 @@ def rank_changes_at(line: Backorder, rules: PriorityRules, now: dt.datetime) -> 
 
 
 LineKey = tuple[str, str]
+_LINE = operator.itemgetter(0)
+_SERIALS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -162,14 +166,30 @@ class ServingOrder:
     lines: tuple[tuple[Backorder, Priority], ...]
     keys: tuple[ServingKey, ...]  # each line's serving key, ascending
     members: Mapping[LineKey, ServingKey]  # where each line stands: found by bisection
+    # The orders this one was changed from, most recent first, each as (its serial, how many of its first
+    # lines this one shares with it, same lines in the same places).
+    since: tuple[tuple[int, int], ...] = ()
+    serial: int = field(default_factory=lambda: next(_SERIALS), compare=False)
+
+    KEPT_ANCESTORS = 4
 
     def holds_at(self, now: dt.datetime) -> bool:
         return self.at <= now and (self.until is None or now < self.until)
 
+    def shared_with(self, other: ServingOrder) -> int | None:
+        """How many first lines this order shares with `other` (same lines, same places), when it is `other`
+        or was changed from it; None when that is not known."""
+        if other is self:
+            return len(self.lines)
+        for serial, shared in self.since:
+            if serial == other.serial:
+                return shared
+        return None
+
     @cached_property
     def queue(self) -> tuple[Backorder, ...]:
         """The lines alone, in serving order."""
-        return tuple(line for line, _ in self.lines)
+        return tuple(map(_LINE, self.lines))
 
     def changed(
         self, gone: Collection[LineKey], waiting: Iterable[Backorder], rules: PriorityRules, now: dt.datetime
@@ -179,23 +199,27 @@ class ServingOrder:
         lines = list(self.lines)
         keys = list(self.keys)
         members = dict(self.members)
+        shared = len(lines)  # no line before this place moves
         for left in gone:
             stood = members.pop(left, None)
             if stood is not None:
                 at = bisect.bisect_left(keys, stood)
                 del keys[at], lines[at]
+                shared = min(shared, at)
         until = self.until
         for line in waiting:
             why = priority(line, rules, now)
             key = serving_key(line, why)
             at = bisect.bisect_left(keys, key)
+            shared = min(shared, at)
             keys.insert(at, key)
             lines.insert(at, (line, why))
             members[(line.order_id, line.line_id)] = key
             changes = rank_changes_at(line, rules, now)
             if changes is not None and (until is None or changes < until):
                 until = changes
-        return ServingOrder(max(self.at, now), until, tuple(lines), tuple(keys), members)
+        since = ((self.serial, shared), *((serial, min(n, shared)) for serial, n in self.since))
+        return ServingOrder(max(self.at, now), until, tuple(lines), tuple(keys), members, since[: self.KEPT_ANCESTORS])
 
 
 def rank(queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime) -> ServingOrder:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from worker.domain.allocation import Fill
-from worker.domain.eta import Eta, ExpectedReceipt
+from worker.domain.eta import DatedQueue, Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent
 from worker.domain.model import (
     WAITING,
@@ -64,11 +65,22 @@ LineKey = tuple[str, str]
 _MISSING: Any = object()
 
 
-class Book:
-    """The UnitOfWork of one transaction, in memory over a Store. `seeds`: a SKU's queue as the store holds
-    it, ranked before (by a reader that keeps them across transactions of one snapshot's data, the promise)."""
+class Seeds(Protocol):
+    """What a reader kept of SKUs' queues as the store holds them, worked out before (the promise server,
+    across transactions that see the same data of those SKUs)."""
 
-    def __init__(self, store: Store, seeds: Callable[[str], ServingOrder | None] | None = None) -> None:
+    def seed(self, sku: str) -> ServingOrder | None:
+        """The SKU's queue in serving order."""
+
+    def seed_dates(self, sku: str) -> DatedQueue | None:
+        """The SKU's queue dated, where its lines hold those very dates."""
+
+
+class Book:
+    """The UnitOfWork of one transaction, in memory over a Store. `seeds`: what was worked out before of the
+    SKUs' queues as the store holds them."""
+
+    def __init__(self, store: Store, seeds: Seeds | None = None) -> None:
         self._store = store
         self._seeds = seeds
         self._caused_at: dt.datetime | None = None
@@ -89,6 +101,8 @@ class Book:
         # A SKU's queue in serving order, and the lines that changed since it was ranked (applied when asked).
         self._serving: dict[str, ServingOrder] = {}
         self._serving_stale: dict[str, dict[LineKey, None]] = {}
+        # A SKU's queue dated, while each of its lines holds the date given there.
+        self._dated: dict[str, DatedQueue] = {}
         self._orders_loaded: set[str] = set()
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
@@ -148,6 +162,7 @@ class Book:
                     mapping[key] = old
             self._backorders.clear()
             self._serving.clear()
+            self._dated.clear()
             raise
         finally:
             if outer:
@@ -236,6 +251,7 @@ class Book:
             self._with_dates.pop(sku, None)
             self._backorders.pop(sku, None)
             self._serving.pop(sku, None)
+            self._dated.pop(sku, None)
             if sku not in self._policy_changed:
                 self._policies.pop(sku, None)
             if not any(changed_sku == sku for changed_sku, _ in self._restock_changed):
@@ -282,6 +298,8 @@ class Book:
                         by_order.setdefault(line.order_id, {})[key] = None
                     continue
                 self._queue_changed(before, line)
+                if before.expected_ship_date != line.expected_ship_date or before.eta_basis != line.eta_basis:
+                    self._dated.pop(line.sku, None)
             elif line.sku in ranked or line.sku in self._backorders:
                 self._queue_changed(None, line)
             known[key] = loaded[key] = line
@@ -304,7 +322,13 @@ class Book:
     def _load_queues(self, skus: Iterable[str]) -> None:
         missing = sorted({x for x in skus if x not in self._queues_loaded})
         if missing:
-            self._merge(self._store.lines(waiting_skus=missing), of_orders=False)
+            for sku, queue in self._store.queues(missing).items():
+                if sku in self._serving or sku in self._backorders or not self._lines.keys().isdisjoint(queue):
+                    self._merge(queue.values(), of_orders=False)
+                else:  # nothing of it known or worked out yet: indexed whole (a promise reads deep queues)
+                    self._lines.update(queue)
+                    self._loaded.update(queue)
+                    self._by_sku.setdefault(sku, {}).update(dict.fromkeys(queue))
             self._queues_loaded.update(missing)
 
     def _claim(self, facts: Sequence[Fact]) -> None:
@@ -508,19 +532,27 @@ class Book:
         kept = self._serving.get(sku)
         if kept is None and self._seeds is not None and sku not in self._policy_changed:
             self._load_queues([sku])
-            kept = self._seeds(sku)
+            kept = self._seeds.seed(sku)
             if kept is not None:  # the store's queue: what this transaction changed of it applies on top
                 self._serving[sku] = kept
-                self._serving_stale[sku] = {
+                stale = self._serving_stale[sku] = {
                     key: None
-                    for key in self._by_sku.get(sku, ())
-                    if key in self._changed_lines or key in self._new_lines
+                    for key in itertools.chain(self._new_lines, self._changed_lines)
+                    if (line := self._lines.get(key)) is not None and line.sku == sku
                 }
+                if not stale and (dated := self._seeds.seed_dates(sku)) is not None and dated.order is kept:
+                    self._dated[sku] = dated
         return kept, tuple(self._serving_stale.get(sku, ())) if kept is not None else ()
 
     def keep_serving(self, sku: str, order: ServingOrder) -> None:
         self._serving[sku] = order
         self._serving_stale[sku] = {}
+
+    def dated(self, sku: str) -> DatedQueue | None:
+        return self._dated.get(sku)
+
+    def keep_dated(self, sku: str, dated: DatedQueue) -> None:
+        self._dated[sku] = dated
 
     def waiting_backorders(self, keys: Iterable[LineKey]) -> list[Backorder]:
         found = (self._lines.get(key) for key in keys)

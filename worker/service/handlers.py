@@ -19,12 +19,13 @@ import structlog
 
 from worker.domain.allocation import Fill, allocate
 from worker.domain.eta import (
+    DatedQueue,
     Eta,
+    Supply,
     UnreliableSupplier,
-    expected_ship_dates,
+    date_queue,
     is_news,
     is_unreliable,
-    not_before_release,
     reliability,
     supplier_margin,
 )
@@ -60,7 +61,7 @@ from worker.domain.policy import (
     promise_limit,
     waits_from,
 )
-from worker.domain.priority import ServingOrder, priority, rank
+from worker.domain.priority import LineKey, ServingOrder, priority, rank
 from worker.service.commands import (
     CancelOrder,
     Command,
@@ -524,27 +525,48 @@ def serving_order(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime)
     return order
 
 
-def expected_dates(
-    uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime, queue: Sequence[Backorder]
-) -> dict[tuple[str, str], Eta]:
-    """The expected ship dates of `queue` (the SKU's waiting lines in serving order): the units on hand (held
-    ones included), then the expected restocks with their suppliers' margins, then the product's lead time;
-    for a product not released yet, never before its release plus handling."""
+def supply(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> Supply:
+    """What the SKU's waiting lines are dated against: the units on hand (held ones included), then the
+    expected restocks with their suppliers' margins, then the product's lead time; for a product not released
+    yet, never before its release plus handling."""
     policy = _policy(uow, shop, sku)
-    supply = uow.expected_supply(sku)
-    lateness = uow.supplier_lateness({r.supplier_id for r in supply})
-    margins = {supplier: supplier_margin(days, shop.eta) for supplier, days in lateness.items()}
-    etas = expected_ship_dates(
-        queue,
-        supply,
+    restocks = uow.expected_supply(sku)
+    lateness = uow.supplier_lateness({r.supplier_id for r in restocks})
+    return Supply.of(
+        restocks,
         on_hand=uow.available(sku),
-        margins=margins,
+        margins={supplier: supplier_margin(days, shop.eta) for supplier, days in lateness.items()},
         lead_time_days=policy.lead_time_days,
         today=now.date(),
         rules=shop.eta,
+        release=held_until(policy, now),
     )
-    release = held_until(policy, now)
-    return not_before_release(etas, release, shop.eta) if release is not None else etas
+
+
+def dated_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> tuple[DatedQueue, dict[LineKey, Eta]]:
+    """The SKU's waiting lines in serving order, dated (`date_queue`); and the dates of those of them that may
+    not hold them yet."""
+    return date_queue(serving_order(uow, shop, sku, now), supply(uow, shop, sku, now), uow.dated(sku))
+
+
+def settle_dates(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> set[str]:
+    """Give the SKU's waiting lines the expected ship dates the rules give them now; the orders whose
+    dates changed."""
+    policy = _policy(uow, shop, sku)
+    if (
+        not uow.expected_supply(sku)
+        and policy.lead_time_days is None
+        and held_until(policy, now) is None
+        and uow.available(sku) == 0
+        and not uow.has_expected_dates(sku)
+    ):
+        return set()  # every waiting line's date is unknown, and is already stored as unknown
+    dated, etas = dated_queue(uow, shop, sku, now)
+    if not dated.etas:
+        return set()
+    changed = uow.set_expected_dates(etas)
+    uow.keep_dated(sku, dated)
+    return changed
 
 
 def _outlook(uow: UnitOfWork, shop: ShopPolicy, placed_at: dt.datetime, eta: Eta | None) -> Outlook:
@@ -598,7 +620,7 @@ def _judge_shortfalls(
     waiting = uow.customer_waiting(order.customer_id, sku, other_than_order=order.order_id)
     restock_expected = bool(uow.expected_supply(sku)) or policy.lead_time_days is not None
     dated = (limit is not None or refuse_unreliable) and not is_preorder(policy, order.placed_at)
-    etas: dict[tuple[str, str], Eta] | None = None
+    dated_now: DatedQueue | None = None
     verdicts: dict[str, Verdict] = {}
     for line in order.lines:
         state = lines.get(line.line_id)
@@ -607,9 +629,9 @@ def _judge_shortfalls(
         short = state.wanted - got.get(line.line_id, 0)
         outlook = Outlook(order.placed_at, None)
         if dated and short > 0:
-            if etas is None:
-                etas = expected_dates(uow, shop, sku, now, serving_order(uow, shop, sku, now).queue)
-            outlook = _outlook(uow, shop, order.placed_at, etas.get((order.order_id, line.line_id)))
+            if dated_now is None:
+                dated_now, _ = dated_queue(uow, shop, sku, now)
+            outlook = _outlook(uow, shop, order.placed_at, dated_now.eta_of((order.order_id, line.line_id)))
         verdict = judge_shortfall(
             short,
             policy=policy,
@@ -626,7 +648,7 @@ def _judge_shortfalls(
         if verdict.rejected:
             uow.reject(state, verdict.rejected, f"{verdict.rejected} of {line.quantity} rejected: {verdict.reason}")
             verdicts[line.line_id] = verdict
-            etas = None
+            dated_now = None
     return verdicts
 
 
@@ -940,19 +962,7 @@ def _refresh_etas(
     (except the `quiet` orders, which are being told otherwise)."""
     changed: set[str] = set()
     for sku in sorted(set(skus)):
-        policy = _policy(uow, shop, sku)
-        if (
-            not uow.expected_supply(sku)
-            and policy.lead_time_days is None
-            and held_until(policy, now) is None
-            and uow.available(sku) == 0
-            and not uow.has_expected_dates(sku)
-        ):
-            continue  # every waiting line's date is unknown, and is already stored as unknown
-        queue = serving_order(uow, shop, sku, now).queue
-        if not queue:
-            continue
-        changed |= uow.set_expected_dates(expected_dates(uow, shop, sku, now, queue))
+        changed |= settle_dates(uow, shop, sku, now)
     changed -= set(quiet)
     if not changed:
         return []

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.domain.allocation import Fill
-from worker.domain.eta import Eta, ExpectedReceipt
+from worker.domain.eta import DatedQueue, Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent
 from worker.domain.model import (
     Backorder,
@@ -228,6 +228,14 @@ class UnitOfWork(Protocol):
         """Those of the lines that wait, as the queue sees them."""
         ...
 
+    def dated(self, sku: str) -> DatedQueue | None:
+        """The SKU's queue as last dated (or seeded), while its lines hold those dates."""
+        ...
+
+    def keep_dated(self, sku: str, dated: DatedQueue) -> None:
+        """Keep the SKU's queue as dated now: its lines have just been given those dates."""
+        ...
+
     def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
         """Apply the fills: units leave the SKUs' available stock for the lines; shipment_ids by order_id."""
         ...
@@ -434,10 +442,12 @@ class Store(Protocol):
         """Record the facts not seen before; the content hash of each one that was (by kind and key)."""
         ...
 
-    def lines(
-        self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
-    ) -> list[OrderLineState]:
-        """The lines of these orders, the waiting lines of these SKUs, or every line that waits or holds units."""
+    def lines(self, *, orders: Sequence[str] = (), every_waiting: bool = False) -> list[OrderLineState]:
+        """The lines of these orders, or every line that waits or holds units."""
+        ...
+
+    def queues(self, skus: Sequence[str]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
+        """The waiting lines of each of these SKUs (none for a SKU where none waits), by (order id, line id)."""
         ...
 
     def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]: ...

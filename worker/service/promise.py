@@ -23,10 +23,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from worker.domain.eta import DatedQueue
 from worker.domain.model import (
     CustomerTier,
     Order,
@@ -36,10 +37,10 @@ from worker.domain.model import (
     SplitPreference,
 )
 from worker.domain.policy import ShopPolicy
-from worker.domain.priority import ServingOrder
+from worker.domain.priority import LineKey, ServingOrder
 from worker.service.book import Book
 from worker.service.commands import PlaceOrder
-from worker.service.handlers import place_order, serving_order
+from worker.service.handlers import place_order, serving_order, settle_dates
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import Changes, Delivery, Fact, KeptPolicy, KeptRestock, PendingCancellation, Store
 
@@ -113,10 +114,13 @@ def promise(
     )
     command = PlaceOrder(event_id=order_id, order=order, content_hash=b"")
     snapshot = Snapshot(store, copies)
-    book = Book(snapshot, seeds=snapshot.seed)
+    book = Book(snapshot, seeds=snapshot)
     book.prepare([command])
     for sku in sorted({line.sku for line in cart.lines}):  # the queues as the store holds them, for next time
         snapshot.keep_serving(sku, serving_order(book, shop, sku, now))
+        settle_dates(book, shop, sku, now)  # as any event of the SKU would
+        if (dated := book.dated(sku)) is not None:
+            snapshot.keep_dated(sku, dated)
     snapshot.keep()
     place_order(command, book, shop, now)
     today = now.date()
@@ -170,8 +174,9 @@ class _QueueCopy:
     stock: int | None = None
     policy: tuple[KeptPolicy | None] | None = None  # (the policy, or None for none kept)
     restocks: tuple[KeptRestock, ...] | None = None
-    lines: tuple[OrderLineState, ...] | None = None  # its waiting lines
+    lines: Mapping[LineKey, OrderLineState] | None = None  # its waiting lines
     serving: ServingOrder | None = None
+    dated: DatedQueue | None = None  # `serving` dated, where `lines` hold those very dates
 
     @property
     def size(self) -> int:
@@ -269,10 +274,31 @@ class Snapshot:
         copy = self._of.get(sku)
         return copy.serving if copy is not None else None
 
+    def seed_dates(self, sku: str) -> DatedQueue | None:
+        """The SKU's queue dated as this snapshot shows it, if that was kept."""
+        copy = self._of.get(sku)
+        return copy.dated if copy is not None else None
+
     def keep_serving(self, sku: str, order: ServingOrder) -> None:
         """Note the serving order of the SKU's queue as this snapshot shows it."""
         if sku in self._of:
             self._of[sku].serving = order
+
+    def keep_dated(self, sku: str, dated: DatedQueue) -> None:
+        """Note the SKU's queue dated, if its lines as this snapshot shows them hold those dates (the rules
+        may give other dates than the stored ones: a day has passed, a supplier's margin changed)."""
+        copy = self._of.get(sku)
+        if copy is None or copy.lines is None or copy.dated is dated or dated.order is not copy.serving:
+            return
+        held = copy.lines
+        lines = (line for line, _ in dated.order.lines)
+        if len(held) == len(dated.etas) and all(
+            (stored := held.get((line.order_id, line.line_id))) is not None
+            and stored.expected_ship_date == eta.date
+            and stored.eta_basis == eta.basis
+            for line, eta in zip(lines, dated.etas, strict=True)
+        ):
+            copy.dated = dated
 
     def stock(self, skus: Sequence[str]) -> dict[str, int]:
         copies = self._copy_of(skus)
@@ -296,17 +322,21 @@ class Snapshot:
                 copies[sku].restocks = rows
         return [row for copy in copies.values() for row in copy.restocks or ()]
 
-    def _waiting(self, skus: Sequence[str]) -> list[OrderLineState]:
+    def queues(self, skus: Sequence[str]) -> dict[str, Mapping[LineKey, OrderLineState]]:
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.lines is None]:
-            for sku, lines in _by_sku(missing, self._store.lines(waiting_skus=missing)).items():
-                copies[sku].lines = lines
-        return [line for copy in copies.values() for line in copy.lines or ()]
+            for sku, queue in self._store.queues(missing).items():
+                copies[sku].lines = queue
+        return {sku: copy.lines for sku, copy in copies.items() if copy.lines is not None}
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
         copies = self._copy_of(skus)
         known = {sku for sku, copy in copies.items() if copy.lines is not None}
-        dated = {sku for sku in known if any(line.expected_ship_date is not None for line in copies[sku].lines or ())}
+        dated = {
+            sku
+            for sku in known
+            if any(line.expected_ship_date is not None for line in (copies[sku].lines or {}).values())
+        }
         if rest := [sku for sku in skus if sku not in known]:
             dated |= self._store.skus_with_expected_dates(rest)
         return dated
@@ -329,13 +359,8 @@ class Snapshot:
     def claim_facts(self, facts: Sequence[Fact]) -> dict[tuple[str, str], bytes]:
         return {}  # a promise's order is new by construction
 
-    def lines(
-        self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
-    ) -> list[OrderLineState]:
-        found = self._waiting(waiting_skus) if waiting_skus else []
-        if orders or every_waiting:
-            found += self._store.lines(orders=orders, every_waiting=every_waiting)
-        return found
+    def lines(self, *, orders: Sequence[str] = (), every_waiting: bool = False) -> list[OrderLineState]:
+        return self._store.lines(orders=orders, every_waiting=every_waiting)
 
     def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
         return self._store.queue_versions(skus)

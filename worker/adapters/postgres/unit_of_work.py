@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
@@ -160,19 +160,22 @@ class PostgresStore:
         return {(kind, key): bytes(content_hash) for kind, key, content_hash in rows}
 
     @_judged
-    def lines(
-        self, *, orders: Sequence[str] = (), waiting_skus: Sequence[str] = (), every_waiting: bool = False
-    ) -> list[OrderLineState]:
+    def lines(self, *, orders: Sequence[str] = (), every_waiting: bool = False) -> list[OrderLineState]:
         found: list[OrderLineState] = []
         if orders:
             found += select_lines(self._conn, "l.order_id = ANY(%s)", (list(orders),))
-        if waiting_skus:
-            # The status list is written into the SQL text, so that the partial index of waiting lines serves
-            # it even under a generic plan.
-            found += select_lines(self._conn, f"l.sku = ANY(%s) AND l.status IN {WAITING_SQL}", (list(waiting_skus),))
         if every_waiting:
             found += select_lines(self._conn, f"(l.status IN {WAITING_SQL} OR l.quantity_reserved > 0)", ())
         return found
+
+    @_judged
+    def queues(self, skus: Sequence[str]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
+        found: dict[str, dict[tuple[str, str], OrderLineState]] = {sku: {} for sku in skus}
+        # The status list is written into the SQL text, so that the partial index of waiting lines serves it
+        # even under a generic plan.
+        for line in select_lines(self._conn, f"l.sku = ANY(%s) AND l.status IN {WAITING_SQL}", (list(skus),)):
+            found[line.sku][(line.order_id, line.line_id)] = line
+        return dict(found)
 
     @_judged
     def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]:
