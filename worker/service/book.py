@@ -323,7 +323,7 @@ class Book:
         missing = sorted({x for x in skus if x not in self._queues_loaded})
         if missing:
             for sku, queue in self._store.queues(missing).items():
-                if sku in self._serving or sku in self._backorders or not self._lines.keys().isdisjoint(queue):
+                if sku in self._serving or sku in self._backorders or not self._lines.keys().isdisjoint(queue.keys()):
                     self._merge(queue.values(), of_orders=False)
                 else:  # nothing of it known or worked out yet: indexed whole (a promise reads deep queues)
                     self._lines.update(queue)
