@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import logging
 import signal
 import threading
@@ -327,6 +328,11 @@ def run_worker(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("worker_started", group_id=settings.group_id, relay=settings.relay_enabled)
+        # What start-up made (modules, clients, compiled schemas) lives as long as the process: out of the
+        # cycle collector's sight, a full collection walks only what batches keep, not all of it again
+        # (at 1,000 orders/s: 9-10 full collections in 45 s took 307-335 ms, up to 80 ms each; frozen,
+        # 12 took 14 ms, up to 2.3 ms).
+        gc.freeze()
         try:
             loop.run()
         finally:
