@@ -399,6 +399,7 @@ class Book:
         self._put(self._policies, sku, KeptPolicy(sku, policy, decided_at, event_id))
         self._put(self._policy_changed, sku, None)
         self._serving.pop(sku, None)  # a pre-order's wait counts from its product's release
+        self._dated.pop(sku, None)  # so do its dates
         return True
 
     # ------------------------------------------------------------------------- orders and lines

@@ -596,7 +596,7 @@ def _judge_shortfalls(
     run of the allocation would give each new line (nothing, before a pre-order product's release); a
     ship-complete line that cannot wait whole is rejected whole. The expected ship date judged against the
     promise limit and the supplier's reliability is the one the line gets at its rank in the queue, worked
-    out by the same rules as every line's date (`expected_dates`), again after each rejection (the lines
+    out by the same rules as every line's date (`dated_queue`), again after each rejection (the lines
     behind a rejected one move up)."""
     limit = promise_limit(policy, shop)
     refuse_unreliable = (
