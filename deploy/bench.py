@@ -1007,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
             backend = int(one(conn, "SELECT pg_backend_pid()"))
             settings = {name: one(conn, f"SHOW {name}") for name in ("fsync", "synchronous_commit", "full_page_writes")}
-        stat = _stat(backend)
+            stat = _stat(backend)  # while the backend lives: its parent is the postmaster
         assert stat is not None
         port = int(endpoints.kafka_bootstrap_servers.rsplit(":", 1)[1])
         stack = Stack(endpoints, postmaster_pid=stat[0], kafka_pid=pid_listening_on(port))
