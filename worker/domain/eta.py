@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import math
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -189,9 +188,7 @@ def _date_lines(lines: Sequence[Backorder], supply: Supply, demand: int) -> tupl
 
 
 def _released(eta: Eta, supply: Supply) -> Eta:
-    if supply.release is None:
-        return eta
-    return not_before_release({("", ""): eta}, supply.release, supply.rules)[("", "")]
+    return eta if supply.release is None else released(eta, supply.release, supply.rules)
 
 
 @dataclass(frozen=True)
@@ -221,18 +218,15 @@ def date_queue(
     shared = order.shared_with(before.order) if before is not None and before.supply == supply else None
     if before is None or not shared:
         etas, demand = _date_lines(order.queue, supply, 0)
-        return DatedQueue(order, supply, tuple(etas), tuple(demand)), _by_key(order.lines, etas)
-    rest = order.lines[shared:]
-    etas, demand = _date_lines(tuple(map(_LINE, rest)), supply, before.demand[shared - 1])
+        return DatedQueue(order, supply, tuple(etas), tuple(demand)), _by_key(order.queue, etas)
+    rest = order.queue[shared:]
+    etas, demand = _date_lines(rest, supply, before.demand[shared - 1])
     dated = DatedQueue(order, supply, before.etas[:shared] + tuple(etas), before.demand[:shared] + tuple(demand))
     return dated, _by_key(rest, etas)
 
 
-def _by_key(lines: Sequence[tuple[Backorder, object]], etas: Sequence[Eta]) -> dict[LineKey, Eta]:
-    return {(line.order_id, line.line_id): eta for (line, _), eta in zip(lines, etas, strict=True)}
-
-
-_LINE = operator.itemgetter(0)
+def _by_key(lines: Sequence[Backorder], etas: Sequence[Eta]) -> dict[LineKey, Eta]:
+    return {(line.order_id, line.line_id): eta for line, eta in zip(lines, etas, strict=True)}
 
 
 def not_before_release(
@@ -241,16 +235,17 @@ def not_before_release(
     """The dates of a pre-order product's lines before its release: nothing ships before `release`, so no
     date is earlier than it plus handling; past the supply the worker knows of, the release (the merchant's
     announcement) is the date."""
+    return {key: released(eta, release, rules) for key, eta in etas.items()}
+
+
+def released(eta: Eta, release: dt.date, rules: EtaRules) -> Eta:
+    """One date of a pre-order product's line (see `not_before_release`)."""
     first = release + dt.timedelta(days=rules.handling_days)
-    out: dict[tuple[str, str], Eta] = {}
-    for key, eta in etas.items():
-        if eta.date is None:
-            out[key] = Eta(first, f"pre-order: released {release.isoformat()} (+{rules.handling_days} handling)")
-        elif eta.date < first:
-            out[key] = replace(eta, date=first, basis=f"{eta.basis}; pre-order: released {release.isoformat()}")
-        else:
-            out[key] = eta
-    return out
+    if eta.date is None:
+        return Eta(first, f"pre-order: released {release.isoformat()} (+{rules.handling_days} handling)")
+    if eta.date < first:
+        return replace(eta, date=first, basis=f"{eta.basis}; pre-order: released {release.isoformat()}")
+    return eta
 
 
 def is_news(told: dt.date | None, new: dt.date | None, rules: EtaRules) -> bool:

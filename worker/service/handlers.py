@@ -543,25 +543,28 @@ def supply(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> Sup
     )
 
 
-def dated_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> tuple[DatedQueue, dict[LineKey, Eta]]:
-    """The SKU's waiting lines in serving order, dated (`date_queue`); and the dates of those of them that may
-    not hold them yet."""
-    return date_queue(serving_order(uow, shop, sku, now), supply(uow, shop, sku, now), uow.dated(sku))
+def dated_queue(
+    uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime, supplied: Supply | None = None
+) -> tuple[DatedQueue, dict[LineKey, Eta]]:
+    """The SKU's waiting lines in serving order, dated (`date_queue`) against `supplied` (its `supply` by
+    default); and the dates of those of them that may not hold them yet."""
+    supplied = supplied or supply(uow, shop, sku, now)
+    return date_queue(serving_order(uow, shop, sku, now), supplied, uow.dated(sku))
 
 
 def settle_dates(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> set[str]:
     """Give the SKU's waiting lines the expected ship dates the rules give them now; the orders whose
     dates changed."""
-    policy = _policy(uow, shop, sku)
+    supplied = supply(uow, shop, sku, now)
     if (
-        not uow.expected_supply(sku)
-        and policy.lead_time_days is None
-        and held_until(policy, now) is None
-        and uow.available(sku) == 0
+        not supplied.receipts
+        and supplied.lead_time_days is None
+        and supplied.release is None
+        and supplied.on_hand == 0
         and not uow.has_expected_dates(sku)
     ):
         return set()  # every waiting line's date is unknown, and is already stored as unknown
-    dated, etas = dated_queue(uow, shop, sku, now)
+    dated, etas = dated_queue(uow, shop, sku, now, supplied)
     if not dated.etas:
         return set()
     changed = uow.set_expected_dates(etas)

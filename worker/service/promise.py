@@ -23,9 +23,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
 from worker.domain.eta import DatedQueue
 from worker.domain.model import (
@@ -318,8 +317,11 @@ class Snapshot:
     def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.restocks is None]:
-            for sku, rows in _by_sku(missing, self._store.restocks(missing)).items():
-                copies[sku].restocks = rows
+            found: dict[str, list[KeptRestock]] = {sku: [] for sku in missing}
+            for row in self._store.restocks(missing):
+                found[row.sku].append(row)
+            for sku, rows in found.items():
+                copies[sku].restocks = tuple(rows)
         return [row for copy in copies.values() for row in copy.restocks or ()]
 
     def queues(self, skus: Sequence[str]) -> dict[str, Mapping[LineKey, OrderLineState]]:
@@ -390,19 +392,3 @@ class Snapshot:
 
     def save(self, changes: Changes) -> None:
         raise RuntimeError("a promise writes nothing")
-
-
-class _OfSku(Protocol):
-    @property
-    def sku(self) -> str: ...
-
-
-_Row = TypeVar("_Row", bound=_OfSku)
-
-
-def _by_sku(skus: Sequence[str], rows: Iterable[_Row]) -> dict[str, tuple[_Row, ...]]:
-    """`rows` grouped by their SKU, an empty group for each of `skus` that has none."""
-    found: dict[str, list[_Row]] = {sku: [] for sku in skus}
-    for row in rows:
-        found[row.sku].append(row)
-    return {sku: tuple(group) for sku, group in found.items()}
