@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -9,6 +10,7 @@ import pytest
 
 from tests.integration.conftest import Deployment
 from worker.adapters.postgres.unit_of_work import PostgresStore
+from worker.service.ports import Fact
 
 CLOSED = 30_000
 
@@ -18,7 +20,8 @@ def history(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency, placed_at,
                event_id, order_units)
-           SELECT 'O-' || i, 'C', 'STANDARD', 'STANDARD', 'USD', now(), 'e' || i, 1 FROM generate_series(1, %s) i""",
+           SELECT 'O-' || i, 'C-' || (i %% 3000), 'STANDARD', 'STANDARD', 'USD', now(), 'e' || i, 1
+           FROM generate_series(1, %s) i""",
         (CLOSED + 5,),
     )
     conn.execute(
@@ -42,7 +45,7 @@ def generic_plans(conn: psycopg.Connection[Any], fragment: str) -> list[str]:
         (f"%{fragment}%",),
     ).fetchall():
         args = ", ".join(f"NULL::{t}" for t in types)
-        rows = conn.execute(f"EXPLAIN EXECUTE {name}({args})").fetchall()
+        rows = conn.execute(f"EXPLAIN EXECUTE {name}({args})" if args else f"EXPLAIN EXECUTE {name}").fetchall()
         plans.append("\n".join(row[0] for row in rows) + f"\n-- {statement}")
     return plans
 
@@ -75,3 +78,78 @@ def test_whether_a_queue_has_dates_is_one_probe_however_long_it_is(deployment: D
         assert store.skus_with_expected_dates(["SKU-7", "WAITING-SKU"]) == {"WAITING-SKU"}
         [plan] = generic_plans(conn, "expected_ship_date IS NOT NULL")
         assert "order_line_dated" in plan, plan
+
+
+LARGE = (
+    "order_line",
+    "customer_order",
+    "expected_restock",
+    "supplier_delivery",
+    "allocation",
+    "status_update",
+    "inbound_fact",
+)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_no_load_of_the_write_path_scans_a_table_that_grows_with_history(deployment: Deployment) -> None:
+    """Every statement a batch loads with, under a generic plan, reaches the tables that grow with history
+    through an index."""
+    with psycopg.connect(deployment.database_url, autocommit=True, prepare_threshold=0) as conn:
+        history(conn)
+        conn.execute(
+            """INSERT INTO expected_restock (purchase_order_id, sku, supplier_id, quantity, expected_date, decided_at,
+                   event_id)
+               SELECT 'PO-' || i, 'SKU-' || (i %% 50), 'S-' || (i %% 20), 0, current_date, now(), 'r' || i
+               FROM generate_series(1, %s) i""",
+            (CLOSED,),
+        )
+        conn.execute(
+            """INSERT INTO supplier_delivery (receipt_id, supplier_id, purchase_order_id, sku, expected_date,
+                   received_on, days_late)
+               SELECT 'R-' || i, 'S-' || (i %% 20), 'PO-' || i, 'SKU-' || (i %% 50), current_date, current_date, 0
+               FROM generate_series(1, %s) i""",
+            (CLOSED,),
+        )
+        conn.execute(
+            """INSERT INTO allocation (order_id, line_id, sku, quantity, shipment_id, cause, allocated_at)
+               SELECT 'O-' || i, 'L1', 'SKU-' || (i %% 50), 1, gen_random_uuid(), 'c', now()
+               FROM generate_series(1, %s) i""",
+            (CLOSED,),
+        )
+        conn.execute(
+            "INSERT INTO status_update (order_id, step) SELECT 'O-' || i, 1 FROM generate_series(1, %s) i", (CLOSED,)
+        )
+        conn.execute(
+            """INSERT INTO inbound_fact (kind, natural_key, event_id, content_hash)
+               SELECT 'order', 'O-' || i, 'e' || i, '\\x00' FROM generate_series(1, %s) i""",
+            (CLOSED,),
+        )
+        for table in LARGE:
+            conn.execute(f"ANALYZE {table}")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        store = PostgresStore(conn, lambda event: ("t", b"", b""), "dlq")
+        with conn.transaction():
+            store.lock_orders(["O-30001", "NEW-1"])
+            store.lock_stock(["WAITING-SKU", "SKU-7"])
+            store.skus_of_orders(["O-30001"])
+            store.stock(["WAITING-SKU"])
+            store.queue_versions(["WAITING-SKU"])
+            store.hold_orders(["O-30001"])
+            store.claim_facts([Fact("order", "O-1", "e1", b"\x01"), Fact("order", "NEW-1", "e", b"\x00")])
+            store.lines(orders=["O-30001"])
+            store.lines(every_waiting=True)
+            store.queues(["WAITING-SKU"])
+            store.eta_told(["O-30001"])
+            store.customer_lines("C-7", "WAITING-SKU")
+            store.skus_with_expected_dates(["WAITING-SKU"])
+            store.policies(["WAITING-SKU"])
+            store.restocks(["WAITING-SKU", "SKU-7"])
+            store.deliveries(["S-3"], 10)
+            store.pending_cancellations(["O-30001"])
+            store.status_updates(["O-30001"])
+            store.shipment(str(uuid.uuid4()), "O-30001")
+        plans = generic_plans(conn, "")
+        assert len(plans) >= 18
+        scans = [plan for plan in plans if any(f"Seq Scan on {table} " in plan for table in LARGE)]
+        assert not scans, "\n\n".join(scans)
