@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import Deployment
 from worker.adapters.postgres.unit_of_work import PostgresStore
-from worker.service.ports import Fact
+from worker.service.ports import Changes, Fact
 
 CLOSED = 30_000
 
@@ -153,3 +154,20 @@ def test_no_load_of_the_write_path_scans_a_table_that_grows_with_history(deploym
         assert len(plans) >= 18
         scans = [plan for plan in plans if any(f"Seq Scan on {table} " in plan for table in LARGE)]
         assert not scans, "\n\n".join(scans)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_saving_changed_lines_does_not_scan_every_line(deployment: Deployment) -> None:
+    with psycopg.connect(deployment.database_url, autocommit=True, prepare_threshold=0) as conn:
+        history(conn)
+        store = PostgresStore(conn, lambda event: ("t", b"", b""), "dlq")
+        with conn.transaction():
+            lines = store.lines(orders=[f"O-{i}" for i in range(1, 41)])
+            store.save(
+                Changes(
+                    changed_lines=[dataclasses.replace(x, eta_basis="b") for x in lines],
+                    lines_before={(x.order_id, x.line_id): x for x in lines},
+                )
+            )
+        [plan] = generic_plans(conn, "FROM line_change")
+        assert "Seq Scan on order_line " not in plan, plan

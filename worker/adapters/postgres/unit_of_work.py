@@ -374,16 +374,20 @@ class PostgresStore:
         )
         if c.changed_lines:
             _copy(conn, "line_change", ((x.order_id, x.line_id, *_line_state(x)) for x in c.changed_lines))
-            conn.execute(
-                """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
-                       quantity_rejected = f.rejected, quantity_cancelled = f.cancelled,
-                       quantity_shipped = f.shipped, status = f.status, status_reason = f.reason,
-                       cancel_reason = f.cancel_reason, expected_ship_date = f.expected, eta_basis = f.basis,
-                       backordered = f.backordered, filled_at = f.filled_at, shipped_at = f.shipped_at,
-                       updated_at = now()
-                   FROM line_change f
-                   WHERE l.order_id = f.order_id AND l.line_id = f.line_id"""
-            )
+            # Counted first: a temporary table has no statistics of its own, and guessed at a few hundred rows
+            # it made the join below a scan of every line ever written.
+            with conn.pipeline():
+                conn.execute("ANALYZE line_change")
+                conn.execute(
+                    """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
+                           quantity_rejected = f.rejected, quantity_cancelled = f.cancelled,
+                           quantity_shipped = f.shipped, status = f.status, status_reason = f.reason,
+                           cancel_reason = f.cancel_reason, expected_ship_date = f.expected, eta_basis = f.basis,
+                           backordered = f.backordered, filled_at = f.filled_at, shipped_at = f.shipped_at,
+                           updated_at = now()
+                       FROM line_change f
+                       WHERE l.order_id = f.order_id AND l.line_id = f.line_id"""
+                )
         _copy(
             conn,
             "stock_receipt (receipt_id, sku, quantity, supplier_id, purchase_order_id, received_at, event_id)",
