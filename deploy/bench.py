@@ -854,7 +854,7 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
         sc.conn.execute("VACUUM ANALYZE")
         say(f"promise: expected ship dates {'set' if dated else 'NOT all set'} by the worker")
 
-        _, port = sc.start("serve", "BACKORDER_PROMISE_PORT")
+        server, port = sc.start("serve", "BACKORDER_PROMISE_PORT")
         rng = random.Random(11)
         names = [f"{sc.tag}-S-{s}" for s in range(skus)] + [f"{sc.tag}-IN-{s}" for s in range(stocked)]
 
@@ -918,11 +918,13 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
             conn.close()
 
         clients = [threading.Thread(target=client, name=f"bench-promise-{c}") for c in range(10)]
+        cpu_before = tree_cpu_seconds([server.pid])
         for c in clients:
             c.start()
         for c in clients:
             c.join(args.promise_warmup + args.promise_seconds + args.limit)
         elapsed = time.monotonic() - measured_from
+        server_cpu_s = tree_cpu_seconds([server.pid]) - cpu_before
     times.sort()
     warming.sort()
 
@@ -938,6 +940,11 @@ def run_promise(stack: Stack, args: argparse.Namespace) -> None:
     figure("promise_answered_per_s", len(times) / elapsed if elapsed else float("nan"))
     figure("promise_p50_ms", percentile(times, 0.50), note)
     figure("promise_p99_ms", percentile(times, 0.99), note)
+    figure(
+        "promise_server_cpu_us_per_request",
+        server_cpu_s / total * 1e6,
+        f"(the server process's CPU over the {total} paced requests, warm-up included)",
+    )
 
 
 # --------------------------------------------------------------------------------------------- main
