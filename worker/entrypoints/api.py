@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -278,8 +278,11 @@ def create_app(
         responses={503: {"model": Problem, "description": "the database did not answer in time"}},
         summary="What placing this cart now would give: units now, backordered, accepted, expected dates",
     )
-    def post_promise(cart: CartRequest) -> PromiseResponse:
-        return promise_for(cart, snapshots, shop, clock(), copies)
+    def post_promise(cart: CartRequest) -> Response:
+        # Written here, in the request's thread, from the model built by promise_for: returned as a model,
+        # FastAPI would validate it again, in a second trip through the thread pool (about 0.5 ms a request).
+        made = promise_for(cart, snapshots, shop, clock(), copies)
+        return Response(made.model_dump_json(), media_type="application/json")
 
     @app.get("/healthz", summary="200 while the server answers (it checks no dependency)")
     def healthz() -> dict[str, str]:
