@@ -100,3 +100,20 @@ def test_an_unknown_format_is_a_clear_settings_error(
     err = capsys.readouterr().err
     assert "invalid configuration" in err and "log_format" in err
     assert "'auto', 'json' or 'console'" in err and "pretty" in err
+
+
+def test_a_record_below_the_level_is_dropped_before_any_work_is_spent_on_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stderr", Stderr(False))
+    configure_logging("WARNING", "json")
+    seen: list[str] = []
+
+    def spy(logger: object, method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+        seen.append(str(event["event"]))
+        return event
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[processors[0], spy, *processors[1:]])
+    log = structlog.get_logger("worker.demo")
+    log.info("backordered", order_id="O-1")
+    log.warning("consumer_error", code=1)
+    assert seen == ["consumer_error"]

@@ -38,7 +38,9 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=terminal)  # no escape codes in a file
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A record below the level is dropped first, before its timestamp and the rest are made: at WARNING,
+        # the info records of a burst (one per backordered order) had cost 5% of the worker's CPU for nothing.
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.stdlib.BoundLogger,
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
