@@ -29,7 +29,7 @@ class ShipCompleteMode(StrEnum):
     FILL = "fill"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fill:
     """Units given to one waiting line by one allocation, and what that means for the line."""
 
@@ -82,7 +82,7 @@ class Fill:
         return self.priority.short
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Allocation:
     fills: tuple[Fill, ...]
     units_left: int

@@ -24,7 +24,7 @@ from worker.domain.model import Backorder
 from worker.domain.priority import LineKey, ServingOrder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExpectedReceipt:
     purchase_order_id: str
     supplier_id: str
@@ -49,7 +49,7 @@ class EtaRules:
     unreliable_supplier: UnreliableSupplier = UnreliableSupplier.WIDEN
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Eta:
     date: dt.date | None
     basis: str  # "PO-17 from acme expected 2026-02-20 (+1 handling, +2 supplier)", "lead time 21 days", "unknown"

@@ -44,14 +44,14 @@ class NotificationType(StrEnum):
     BACKORDER_REJECTED = "BACKORDER_REJECTED"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FulfillmentLine:
     line_id: str
     sku: str
     quantity: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FulfillmentRequested:
     event_id: str
     occurred_at: dt.datetime
@@ -65,7 +65,7 @@ class FulfillmentRequested:
     caused_by_event_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NotificationLine:
     line_id: str
     sku: str
@@ -75,7 +75,7 @@ class NotificationLine:
     expected_ship_date: dt.date | None = None  # this line's own date (contract 1.1); null when it waits for nothing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CustomerNotification:
     event_id: str
     occurred_at: dt.datetime
@@ -91,7 +91,7 @@ class CustomerNotification:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackorderStatusChanged:
     event_id: str
     occurred_at: dt.datetime

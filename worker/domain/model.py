@@ -74,7 +74,7 @@ class LineStatus(StrEnum):
 WAITING = frozenset({LineStatus.BACKORDERED, LineStatus.PARTIALLY_ALLOCATED})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OrderLine:
     line_id: str
     sku: str
@@ -83,7 +83,7 @@ class OrderLine:
     unit_price_minor: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Order:
     order_id: str
     customer_id: str
@@ -96,7 +96,7 @@ class Order:
     lines: tuple[OrderLine, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cancellation:
     order_id: str
     line_ids: tuple[str, ...]  # empty: every open line of the order
@@ -115,7 +115,7 @@ def merge_cancellations(cancellations: list[Cancellation]) -> Cancellation:
     return Cancellation(first.order_id, line_ids, first.reason, first.note, first.requested_at)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StockReceipt:
     receipt_id: str
     sku: str
@@ -125,7 +125,7 @@ class StockReceipt:
     purchase_order_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Backorder:
     """An order line of one SKU that still waits for some or all of its units.
 
@@ -184,7 +184,7 @@ class OrderOutcome(StrEnum):
         return cls.FULLY_BACKORDERED
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OrderLineState:
     """Everything known about one order line: what was ordered and where its units are."""
 

@@ -46,7 +46,7 @@ class PriorityRules:
             raise ValueError(f"a criterion is listed twice in {list(self.ranks)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Priority:
     rank: int
     criterion: str  # a Criterion value, or "starved"

@@ -29,7 +29,7 @@ from worker.service.ports import Decoder, StoreRefused, StoreUnavailable, UnitOf
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageResult:
     message: InboundMessage
     outcome: Outcome

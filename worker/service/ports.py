@@ -34,7 +34,7 @@ class Seen(StrEnum):
     DIFFERENT = "different"  # the same natural key with other content: a conflict
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """One recorded allocation: units given to a line, of them reserved, units shipped, and why."""
 
@@ -306,7 +306,7 @@ class UnitOfWork(Protocol):
 # ---------------------------------------------------------------------------------------- the store
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact:
     """An inbound fact by its natural key: the same key again is a duplicate (same hash) or a conflict."""
 
@@ -324,7 +324,7 @@ class KeptPolicy:
     event_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeptRestock:
     sku: str
     restock: ExpectedReceipt
@@ -338,7 +338,7 @@ class PendingCancellation:
     event_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """A receipt against a purchase order: how late its supplier was."""
 
@@ -364,7 +364,7 @@ class Dispatch:
     at: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewOrder:
     order: Order
     event_id: str
