@@ -118,8 +118,11 @@ def transaction(pool: ConnectionPool, *, rollback: bool = False) -> Iterator[psy
         raise
 
 
-def select_lines(conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...]) -> list[OrderLineState]:
-    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`)."""
+def select_lines(
+    conn: psycopg.Connection[Any], where: str, params: tuple[Any, ...], *, prepare: bool | None = None
+) -> list[OrderLineState]:
+    """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`);
+    `prepare=False`: planned for its parameters at every call (psycopg's `prepare`)."""
     rows = conn.execute(
         f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
                    o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
@@ -129,6 +132,7 @@ def select_lines(conn: psycopg.Connection[Any], where: str, params: tuple[Any, .
             FROM order_line l JOIN customer_order o USING (order_id)
             WHERE {where}""",
         params,
+        prepare=prepare,
     ).fetchall()
     return [
         OrderLineState(
