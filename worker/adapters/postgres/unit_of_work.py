@@ -425,11 +425,8 @@ class PostgresStore:
                 conn.execute(statement, params)
             totals.record(conn, c)
         if c.events:
-            rows = []
-            for n, (event, caused_at) in enumerate(c.events):
-                topic, key, value = self._serialize(event)
-                rows.append((n, event.event_id, topic, key, value, caused_at))
-            _copy(conn, "outbox_stage", rows)
+            # Each event is encoded as the COPY takes it: a deep receipt's encoded events are never all held.
+            _copy(conn, "outbox_stage", self._outbox_rows(c.events))
             conn.execute(
                 """INSERT INTO outbox (event_id, topic, message_key, message_value, source_time)
                    SELECT event_id, topic, message_key, message_value, source_time FROM outbox_stage
@@ -446,6 +443,11 @@ class PostgresStore:
                    ON CONFLICT (sku) DO UPDATE SET version = excluded.version""",
                 (queues,),
             )
+
+    def _outbox_rows(self, events: Sequence[tuple[OutboundEvent, dt.datetime | None]]) -> Iterator[tuple[Any, ...]]:
+        for n, (event, caused_at) in enumerate(events):
+            topic, key, value = self._serialize(event)
+            yield n, event.event_id, topic, key, value, caused_at
 
 
 # Tables of this connection's session that a save copies its changes into before one statement applies
