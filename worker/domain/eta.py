@@ -156,9 +156,6 @@ def _date_lines(lines: Sequence[Backorder], supply: Supply, demand: int) -> tupl
     demands: list[int] = []
     covered = supply.on_hand  # units that will have come in by the receipt at `index`
     index = -1
-    while index + 1 < len(receipts) and covered < demand:  # where the lines before left off
-        index += 1
-        covered += receipts[index].quantity
     for line in lines:
         demand += line.quantity - line.allocated - line.reserved  # its open quantity, without a call
         demands.append(demand)

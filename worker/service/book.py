@@ -636,8 +636,7 @@ class Book:
 
     def expected_supply(self, sku: str) -> list[ExpectedReceipt]:
         self._load_restocks([sku])
-        open_ = [row.restock for row in self._restocks[sku].values() if row.restock.quantity > 0]
-        return sorted(open_, key=lambda r: (r.expected_date, r.purchase_order_id))
+        return [row.restock for row in self._restocks[sku].values() if row.restock.quantity > 0]
 
     def _load_deliveries(self, supplier_ids: Iterable[str]) -> None:
         missing = sorted({x for x in supplier_ids if x not in self._deliveries})

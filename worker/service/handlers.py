@@ -548,7 +548,8 @@ def dated_queue(
 ) -> tuple[DatedQueue, dict[LineKey, Eta]]:
     """The SKU's waiting lines in serving order, dated (`date_queue`) against `supplied` (its `supply` by
     default); and the dates of those of them that may not hold them yet."""
-    supplied = supplied or supply(uow, shop, sku, now)
+    if supplied is None:
+        supplied = supply(uow, shop, sku, now)
     return date_queue(serving_order(uow, shop, sku, now), supplied, uow.dated(sku))
 
 

@@ -250,7 +250,9 @@ class UnitOfWork(Protocol):
         """A receipt naming a purchase order: it no longer needs to come, and its supplier's lateness is noted."""
         ...
 
-    def expected_supply(self, sku: str) -> list[ExpectedReceipt]: ...
+    def expected_supply(self, sku: str) -> list[ExpectedReceipt]:
+        """The SKU's expected restocks still open, in no order (`Supply.of` puts them in the order they come)."""
+        ...
 
     def supplier_lateness(self, supplier_ids: Iterable[str]) -> dict[str, list[int]]:
         """Days late of each supplier's recent receipts (negative: early)."""

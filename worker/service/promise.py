@@ -290,12 +290,11 @@ class Snapshot:
         if copy is None or copy.lines is None or copy.dated is dated or dated.order is not copy.serving:
             return
         held = copy.lines
-        lines = (line for line, _ in dated.order.lines)
         if len(held) == len(dated.etas) and all(
             (stored := held.get((line.order_id, line.line_id))) is not None
             and stored.expected_ship_date == eta.date
             and stored.eta_basis == eta.basis
-            for line, eta in zip(lines, dated.etas, strict=True)
+            for line, eta in zip(dated.order.queue, dated.etas, strict=True)
         ):
             copy.dated = dated
 
