@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -280,3 +281,36 @@ def test_what_has_arrived_is_handled_at_once_not_held_back_to_fill_a_batch() -> 
     assert handled == [[1, 2, 3], [4]]
     # Only the wait for a first message may last the batch timeout; the rest is taken as it is.
     assert consumer.consumed[:2] == [(1, 0.01), (9, 0)]
+
+
+def test_the_cycle_collector_is_paused_while_a_batch_is_applied_and_only_then() -> None:
+    consumer = FakeConsumer([[message(0, 1)]])
+    seen: list[bool] = []
+    polled_with_collector: list[bool] = []
+    consumer.on_consume = lambda: polled_with_collector.append(gc.isenabled())
+
+    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+        seen.append(gc.isenabled())
+        if len(seen) == 1:
+            raise StoreUnavailable("down")  # the collector comes back on the way out too
+        loop.stop()
+        return processed(messages)
+
+    loop = make_loop(consumer, handle)
+    assert gc.isenabled()
+    loop.run()
+    assert seen == [False, False]  # the failed attempt, then the one that went through
+    assert polled_with_collector and all(polled_with_collector)
+    assert gc.isenabled()
+
+
+def test_a_collector_turned_off_by_the_program_stays_off() -> None:
+    consumer = FakeConsumer([[message(0, 1)]])
+    loop = make_loop(consumer, processed)
+    stop_when_drained(consumer, loop)
+    gc.disable()
+    try:
+        loop.run()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -9,14 +9,18 @@ partitions that move, and the others keep being consumed. Partitions *lost* (the
 another member may own them already) are dropped without a commit. Closing is bounded: with the
 broker unreachable librdkafka's close can block for minutes, so it runs in a thread of its own that
 shutdown stops waiting for.
+
+While a batch is applied, the cycle collector is paused (see `collector_paused`).
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -35,6 +39,23 @@ CONFLICT_RETRIES = 5  # a batch that lost a deadlock this many times in a row is
 BatchHandler = Callable[[Sequence[InboundMessage]], list[MessageResult]]
 BatchObserver = Callable[[Sequence[MessageResult], float], None]
 RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for the block, then as it was before.
+
+    What a batch makes (its orders' lines, fills, events) is freed by reference counting when the batch
+    ends, but while the batch runs, each full collection walks all of it: a receipt that filled 100,000
+    waiting lines ran 17 full collections, 3.9 of its 25 s. Cycles made meanwhile are collected after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class KafkaConsumer(Protocol):
@@ -176,7 +197,8 @@ class ConsumeLoop:
         while True:
             started = time.monotonic()
             try:
-                results = self._handle(inbound)
+                with collector_paused():
+                    results = self._handle(inbound)
             except StoreUnavailable as exc:
                 if isinstance(exc, StoreConflict) and conflicts < CONFLICT_RETRIES:
                     conflicts += 1  # another worker won a deadlock: go again at once
