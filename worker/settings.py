@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     db_retry_max_seconds: PositiveFloat = 30.0
 
     relay_enabled: bool = True
-    relay_batch_size: PositiveInt = 1000
+    relay_batch_size: PositiveInt = 10_000
     # A round also stops once its keys and values reach this many bytes (the row that crosses it included).
     relay_batch_bytes: PositiveInt = 16 * 1024 * 1024
     relay_interval_seconds: PositiveFloat = 0.2
