@@ -53,7 +53,7 @@ lint: $(STAMP) ## ruff lint and format check
 typecheck: $(STAMP) ## mypy --strict on the worker package and its tests (a fake that drifts from its port fails)
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## the performance figures of issue 9 on a local stack with durable PostgreSQL (prints figures; about 20 min)
+bench: $(STAMP) ## the performance figures of issue 9 on a local stack with durable PostgreSQL (prints figures; about 5 min)
 	$(PY) deploy/bench.py $(BENCH_ARGS)
 
 clean: ## remove the virtualenv and caches
