@@ -19,6 +19,11 @@ def ago(**delta: float) -> str:
     return (T0 - dt.timedelta(**delta)).isoformat()
 
 
+def days_after_order(expected: dt.date, *, hours_ago: float) -> int:
+    """Days from the date of an order placed `hours_ago` to `expected`: one more in the first hours of a UTC day."""
+    return (expected - (T0 - dt.timedelta(hours=hours_ago)).date()).days
+
+
 def restock(po: str, sku: str, supplier: str, quantity: int, expected: dt.date) -> dict[str, Any]:
     return factories.restock(sku, po, quantity, expected, T0, event_id=str(uuid.uuid4()), supplier_id=supplier)
 
@@ -87,11 +92,13 @@ def test_refusals_and_a_pre_order_from_policy_to_release(deployment: Deployment)
     refused = {order_id: statuses[order_id] for order_id in ("far-new", "slow", "late")}
     assert {order_id: s["status"] for order_id, s in refused.items()} == dict.fromkeys(refused, "REJECTED")
     assert refused["far-new"]["reason"] == (
-        f"3 of 3 rejected: expected to ship {(TODAY + dt.timedelta(days=33)).isoformat()}, 33 days after the order;"
+        f"3 of 3 rejected: expected to ship {(TODAY + dt.timedelta(days=33)).isoformat()},"
+        f" {days_after_order(TODAY + dt.timedelta(days=33), hours_ago=1)} days after the order;"
         " backorders are promised within 10 days"
     )
     assert refused["slow"]["reason"] == (
-        f"2 of 2 rejected: expected to ship {(TODAY + dt.timedelta(days=91)).isoformat()}, 91 days after the order;"
+        f"2 of 2 rejected: expected to ship {(TODAY + dt.timedelta(days=91)).isoformat()},"
+        f" {days_after_order(TODAY + dt.timedelta(days=91), hours_ago=1)} days after the order;"
         " backorders are promised within 60 days"
     )
     assert refused["late"]["reason"] == (
