@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import Deployment
+from worker.adapters.postgres import unit_of_work
 from worker.adapters.postgres.unit_of_work import PostgresStore
 from worker.service.ports import Changes, Fact
 
@@ -177,7 +178,12 @@ def test_no_load_of_the_write_path_scans_a_table_that_grows_with_history(deploym
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)
-def test_saving_changed_lines_does_not_scan_every_line(deployment: Deployment) -> None:
+@pytest.mark.parametrize("staged", [True, False], ids=["copied-and-staged", "as-arrays"])
+def test_saving_changed_lines_does_not_scan_every_line(
+    deployment: Deployment, staged: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if staged:  # as a set larger than ARRAY_ROWS is
+        monkeypatch.setattr(unit_of_work, "ARRAY_ROWS", 10)
     with psycopg.connect(deployment.database_url, autocommit=True, prepare_threshold=0) as conn:
         history(conn)
         more_history(conn)
@@ -193,6 +199,7 @@ def test_saving_changed_lines_does_not_scan_every_line(deployment: Deployment) -
                 )
             )
         plans = generic_plans(conn, "")
-        assert any("FROM line_change" in plan for plan in plans)
+        source = "FROM line_change" if staged else "FROM unnest"
+        assert any(source in plan and "UPDATE order_line" in plan for plan in plans)
         scans = [plan for plan in plans if any(f"Seq Scan on {table} " in plan for table in LARGE)]
         assert not scans, "\n\n".join(scans)

@@ -64,14 +64,16 @@ def deltas(changes: Changes) -> dict[Key, int]:
     return {key: value for key, value in out.items() if value}
 
 
-def record(conn: psycopg.Connection[Any], changes: Changes) -> None:
+def statement(changes: Changes) -> tuple[str, tuple[list[Any], ...]] | None:
+    """The statement that records what `changes` add to the totals, for the save's pipeline (None: nothing)."""
     found = deltas(changes)
-    if found:
-        keys = sorted(found)
-        conn.execute(
-            "INSERT INTO state_delta (name, key, value) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])",
-            ([n for n, _ in keys], [k for _, k in keys], [found[key] for key in keys]),
-        )
+    if not found:
+        return None
+    keys = sorted(found)
+    return (
+        "INSERT INTO state_delta (name, key, value) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])",
+        ([n for n, _ in keys], [k for _, k in keys], [found[key] for key in keys]),
+    )
 
 
 def fold_and_read(conn: psycopg.Connection[Any]) -> dict[Key, int]:

@@ -14,6 +14,7 @@ import functools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -316,25 +317,24 @@ class PostgresStore:
 
     @_judged
     def save(self, changes: Changes) -> None:
-        # The large sets (new orders and lines, changed lines, allocations, receipts, events) go by COPY,
-        # whose rows psycopg formats in C; the small ones by one statement each, in one pipeline.
         c = changes
-        conn = self._conn
         now = dt.datetime.now(dt.UTC)
-        if c.changed_lines or c.events:
-            _stage(conn)
+        steps: list[_Step] = []
+        if len(c.changed_lines) > ARRAY_ROWS or len(c.events) > ARRAY_ROWS:
+            steps += _STAGES
         if c.facts_unclaimed:
-            conn.execute(
-                """DELETE FROM inbound_fact i USING unnest(%s::text[], %s::text[]) AS f(kind, natural_key)
-                   WHERE i.kind = f.kind AND i.natural_key = f.natural_key""",
-                ([k for k, _ in c.facts_unclaimed], [n for _, n in c.facts_unclaimed]),
+            steps.append(
+                (
+                    """DELETE FROM inbound_fact i USING unnest(%s::text[], %s::text[]) AS f(kind, natural_key)
+                       WHERE i.kind = f.kind AND i.natural_key = f.natural_key""",
+                    ([k for k, _ in c.facts_unclaimed], [n for _, n in c.facts_unclaimed]),
+                )
             )
         new_ids = {n.order.order_id for n in c.new_orders}
-        _copy(
-            conn,
-            """customer_order (order_id, customer_id, customer_tier, shipping_service, need_by, split_preference,
-                   currency, placed_at, event_id, order_units, outcome, eta_told)""",
-            (
+        steps += _insert(
+            "customer_order",
+            _ORDER_COLUMNS,
+            [
                 (
                     o.order_id,
                     o.customer_id,
@@ -351,15 +351,12 @@ class PostgresStore:
                 )
                 for n in c.new_orders
                 for o in (n.order,)
-            ),
+            ],
         )
-        _copy(
-            conn,
-            """order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, split, placed_at,
-                   quantity_allocated, quantity_reserved, quantity_rejected, quantity_cancelled, quantity_shipped,
-                   status, status_reason, cancel_reason, expected_ship_date, eta_basis, backordered, filled_at,
-                   shipped_at, updated_at)""",
-            (
+        steps += _insert(
+            "order_line",
+            _LINE_COLUMNS,
+            [
                 (
                     x.order_id,
                     x.line_id,
@@ -373,37 +370,29 @@ class PostgresStore:
                     now,
                 )
                 for x in c.new_lines
-            ),
+            ],
         )
-        if c.changed_lines:
-            _copy(conn, "line_change", ((x.order_id, x.line_id, *_line_state(x)) for x in c.changed_lines))
-            # Counted first: a temporary table has no statistics of its own, and guessed at a few hundred rows
-            # it made the join below a scan of every line ever written.
-            with conn.pipeline():
-                conn.execute("ANALYZE line_change")
-                conn.execute(
-                    """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
-                           quantity_rejected = f.rejected, quantity_cancelled = f.cancelled,
-                           quantity_shipped = f.shipped, status = f.status, status_reason = f.reason,
-                           cancel_reason = f.cancel_reason, expected_ship_date = f.expected, eta_basis = f.basis,
-                           backordered = f.backordered, filled_at = f.filled_at, shipped_at = f.shipped_at,
-                           updated_at = now()
-                       FROM line_change f
-                       WHERE l.order_id = f.order_id AND l.line_id = f.line_id"""
-                )
-        _copy(
-            conn,
-            "stock_receipt (receipt_id, sku, quantity, supplier_id, purchase_order_id, received_at, event_id)",
-            (
+        changed = [(x.order_id, x.line_id, *_line_state(x)) for x in c.changed_lines]
+        if len(changed) > ARRAY_ROWS:
+            # Staged, then counted: a temporary table has no statistics of its own, and guessed at a few
+            # hundred rows it made the join below a scan of every line ever written.
+            steps += [_Copy(_columns("line_change", _CHANGE_COLUMNS), changed), ("ANALYZE line_change", ())]
+            steps.append((_LINE_UPDATE.format(source="line_change f"), ()))
+        elif changed:
+            source = f"{_unnest(_CHANGE_COLUMNS)} AS f({_columns('', _CHANGE_COLUMNS)})"
+            steps.append((_LINE_UPDATE.format(source=source), _arrays(changed)))
+        steps += _insert(
+            "stock_receipt",
+            _RECEIPT_COLUMNS,
+            [
                 (r.receipt_id, r.sku, r.quantity, r.supplier_id, r.purchase_order_id, r.received_at, eid)
                 for r, eid in c.receipts
-            ),
+            ],
         )
-        _copy(
-            conn,
-            """allocation (order_id, line_id, sku, quantity, reserved, shipped, shipment_id, cause, rank, reason,
-                   allocated_at)""",
-            (
+        steps += _insert(
+            "allocation",
+            _ALLOCATION_COLUMNS,
+            [
                 (
                     d.order_id,
                     d.line_id,
@@ -418,31 +407,32 @@ class PostgresStore:
                     d.at,
                 )
                 for d, shipment in c.allocations
-            ),
+            ],
         )
-        with conn.pipeline():
-            for statement, params in _statements(c, new_ids):
-                conn.execute(statement, params)
-            totals.record(conn, c)
-        if c.events:
+        steps += _statements(c, new_ids)
+        if (delta := totals.statement(c)) is not None:
+            steps.append(delta)
+        if len(c.events) > ARRAY_ROWS:
             # Each event is encoded as the COPY takes it: a deep receipt's encoded events are never all held.
-            _copy(conn, "outbox_stage", self._outbox_rows(c.events))
-            conn.execute(
-                """INSERT INTO outbox (event_id, topic, message_key, message_value, source_time)
-                   SELECT event_id, topic, message_key, message_value, source_time FROM outbox_stage
-                   ORDER BY n  -- the ids follow the events' order: consumers see each key's events in order
-                   ON CONFLICT (event_id) DO NOTHING"""
-            )
+            steps.append(_Copy(_columns("outbox_stage", _OUTBOX_COLUMNS), self._outbox_rows(c.events)))
+            steps.append((_OUTBOX_INSERT.format(source="outbox_stage"), ()))
+        elif c.events:
+            source = f"{_unnest(_OUTBOX_COLUMNS[1:])} WITH ORDINALITY AS f({_columns('', _OUTBOX_COLUMNS[1:])}, n)"
+            rows = [row[1:] for row in self._outbox_rows(c.events)]
+            steps.append((_OUTBOX_INSERT.format(source=source), _arrays(rows)))
         if queues := c.queue_skus:
             # Last, in SKU order: a transaction waiting for one of these rows waits for one that takes no
             # other lock after them. A random token rather than a count: a version is never given twice,
             # even to a transaction lost in a failover to a replica that had not received it.
-            conn.execute(
-                """INSERT INTO sku_queue_version (sku, version)
-                   SELECT sku, (random() * 9.2e18)::bigint FROM unnest(%s::text[]) AS f(sku) ORDER BY sku
-                   ON CONFLICT (sku) DO UPDATE SET version = excluded.version""",
-                (queues,),
+            steps.append(
+                (
+                    """INSERT INTO sku_queue_version (sku, version)
+                       SELECT sku, (random() * 9.2e18)::bigint FROM unnest(%s::text[]) AS f(sku) ORDER BY sku
+                       ON CONFLICT (sku) DO UPDATE SET version = excluded.version""",
+                    (queues,),
+                )
             )
+        _run(self._conn, steps)
 
     def _outbox_rows(self, events: Sequence[tuple[OutboundEvent, dt.datetime | None]]) -> Iterator[tuple[Any, ...]]:
         for n, (event, caused_at) in enumerate(events):
@@ -450,24 +440,121 @@ class PostgresStore:
             yield n, event.event_id, topic, key, value, caused_at
 
 
-# Tables of this connection's session that a save copies its changes into before one statement applies
-# them; emptied at every commit. Created by the transaction that first needs them (and again after one
-# that rolled back its creation).
-_STAGES = (
-    """CREATE TEMP TABLE IF NOT EXISTS line_change (
-           order_id text, line_id text, allocated int, reserved int, rejected int, cancelled int, shipped int,
-           status text, reason text, cancel_reason text, expected date, basis text, backordered bool,
-           filled_at timestamptz, shipped_at timestamptz) ON COMMIT DELETE ROWS""",
-    """CREATE TEMP TABLE IF NOT EXISTS outbox_stage (
-           n int, event_id uuid, topic text, message_key bytea, message_value bytea, source_time timestamptz)
-           ON COMMIT DELETE ROWS""",
+# How a save writes a set of rows. Up to ARRAY_ROWS rows go as one array per column, in a statement that joins the
+# pipeline of the save's other statements: a batch of a few orders is written in one round trip. A larger set goes
+# by COPY, whose rows psycopg formats in C (its array dumper loops in Python: a fifth of the worker's CPU in the
+# throughput burst, before the save used COPY), but a COPY costs two round trips of its own and can be in no pipeline.
+ARRAY_ROWS = 200
+
+Columns = tuple[tuple[str, str], ...]  # (name, SQL type)
+
+# fmt: off
+
+_ORDER_COLUMNS: Columns = (
+    ("order_id", "text"), ("customer_id", "text"), ("customer_tier", "text"), ("shipping_service", "text"),
+    ("need_by", "date"), ("split_preference", "text"), ("currency", "text"), ("placed_at", "timestamptz"),
+    ("event_id", "text"), ("order_units", "int"), ("outcome", "text"), ("eta_told", "date"),
 )
+# The columns of a line that change (`_line_state`), as the line_change stage and the update name them.
+_STATE_COLUMNS: Columns = (
+    ("allocated", "int"), ("reserved", "int"), ("rejected", "int"), ("cancelled", "int"), ("shipped", "int"),
+    ("status", "text"), ("reason", "text"), ("cancel_reason", "text"), ("expected", "date"), ("basis", "text"),
+    ("backordered", "bool"), ("filled_at", "timestamptz"), ("shipped_at", "timestamptz"),
+)
+_LINE_COLUMNS: Columns = (
+    ("order_id", "text"), ("line_id", "text"), ("sku", "text"), ("product_name", "text"), ("quantity", "int"),
+    ("unit_price_minor", "bigint"), ("split", "text"), ("placed_at", "timestamptz"),
+    ("quantity_allocated", "int"), ("quantity_reserved", "int"), ("quantity_rejected", "int"),
+    ("quantity_cancelled", "int"), ("quantity_shipped", "int"), ("status", "text"), ("status_reason", "text"),
+    ("cancel_reason", "text"), ("expected_ship_date", "date"), ("eta_basis", "text"), ("backordered", "bool"),
+    ("filled_at", "timestamptz"), ("shipped_at", "timestamptz"), ("updated_at", "timestamptz"),
+)
+_CHANGE_COLUMNS: Columns = (("order_id", "text"), ("line_id", "text"), *_STATE_COLUMNS)
+_RECEIPT_COLUMNS: Columns = (
+    ("receipt_id", "text"), ("sku", "text"), ("quantity", "int"), ("supplier_id", "text"),
+    ("purchase_order_id", "text"), ("received_at", "timestamptz"), ("event_id", "text"),
+)
+_ALLOCATION_COLUMNS: Columns = (
+    ("order_id", "text"), ("line_id", "text"), ("sku", "text"), ("quantity", "int"), ("reserved", "int"),
+    ("shipped", "int"), ("shipment_id", "uuid"), ("cause", "text"), ("rank", "int"), ("reason", "text"),
+    ("allocated_at", "timestamptz"),
+)
+_OUTBOX_COLUMNS: Columns = (
+    ("n", "int"), ("event_id", "uuid"), ("topic", "text"), ("message_key", "bytea"), ("message_value", "bytea"),
+    ("source_time", "timestamptz"),
+)
+# fmt: on
+
+_LINE_UPDATE = """UPDATE order_line l SET quantity_allocated = f.allocated, quantity_reserved = f.reserved,
+                      quantity_rejected = f.rejected, quantity_cancelled = f.cancelled, quantity_shipped = f.shipped,
+                      status = f.status, status_reason = f.reason, cancel_reason = f.cancel_reason,
+                      expected_ship_date = f.expected, eta_basis = f.basis, backordered = f.backordered,
+                      filled_at = f.filled_at, shipped_at = f.shipped_at, updated_at = now()
+                  FROM {source}
+                  WHERE l.order_id = f.order_id AND l.line_id = f.line_id"""
+_OUTBOX_INSERT = """INSERT INTO outbox (event_id, topic, message_key, message_value, source_time)
+                    SELECT event_id, topic, message_key, message_value, source_time FROM {source}
+                    ORDER BY n  -- the ids follow the events' order: consumers see each key's events in order
+                    ON CONFLICT (event_id) DO NOTHING"""
 
 
-def _stage(conn: psycopg.Connection[Any]) -> None:
-    with conn.pipeline():
-        for statement in _STAGES:
-            conn.execute(statement)
+@dataclass(frozen=True, slots=True)
+class _Copy:
+    target: str  # table (columns)
+    rows: Iterable[Sequence[Any]]
+
+
+_Step = tuple[str, Sequence[Any]] | _Copy
+
+
+def _columns(table: str, columns: Columns, *, typed: bool = False) -> str:
+    names = ", ".join(f"{name} {kind}" if typed else name for name, kind in columns)
+    return f"{table} ({names})" if table else names
+
+
+def _unnest(columns: Columns) -> str:
+    return f"unnest({', '.join(f'%s::{kind}[]' for _, kind in columns)})"
+
+
+def _arrays(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _insert(table: str, columns: Columns, rows: list[tuple[Any, ...]]) -> list[_Step]:
+    if not rows:
+        return []
+    if len(rows) > ARRAY_ROWS:
+        return [_Copy(_columns(table, columns), rows)]
+    return [(f"INSERT INTO {_columns(table, columns)} SELECT * FROM {_unnest(columns)}", _arrays(rows))]
+
+
+def _stage_table(name: str, columns: Columns) -> str:
+    return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({_columns('', columns, typed=True)}) ON COMMIT DELETE ROWS"
+
+
+# Tables of this connection's session that a large set is copied into before one statement applies it;
+# emptied at every commit. Created by the transaction that first needs them (and again after one that rolled
+# back its creation).
+_STAGES: list[_Step] = [
+    (_stage_table("line_change", _CHANGE_COLUMNS), ()),
+    (_stage_table("outbox_stage", _OUTBOX_COLUMNS), ()),
+]
+
+
+def _run(conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> None:
+    """The steps in order: each run of statements in one pipeline (one round trip), each COPY on its own."""
+    statements: list[tuple[str, Sequence[Any]]] = []
+    for step in [*steps, None]:
+        if isinstance(step, tuple):
+            statements.append(step)
+            continue
+        if statements:
+            with conn.pipeline():
+                for query, params in statements:
+                    conn.execute(query, params)
+            statements = []
+        if step is not None:
+            _copy(conn, step.target, step.rows)
 
 
 def _copy(conn: psycopg.Connection[Any], table: str, rows: Iterable[Sequence[Any]]) -> None:
