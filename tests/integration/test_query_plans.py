@@ -12,7 +12,7 @@ import pytest
 from tests.integration.conftest import Deployment
 from worker.adapters.postgres import unit_of_work
 from worker.adapters.postgres.unit_of_work import PostgresStore
-from worker.service.ports import Changes, Fact
+from worker.service.ports import Changes, Fact, Wanted
 
 CLOSED = 30_000
 
@@ -175,6 +175,38 @@ def test_no_load_of_the_write_path_scans_a_table_that_grows_with_history(deploym
         assert len(plans) >= 18
         scans = [plan for plan in plans if any(f"Seq Scan on {table} " in plan for table in LARGE)]
         assert not scans, "\n\n".join(scans)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_the_loads_made_at_once_read_what_each_load_reads(deployment: Deployment) -> None:
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn:
+        history(conn)
+        more_history(conn)
+        conn.execute(
+            """INSERT INTO product_policy (sku, backorders_allowed, discontinued, payment_timing, default_split,
+                   decided_at, event_id)
+               VALUES ('SKU-7', true, false, 'AT_ORDER', 'SHIP_AVAILABLE_NOW', now(), 'p')"""
+        )
+        conn.execute(
+            """INSERT INTO pending_cancellation (order_id, event_id, line_ids, reason, requested_at)
+               VALUES ('O-30001', 'c', '{L1}', 'CUSTOMER_REQUEST', now())"""
+        )
+        conn.execute("UPDATE order_line SET expected_ship_date = current_date WHERE order_id = 'O-30002'")
+        store = PostgresStore(conn, lambda event: ("t", b"", b""), "dlq")
+        skus, orders = ["WAITING-SKU", "SKU-7", "SKU-8"], ["O-30001", "O-30002"]
+        loaded = store.load(
+            Wanted(
+                policies=skus, restocks=skus, pending_cancellations=orders, queues=skus, skus_with_expected_dates=skus
+            )
+        )
+        assert loaded.policies == store.policies(skus) and len(loaded.policies) == 1
+        assert loaded.restocks == store.restocks(skus) and loaded.restocks
+        assert loaded.pending_cancellations == store.pending_cancellations(orders) and loaded.pending_cancellations
+        assert loaded.queues == store.queues(skus) and len(loaded.queues["WAITING-SKU"]) == 5
+        assert loaded.skus_with_expected_dates == store.skus_with_expected_dates(skus) == {"WAITING-SKU"}
+        nothing = store.load(Wanted(queues=["SKU-7"]))  # what is not asked for is not read
+        assert (nothing.policies, nothing.restocks, nothing.skus_with_expected_dates) == ([], [], set())
+        assert nothing.queues == {"SKU-7": {}}
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)

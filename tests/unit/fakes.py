@@ -23,12 +23,15 @@ from worker.service.ports import (
     Fact,
     KeptPolicy,
     KeptRestock,
+    Loaded,
     NewOrder,
     PendingCancellation,
     SkuBacklog,
     StateFigures,
     StoreUnavailable,
     UnitOfWork,
+    Wanted,
+    load_each,
 )
 
 
@@ -122,6 +125,9 @@ class MemoryStore:
             for line in self.state.lines.values()
             if line.sku in skus and line.status in WAITING and line.expected_ship_date is not None
         }
+
+    def load(self, wanted: Wanted) -> Loaded:
+        return load_each(self, wanted)
 
     def policies(self, skus: Sequence[str]) -> list[KeptPolicy]:
         return [self.state.policies[sku] for sku in skus if sku in self.state.policies]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -57,6 +57,7 @@ from worker.service.ports import (
     PendingCancellation,
     Seen,
     Store,
+    Wanted,
 )
 
 LATENESS_HISTORY = 10  # a supplier's margin is learned from its last this-many deliveries
@@ -220,14 +221,27 @@ class Book:
             facts.setdefault(command.fact, Fact(*command.fact, command.event_id, command.content_hash))
         self._claim(list(facts.values()))
         locked = sorted(self._locked_skus)
-        self._load_policies(locked)
-        self._load_restocks(locked)
         placed = sorted({c.order.order_id for c in commands if isinstance(c, PlaceOrder)})
-        self._load_pending(placed)
         # The queues that will meet units: of the SKUs with units on hand or arriving.
         receiving = {sku for command in commands if not isinstance(command, PlaceOrder) for sku in command.skus}
-        self._load_queues([sku for sku in locked if self._available.get(sku, 0) > 0 or sku in receiving])
-        self._load_with_dates([sku for sku in locked if sku not in self._queues_loaded])
+        queues = _missing(self._queues_loaded, [s for s in locked if self._available.get(s, 0) > 0 or s in receiving])
+        # The rest are read at once, in one round trip.
+        wanted = Wanted(
+            policies=_missing(self._policies, locked),
+            restocks=_missing(self._restocks, locked),
+            pending_cancellations=_missing(self._pending, placed),
+            queues=queues,
+            skus_with_expected_dates=_missing(
+                self._with_dates, [s for s in locked if s not in self._queues_loaded and s not in queues]
+            ),
+        )
+        if wanted:
+            loaded = self._store.load(wanted)
+            self._keep_policies(wanted.policies, loaded.policies)
+            self._keep_restocks(wanted.restocks, loaded.restocks)
+            self._keep_pending(wanted.pending_cancellations, loaded.pending_cancellations)
+            self._keep_queues(wanted.queues, loaded.queues)
+            self._keep_with_dates(wanted.skus_with_expected_dates, loaded.skus_with_expected_dates)
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
         ordered = sorted({x for x in order_ids if x not in self._locked_orders})
@@ -320,16 +334,18 @@ class Book:
             self._orders_loaded.update(missing)
 
     def _load_queues(self, skus: Iterable[str]) -> None:
-        missing = sorted({x for x in skus if x not in self._queues_loaded})
-        if missing:
-            for sku, queue in self._store.queues(missing).items():
-                if sku in self._serving or sku in self._backorders or not self._lines.keys().isdisjoint(queue.keys()):
-                    self._merge(queue.values(), of_orders=False)
-                else:  # nothing of it known or worked out yet: indexed whole (a promise reads deep queues)
-                    self._lines.update(queue)
-                    self._loaded.update(queue)
-                    self._by_sku.setdefault(sku, {}).update(dict.fromkeys(queue))
-            self._queues_loaded.update(missing)
+        if missing := _missing(self._queues_loaded, skus):
+            self._keep_queues(missing, self._store.queues(missing))
+
+    def _keep_queues(self, skus: Sequence[str], queues: Mapping[str, Mapping[LineKey, OrderLineState]]) -> None:
+        for sku, queue in queues.items():
+            if sku in self._serving or sku in self._backorders or not self._lines.keys().isdisjoint(queue.keys()):
+                self._merge(queue.values(), of_orders=False)
+            else:  # nothing of it known or worked out yet: indexed whole (a promise reads deep queues)
+                self._lines.update(queue)
+                self._loaded.update(queue)
+                self._by_sku.setdefault(sku, {}).update(dict.fromkeys(queue))
+        self._queues_loaded.update(skus)
 
     def _claim(self, facts: Sequence[Fact]) -> None:
         facts = [f for f in facts if (f.kind, f.natural_key) not in self._facts]
@@ -341,32 +357,39 @@ class Book:
             self._facts[key] = (seen[key], False) if key in seen else (fact.content_hash, True)
 
     def _load_policies(self, skus: Iterable[str]) -> None:
-        missing = sorted({x for x in skus if x not in self._policies})
-        if missing:
-            kept = {p.sku: p for p in self._store.policies(missing)}
-            self._policies.update({sku: kept.get(sku) for sku in missing})
+        if missing := _missing(self._policies, skus):
+            self._keep_policies(missing, self._store.policies(missing))
+
+    def _keep_policies(self, skus: Sequence[str], rows: Sequence[KeptPolicy]) -> None:
+        kept = {p.sku: p for p in rows}
+        self._policies.update({sku: kept.get(sku) for sku in skus})
 
     def _load_restocks(self, skus: Iterable[str]) -> None:
-        missing = sorted({x for x in skus if x not in self._restocks})
-        if missing:
-            loaded: dict[str, dict[str, KeptRestock]] = {sku: {} for sku in missing}
-            for row in self._store.restocks(missing):
-                loaded[row.sku][row.restock.purchase_order_id] = row
-            self._restocks.update(loaded)
+        if missing := _missing(self._restocks, skus):
+            self._keep_restocks(missing, self._store.restocks(missing))
+
+    def _keep_restocks(self, skus: Sequence[str], rows: Sequence[KeptRestock]) -> None:
+        loaded: dict[str, dict[str, KeptRestock]] = {sku: {} for sku in skus}
+        for row in rows:
+            loaded[row.sku][row.restock.purchase_order_id] = row
+        self._restocks.update(loaded)
 
     def _load_with_dates(self, skus: Iterable[str]) -> None:
-        missing = sorted({x for x in skus if x not in self._with_dates})
-        if missing:
-            known = self._store.skus_with_expected_dates(missing)
-            self._with_dates.update({sku: sku in known for sku in missing})
+        if missing := _missing(self._with_dates, skus):
+            self._keep_with_dates(missing, self._store.skus_with_expected_dates(missing))
+
+    def _keep_with_dates(self, skus: Sequence[str], known: set[str]) -> None:
+        self._with_dates.update({sku: sku in known for sku in skus})
 
     def _load_pending(self, order_ids: Iterable[str]) -> None:
-        missing = sorted({x for x in order_ids if x not in self._pending})
-        if missing:
-            found: dict[str, list[PendingCancellation]] = {o: [] for o in missing}
-            for row in self._store.pending_cancellations(missing):
-                found[row.cancellation.order_id].append(row)
-            self._pending.update({o: tuple(rows) for o, rows in found.items()})
+        if missing := _missing(self._pending, order_ids):
+            self._keep_pending(missing, self._store.pending_cancellations(missing))
+
+    def _keep_pending(self, order_ids: Sequence[str], rows: Sequence[PendingCancellation]) -> None:
+        found: dict[str, list[PendingCancellation]] = {o: [] for o in order_ids}
+        for row in rows:
+            found[row.cancellation.order_id].append(row)
+        self._pending.update({o: tuple(kept) for o, kept in found.items()})
 
     def _load_told(self, order_ids: Iterable[str]) -> None:
         missing = sorted({x for x in order_ids if x not in self._told})
@@ -731,3 +754,8 @@ class Book:
 
     def dead_letter(self, message: InboundMessage, error: RejectedMessage, at: dt.datetime) -> bool:
         return self._store.dead_letter(message, error, at, self._caused_at)
+
+
+def _missing(known: Collection[str], keys: Iterable[str]) -> list[str]:
+    """The keys not in `known`, sorted and once each: what is still to be read."""
+    return sorted({key for key in keys if key not in known})

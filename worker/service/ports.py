@@ -341,6 +341,33 @@ class PendingCancellation:
 
 
 @dataclass(frozen=True, slots=True)
+class Wanted:
+    """What `Store.load` is to read: the keys for each of the loads of those names (none: not made)."""
+
+    policies: Sequence[str] = ()
+    restocks: Sequence[str] = ()
+    pending_cancellations: Sequence[str] = ()
+    queues: Sequence[str] = ()
+    skus_with_expected_dates: Sequence[str] = ()
+
+    def __bool__(self) -> bool:
+        return any(
+            (self.policies, self.restocks, self.pending_cancellations, self.queues, self.skus_with_expected_dates)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What `Store.load` reads at once: each as the Store method of the same name returns it."""
+
+    policies: list[KeptPolicy]
+    restocks: list[KeptRestock]
+    pending_cancellations: list[PendingCancellation]
+    queues: dict[str, Mapping[tuple[str, str], OrderLineState]]
+    skus_with_expected_dates: set[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """A receipt against a purchase order: how late its supplier was."""
 
@@ -462,6 +489,11 @@ class Store(Protocol):
         """Those of the SKUs with a waiting line whose expected ship date is known."""
         ...
 
+    def load(self, wanted: Wanted) -> Loaded:
+        """The loads `wanted` names, at once (one round trip to a database): what a batch's preparation reads
+        once its locks are taken."""
+        ...
+
     def policies(self, skus: Sequence[str]) -> list[KeptPolicy]: ...
 
     def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
@@ -523,3 +555,15 @@ class UnitOfWorkFactory(Protocol):
     def __call__(self) -> AbstractContextManager[UnitOfWork]:
         """A unit of work that commits when the block ends normally and rolls back otherwise."""
         ...
+
+
+def load_each(store: Store, wanted: Wanted) -> Loaded:
+    """`Store.load` as one call of each method, for a store whose calls cost no round trip."""
+    w = wanted
+    return Loaded(
+        store.policies(w.policies) if w.policies else [],
+        store.restocks(w.restocks) if w.restocks else [],
+        store.pending_cancellations(w.pending_cancellations) if w.pending_cancellations else [],
+        store.queues(w.queues) if w.queues else {},
+        store.skus_with_expected_dates(w.skus_with_expected_dates) if w.skus_with_expected_dates else set(),
+    )

@@ -41,7 +41,18 @@ from worker.service.book import Book
 from worker.service.commands import PlaceOrder
 from worker.service.handlers import place_order, serving_order, settle_dates
 from worker.service.messages import InboundMessage, RejectedMessage
-from worker.service.ports import Changes, Delivery, Fact, KeptPolicy, KeptRestock, PendingCancellation, Store
+from worker.service.ports import (
+    Changes,
+    Delivery,
+    Fact,
+    KeptPolicy,
+    KeptRestock,
+    Loaded,
+    PendingCancellation,
+    Store,
+    Wanted,
+    load_each,
+)
 
 
 @dataclass(frozen=True)
@@ -304,6 +315,9 @@ class Snapshot:
             for sku, units in self._store.stock(missing).items():
                 copies[sku].stock = units
         return {sku: copy.stock for sku, copy in copies.items() if copy.stock is not None}
+
+    def load(self, wanted: Wanted) -> Loaded:
+        return load_each(self, wanted)
 
     def policies(self, skus: Sequence[str]) -> list[KeptPolicy]:
         copies = self._copy_of(skus)

@@ -123,17 +123,21 @@ def select_lines(
 ) -> list[OrderLineState]:
     """Order lines with what the rules need of their order, filtered by `where` (over `l` and `o`);
     `prepare=False`: planned for its parameters at every call (psycopg's `prepare`)."""
-    rows = conn.execute(
-        f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
-                   o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
-                   l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
-                   l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped,
-                   l.cancel_reason, l.eta_basis, l.backordered, l.filled_at, l.shipped_at
-            FROM order_line l JOIN customer_order o USING (order_id)
-            WHERE {where}""",
-        params,
-        prepare=prepare,
-    ).fetchall()
+    return lines_from(conn.execute(lines_query(where), params, prepare=prepare).fetchall())
+
+
+def lines_query(where: str) -> str:
+    """The query of `select_lines`, for a pipeline that fetches its rows later (`lines_from`)."""
+    return f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
+                      o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
+                      l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
+                      l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped,
+                      l.cancel_reason, l.eta_basis, l.backordered, l.filled_at, l.shipped_at
+               FROM order_line l JOIN customer_order o USING (order_id)
+               WHERE {where}"""
+
+
+def lines_from(rows: list[tuple[Any, ...]]) -> list[OrderLineState]:
     return [
         OrderLineState(
             order_id=r[0],

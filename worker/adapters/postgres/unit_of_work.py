@@ -26,6 +26,8 @@ from worker.adapters.postgres.common import (
     SWEEP_LOCK,
     WAITING_SQL,
     is_unavailable,
+    lines_from,
+    lines_query,
     select_lines,
     store_error,
     transaction,
@@ -43,8 +45,10 @@ from worker.service.ports import (
     Fact,
     KeptPolicy,
     KeptRestock,
+    Loaded,
     PendingCancellation,
     StoreRefused,
+    Wanted,
 )
 
 Serializer = Callable[[OutboundEvent], tuple[str, bytes, bytes]]
@@ -170,16 +174,44 @@ class PostgresStore:
         return found
 
     @_judged
+    def load(self, wanted: Wanted) -> Loaded:
+        # One pipeline: the reads go out together, and their rows come back in one round trip.
+        conn = self._conn
+        with conn.pipeline():
+            read = [
+                conn.execute(query, (list(keys),), prepare=False if query is _QUEUES_QUERY else None) if keys else None
+                for query, keys in (
+                    (_POLICIES_QUERY, wanted.policies),
+                    (_RESTOCKS_QUERY, wanted.restocks),
+                    (_PENDING_QUERY, wanted.pending_cancellations),
+                    (_QUEUES_QUERY, wanted.queues),
+                    (_DATED_QUERY, wanted.skus_with_expected_dates),
+                )
+            ]
+        rows = [cursor.fetchall() if cursor is not None else [] for cursor in read]
+        return Loaded(
+            _policies(rows[0]), _restocks(rows[1]), _pending(rows[2]), _queues(wanted.queues, rows[3]), _dated(rows[4])
+        )
+
+    @_judged
     def queues(self, skus: Sequence[str]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
-        found: dict[str, dict[tuple[str, str], OrderLineState]] = {sku: {} for sku in skus}
-        # The status list is written into the SQL text, so that the partial index of waiting lines serves it.
-        # Planned for its SKUs at every call, never prepared: a prepared statement's generic plan outlives the
-        # statistics it was made with. One made in a new database's first minute (before autovacuum's first
-        # ANALYZE) scanned the whole table: 3.6 ms a batch at 9,000 lines, and growing.
-        where = f"l.sku = ANY(%s) AND l.status IN {WAITING_SQL}"
-        for line in select_lines(self._conn, where, (list(skus),), prepare=False):
-            found[line.sku][(line.order_id, line.line_id)] = line
-        return dict(found)
+        return _queues(skus, self._conn.execute(_QUEUES_QUERY, (list(skus),), prepare=False).fetchall())
+
+    @_judged
+    def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
+        return _dated(self._conn.execute(_DATED_QUERY, (list(skus),)).fetchall())
+
+    @_judged
+    def policies(self, skus: Sequence[str]) -> list[KeptPolicy]:
+        return _policies(self._conn.execute(_POLICIES_QUERY, (list(skus),)).fetchall())
+
+    @_judged
+    def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
+        return _restocks(self._conn.execute(_RESTOCKS_QUERY, (list(skus),)).fetchall())
+
+    @_judged
+    def pending_cancellations(self, order_ids: Sequence[str]) -> list[PendingCancellation]:
+        return _pending(self._conn.execute(_PENDING_QUERY, (list(order_ids),)).fetchall())
 
     @_judged
     def eta_told(self, order_ids: Sequence[str]) -> dict[str, dt.date | None]:
@@ -198,54 +230,6 @@ class PostgresStore:
         )
 
     @_judged
-    def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
-        rows = self._conn.execute(
-            f"""SELECT s FROM unnest(%s::text[]) AS s
-                WHERE EXISTS (SELECT 1 FROM order_line
-                              WHERE sku = s AND status IN {WAITING_SQL} AND expected_ship_date IS NOT NULL)""",
-            (list(skus),),
-        ).fetchall()
-        return {row[0] for row in rows}
-
-    @_judged
-    def policies(self, skus: Sequence[str]) -> list[KeptPolicy]:
-        rows = self._conn.execute(
-            """SELECT sku, backorders_allowed, discontinued, max_backorder_qty_per_customer, payment_timing,
-                      default_split, lead_time_days, stale_after_days, decided_at, event_id, available_from,
-                      max_promise_days
-               FROM product_policy WHERE sku = ANY(%s)""",
-            (list(skus),),
-        ).fetchall()
-        return [
-            KeptPolicy(
-                r[0],
-                ProductPolicy(
-                    backorders_allowed=r[1],
-                    discontinued=r[2],
-                    max_backorder_qty_per_customer=r[3],
-                    payment_timing=PaymentTiming(r[4]),
-                    default_split=SplitPreference(r[5]),
-                    lead_time_days=r[6],
-                    stale_after_days=r[7],
-                    available_from=r[10],
-                    max_promise_days=r[11],
-                ),
-                r[8],
-                r[9],
-            )
-            for r in rows
-        ]
-
-    @_judged
-    def restocks(self, skus: Sequence[str]) -> list[KeptRestock]:
-        rows = self._conn.execute(
-            """SELECT sku, purchase_order_id, supplier_id, quantity, expected_date, decided_at, event_id
-               FROM expected_restock WHERE sku = ANY(%s)""",
-            (list(skus),),
-        ).fetchall()
-        return [KeptRestock(r[0], ExpectedReceipt(r[1], r[2], r[3], r[4]), r[5], r[6]) for r in rows]
-
-    @_judged
     def deliveries(self, supplier_ids: Sequence[str], last: int) -> list[Delivery]:
         rows = self._conn.execute(
             """SELECT receipt_id, supplier_id, purchase_order_id, sku, expected_date, received_on FROM (
@@ -255,17 +239,6 @@ class PostgresStore:
             (list(supplier_ids), last),
         ).fetchall()
         return [Delivery(*row) for row in rows]
-
-    @_judged
-    def pending_cancellations(self, order_ids: Sequence[str]) -> list[PendingCancellation]:
-        rows = self._conn.execute(
-            """SELECT order_id, event_id, line_ids, reason, note, requested_at FROM pending_cancellation
-               WHERE order_id = ANY(%s)""",
-            (list(order_ids),),
-        ).fetchall()
-        return [
-            PendingCancellation(Cancellation(r[0], tuple(r[2]), CancelReason(r[3]), r[4], r[5]), r[1]) for r in rows
-        ]
 
     @_judged
     def status_updates(self, order_ids: Sequence[str]) -> set[tuple[str, int]]:
@@ -438,6 +411,66 @@ class PostgresStore:
         for n, (event, caused_at) in enumerate(events):
             topic, key, value = self._serialize(event)
             yield n, event.event_id, topic, key, value, caused_at
+
+
+# The loads a batch's preparation makes at once (`PostgresStore.load`), each also a method of its own.
+# The queue read is planned for its SKUs at every call, never prepared: a prepared statement's generic plan
+# outlives the statistics it was made with. One made in a new database's first minute (before autovacuum's
+# first ANALYZE) scanned the whole table: 3.6 ms a batch at 9,000 lines, and growing. The status list is written
+# into the SQL text, so that the partial index of waiting lines serves it.
+_QUEUES_QUERY = lines_query(f"l.sku = ANY(%s) AND l.status IN {WAITING_SQL}")
+_DATED_QUERY = f"""SELECT s FROM unnest(%s::text[]) AS s
+                   WHERE EXISTS (SELECT 1 FROM order_line
+                                 WHERE sku = s AND status IN {WAITING_SQL} AND expected_ship_date IS NOT NULL)"""
+_POLICIES_QUERY = """SELECT sku, backorders_allowed, discontinued, max_backorder_qty_per_customer, payment_timing,
+                            default_split, lead_time_days, stale_after_days, decided_at, event_id, available_from,
+                            max_promise_days
+                     FROM product_policy WHERE sku = ANY(%s)"""
+_RESTOCKS_QUERY = """SELECT sku, purchase_order_id, supplier_id, quantity, expected_date, decided_at, event_id
+                     FROM expected_restock WHERE sku = ANY(%s)"""
+_PENDING_QUERY = """SELECT order_id, event_id, line_ids, reason, note, requested_at FROM pending_cancellation
+                    WHERE order_id = ANY(%s)"""
+
+
+def _queues(skus: Sequence[str], rows: list[tuple[Any, ...]]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
+    found: dict[str, dict[tuple[str, str], OrderLineState]] = {sku: {} for sku in skus}
+    for line in lines_from(rows):
+        found[line.sku][(line.order_id, line.line_id)] = line
+    return dict(found)
+
+
+def _dated(rows: list[tuple[Any, ...]]) -> set[str]:
+    return {row[0] for row in rows}
+
+
+def _policies(rows: list[tuple[Any, ...]]) -> list[KeptPolicy]:
+    return [
+        KeptPolicy(
+            r[0],
+            ProductPolicy(
+                backorders_allowed=r[1],
+                discontinued=r[2],
+                max_backorder_qty_per_customer=r[3],
+                payment_timing=PaymentTiming(r[4]),
+                default_split=SplitPreference(r[5]),
+                lead_time_days=r[6],
+                stale_after_days=r[7],
+                available_from=r[10],
+                max_promise_days=r[11],
+            ),
+            r[8],
+            r[9],
+        )
+        for r in rows
+    ]
+
+
+def _restocks(rows: list[tuple[Any, ...]]) -> list[KeptRestock]:
+    return [KeptRestock(r[0], ExpectedReceipt(r[1], r[2], r[3], r[4]), r[5], r[6]) for r in rows]
+
+
+def _pending(rows: list[tuple[Any, ...]]) -> list[PendingCancellation]:
+    return [PendingCancellation(Cancellation(r[0], tuple(r[2]), CancelReason(r[3]), r[4], r[5]), r[1]) for r in rows]
 
 
 # How a save writes a set of rows. Up to ARRAY_ROWS rows go as one array per column, in a statement that joins the
