@@ -244,13 +244,13 @@ class Book:
             self._keep_with_dates(wanted.skus_with_expected_dates, loaded.skus_with_expected_dates)
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
-        ordered = sorted({x for x in order_ids if x not in self._locked_orders})
+        ordered = _missing(self._locked_orders, order_ids)
         if ordered:
             self._store.lock_orders(ordered)
             self._locked_orders.update(ordered)
 
     def lock_stock(self, skus: Iterable[str]) -> None:
-        ordered = sorted({x for x in skus if x not in self._locked_skus})
+        ordered = _missing(self._locked_skus, skus)
         if ordered:
             self._available.update(self._store.lock_stock(ordered))
             self._locked_skus.update(ordered)
@@ -328,7 +328,7 @@ class Book:
             queue[key] = None
 
     def _load_orders(self, order_ids: Iterable[str]) -> None:
-        missing = sorted({x for x in order_ids if x not in self._orders_loaded})
+        missing = _missing(self._orders_loaded, order_ids)
         if missing:
             self._merge(self._store.lines(orders=missing))
             self._orders_loaded.update(missing)
@@ -392,7 +392,7 @@ class Book:
         self._pending.update({o: tuple(kept) for o, kept in found.items()})
 
     def _load_told(self, order_ids: Iterable[str]) -> None:
-        missing = sorted({x for x in order_ids if x not in self._told})
+        missing = _missing(self._told, order_ids)
         if missing:
             told = self._store.eta_told(missing)
             self._told.update({o: told.get(o) for o in missing})
@@ -662,7 +662,7 @@ class Book:
         return [row.restock for row in self._restocks[sku].values() if row.restock.quantity > 0]
 
     def _load_deliveries(self, supplier_ids: Iterable[str]) -> None:
-        missing = sorted({x for x in supplier_ids if x not in self._deliveries})
+        missing = _missing(self._deliveries, supplier_ids)
         if missing:
             found: dict[str, list[Delivery]] = {s: [] for s in missing}
             for delivery in self._store.deliveries(missing, LATENESS_HISTORY):

@@ -179,13 +179,13 @@ class PostgresStore:
         conn = self._conn
         with conn.pipeline():
             read = [
-                conn.execute(query, (list(keys),), prepare=False if query is _QUEUES_QUERY else None) if keys else None
-                for query, keys in (
-                    (_POLICIES_QUERY, wanted.policies),
-                    (_RESTOCKS_QUERY, wanted.restocks),
-                    (_PENDING_QUERY, wanted.pending_cancellations),
-                    (_QUEUES_QUERY, wanted.queues),
-                    (_DATED_QUERY, wanted.skus_with_expected_dates),
+                conn.execute(query, (list(keys),), prepare=prepare) if keys else None
+                for query, keys, prepare in (
+                    (_POLICIES_QUERY, wanted.policies, None),
+                    (_RESTOCKS_QUERY, wanted.restocks, None),
+                    (_PENDING_QUERY, wanted.pending_cancellations, None),
+                    (_QUEUES_QUERY, wanted.queues, False),  # planned at every call, as `queues` is
+                    (_DATED_QUERY, wanted.skus_with_expected_dates, None),
                 )
             ]
         rows = [cursor.fetchall() if cursor is not None else [] for cursor in read]
@@ -293,8 +293,6 @@ class PostgresStore:
         c = changes
         now = dt.datetime.now(dt.UTC)
         steps: list[_Step] = []
-        if len(c.changed_lines) > ARRAY_ROWS or len(c.events) > ARRAY_ROWS:
-            steps += _STAGES
         if c.facts_unclaimed:
             steps.append(
                 (
@@ -349,11 +347,14 @@ class PostgresStore:
         if len(changed) > ARRAY_ROWS:
             # Staged, then counted: a temporary table has no statistics of its own, and guessed at a few
             # hundred rows it made the join below a scan of every line ever written.
-            steps += [_Copy(_columns("line_change", _CHANGE_COLUMNS), changed), ("ANALYZE line_change", ())]
-            steps.append((_LINE_UPDATE.format(source="line_change f"), ()))
+            steps += [
+                (_LINE_STAGE, ()),
+                _Copy(_LINE_STAGE_TARGET, changed),
+                ("ANALYZE line_change", ()),
+                (_LINE_UPDATE_STAGED, ()),
+            ]
         elif changed:
-            source = f"{_unnest(_CHANGE_COLUMNS)} AS f({_columns('', _CHANGE_COLUMNS)})"
-            steps.append((_LINE_UPDATE.format(source=source), _arrays(changed)))
+            steps.append((_LINE_UPDATE_ARRAYS, _arrays(changed)))
         steps += _insert(
             "stock_receipt",
             _RECEIPT_COLUMNS,
@@ -387,12 +388,13 @@ class PostgresStore:
             steps.append(delta)
         if len(c.events) > ARRAY_ROWS:
             # Each event is encoded as the COPY takes it: a deep receipt's encoded events are never all held.
-            steps.append(_Copy(_columns("outbox_stage", _OUTBOX_COLUMNS), self._outbox_rows(c.events)))
-            steps.append((_OUTBOX_INSERT.format(source="outbox_stage"), ()))
+            steps += [
+                (_OUTBOX_STAGE, ()),
+                _Copy(_OUTBOX_STAGE_TARGET, self._outbox_rows(c.events)),
+                (_OUTBOX_INSERT_STAGED, ()),
+            ]
         elif c.events:
-            source = f"{_unnest(_OUTBOX_COLUMNS[1:])} WITH ORDINALITY AS f({_columns('', _OUTBOX_COLUMNS[1:])}, n)"
-            rows = [row[1:] for row in self._outbox_rows(c.events)]
-            steps.append((_OUTBOX_INSERT.format(source=source), _arrays(rows)))
+            steps.append((_OUTBOX_INSERT_ARRAYS, _arrays([row[1:] for row in self._outbox_rows(c.events)])))
         if queues := c.queue_skus:
             # Last, in SKU order: a transaction waiting for one of these rows waits for one that takes no
             # other lock after them. A random token rather than a count: a version is never given twice,
@@ -558,20 +560,31 @@ def _insert(table: str, columns: Columns, rows: list[tuple[Any, ...]]) -> list[_
         return []
     if len(rows) > ARRAY_ROWS:
         return [_Copy(_columns(table, columns), rows)]
-    return [(f"INSERT INTO {_columns(table, columns)} SELECT * FROM {_unnest(columns)}", _arrays(rows))]
+    return [(_insert_from_arrays(table, columns), _arrays(rows))]
+
+
+@functools.cache
+def _insert_from_arrays(table: str, columns: Columns) -> str:
+    return f"INSERT INTO {_columns(table, columns)} SELECT * FROM {_unnest(columns)}"
 
 
 def _stage_table(name: str, columns: Columns) -> str:
     return f"CREATE TEMP TABLE IF NOT EXISTS {name} ({_columns('', columns, typed=True)}) ON COMMIT DELETE ROWS"
 
 
-# Tables of this connection's session that a large set is copied into before one statement applies it;
-# emptied at every commit. Created by the transaction that first needs them (and again after one that rolled
-# back its creation).
-_STAGES: list[_Step] = [
-    (_stage_table("line_change", _CHANGE_COLUMNS), ()),
-    (_stage_table("outbox_stage", _OUTBOX_COLUMNS), ()),
-]
+# The statements of the save, made once. A large set is copied into a table of this connection's session and
+# applied from there by one statement; the table is emptied at every commit, and created by the transaction that
+# first needs it (and again after one that rolled back its creation).
+_LINE_STAGE = _stage_table("line_change", _CHANGE_COLUMNS)
+_LINE_STAGE_TARGET = _columns("line_change", _CHANGE_COLUMNS)
+_LINE_UPDATE_STAGED = _LINE_UPDATE.format(source="line_change f")
+_LINE_UPDATE_ARRAYS = _LINE_UPDATE.format(source=f"{_unnest(_CHANGE_COLUMNS)} AS f({_columns('', _CHANGE_COLUMNS)})")
+_OUTBOX_STAGE = _stage_table("outbox_stage", _OUTBOX_COLUMNS)
+_OUTBOX_STAGE_TARGET = _columns("outbox_stage", _OUTBOX_COLUMNS)
+_OUTBOX_INSERT_STAGED = _OUTBOX_INSERT.format(source="outbox_stage")
+_OUTBOX_INSERT_ARRAYS = _OUTBOX_INSERT.format(
+    source=f"{_unnest(_OUTBOX_COLUMNS[1:])} WITH ORDINALITY AS f({_columns('', _OUTBOX_COLUMNS[1:])}, n)"
+)
 
 
 def _run(conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> None:
