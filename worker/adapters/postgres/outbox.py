@@ -130,7 +130,7 @@ def unpublished(conn: psycopg.Connection[Any], limit: int, max_bytes: int) -> li
 
 def mark_published(conn: psycopg.Connection[Any], outbox_ids: Sequence[int]) -> None:
     if outbox_ids:
-        conn.execute("UPDATE outbox SET published_at = now() WHERE outbox_id = ANY(%s)", (list(outbox_ids),))
+        conn.execute("UPDATE outbox SET published_at = now() WHERE outbox_id = ANY(%b::bigint[])", (list(outbox_ids),))
 
 
 def park(conn: psycopg.Connection[Any], refused: Mapping[int, str]) -> None:
@@ -138,7 +138,7 @@ def park(conn: psycopg.Connection[Any], refused: Mapping[int, str]) -> None:
     if refused:
         conn.execute(
             """UPDATE outbox SET failed_at = now(), last_error = f.error
-               FROM unnest(%s::bigint[], %s::text[]) AS f(outbox_id, error) WHERE outbox.outbox_id = f.outbox_id""",
+               FROM unnest(%b::bigint[], %b::text[]) AS f(outbox_id, error) WHERE outbox.outbox_id = f.outbox_id""",
             (list(refused), [error_text(e) for e in refused.values()]),
         )
 

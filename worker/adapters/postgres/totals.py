@@ -71,7 +71,7 @@ def statement(changes: Changes) -> tuple[str, tuple[list[Any], ...]] | None:
         return None
     keys = sorted(found)
     return (
-        "INSERT INTO state_delta (name, key, value) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])",
+        "INSERT INTO state_delta (name, key, value) SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[])",
         ([n for n, _ in keys], [k for _, k in keys], [found[key] for key in keys]),
     )
 
