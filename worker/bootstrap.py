@@ -183,7 +183,6 @@ def run_worker(settings: Settings) -> None:
                 interval_s=settings.relay_interval_seconds,
                 delivery_timeout_s=settings.relay_delivery_timeout_seconds,
                 retention=Retention(
-                    published_outbox=dt.timedelta(hours=settings.outbox_retention_hours),
                     parked_outbox=dt.timedelta(hours=settings.outbox_parked_retention_hours),
                     dead_letters=dt.timedelta(days=settings.dead_letter_retention_days),
                     pending_cancellations=dt.timedelta(days=settings.pending_cancellation_retention_days),

@@ -179,7 +179,6 @@ class Settings(BaseSettings):
     relay_batch_bytes: PositiveInt = 16 * 1024 * 1024
     relay_interval_seconds: PositiveFloat = 0.2
     relay_delivery_timeout_seconds: PositiveFloat = 30.0
-    outbox_retention_hours: PositiveFloat = 24.0
     outbox_parked_retention_hours: PositiveFloat = 168.0  # rows Kafka refused, kept for an operator to look at
     dead_letter_retention_days: PositiveFloat = 30.0
     pending_cancellation_retention_days: PositiveFloat = 30.0

@@ -14,12 +14,12 @@ from psycopg_pool import ConnectionPool
 from tests.integration.conftest import Deployment
 from worker.adapters.postgres import outbox
 from worker.adapters.postgres.common import open_pool
+from worker.adapters.postgres.migrations import migrate
 from worker.adapters.postgres.read import PostgresReadModel
 from worker.adapters.postgres.retention import Retention, purge
 from worker.adapters.relay import OutboxRelay
 
 RETENTION = Retention(
-    published_outbox=dt.timedelta(hours=24),
     parked_outbox=dt.timedelta(days=7),
     dead_letters=dt.timedelta(days=30),
     pending_cancellations=dt.timedelta(days=30),
@@ -68,12 +68,10 @@ def test_a_row_kafka_refuses_is_parked_counted_and_blocks_nothing(deployment: De
     sent = deployment.read("dlq", settle_s=3)
     assert sorted(m.raw or b"" for m in sent) == [b"first", b"fourth", b"third"]  # each exactly once
     assert refused == [(topic, "too_large")]
-    rows = deployment.query(
-        "SELECT message_value = 'third', published_at IS NOT NULL, failed_at IS NOT NULL, last_error FROM outbox"
-        " WHERE length(message_value) > 10 OR message_value = 'third' ORDER BY outbox_id"
-    )
-    assert rows[0][1:3] == (False, True) and "too_large" in rows[0][3]
-    assert rows[1][:3] == (True, True, False)
+    # What Kafka acknowledged is deleted; the parked row stays, with its error, for an operator.
+    rows = deployment.query("SELECT length(message_value), published_at, failed_at IS NOT NULL, last_error FROM outbox")
+    assert len(rows) == 1
+    assert rows[0][:3] == (1_000_001, None, True) and "too_large" in rows[0][3]
     with pool.connection() as conn:
         figures = PostgresReadModel(conn).state_figures()
     assert (figures.outbox_backlog, figures.outbox_parked) == (0, 1)
@@ -82,10 +80,10 @@ def test_a_row_kafka_refuses_is_parked_counted_and_blocks_nothing(deployment: De
 def test_retention_purges_what_hostile_input_can_grow(deployment: Deployment) -> None:
     old, recent = "now() - interval '40 days'", "now() - interval '1 hour'"
     with deployment.db() as conn:
-        for age, published, failed in [(old, True, False), (recent, True, False), (old, False, True)]:
+        for age, failed in [(old, True), (recent, True), (old, False)]:
             conn.execute(
-                f"""INSERT INTO outbox (event_id, topic, created_at, published_at, failed_at)
-                    VALUES (%s, 't', {age}, {age if published else "NULL"}, {age if failed else "NULL"})""",
+                f"""INSERT INTO outbox (event_id, topic, created_at, failed_at)
+                    VALUES (%s, 't', {age}, {age if failed else "NULL"})""",
                 (uuid.uuid4(),),
             )
         conn.execute("INSERT INTO outbox (event_id, topic) VALUES (%s, 't')", (uuid.uuid4(),))  # still to publish
@@ -118,13 +116,13 @@ def test_retention_purges_what_hostile_input_can_grow(deployment: Deployment) ->
         purged = purge(conn, RETENTION)
 
     assert purged == {
-        "published_outbox": 1,
         "parked_outbox": 1,
         "dead_letters": 1,
         "pending_cancellations": 1,
         "empty_stock_rows": 1,
     }
-    assert deployment.query("SELECT count(*) FROM outbox") == [(2,)]
+    # The old parked row goes; the recent parked row and both rows still to publish, however old, stay.
+    assert deployment.query("SELECT count(*) FROM outbox") == [(3,)]
     assert deployment.query("SELECT source_offset FROM dead_letter") == [(2,)]
     assert deployment.query("SELECT order_id FROM pending_cancellation") == [("may-still-come",)]
     assert deployment.query("SELECT sku FROM stock_level ORDER BY 1") == [
@@ -158,3 +156,18 @@ def test_a_round_reads_up_to_its_byte_budget_and_always_one_row(deployment: Depl
         assert len(outbox.unpublished(conn, 100, 1)) == 1  # a row larger than the budget still goes
         assert len(outbox.unpublished(conn, 2, 10_000)) == 2
         assert [r.value for r in outbox.unpublished(conn, 100, 10_000)] == [bytes([i]) * 297 for i in range(5)]
+
+
+def test_the_upgrade_deletes_the_rows_stamped_published_before_it(deployment: Deployment) -> None:
+    with deployment.db() as conn:  # the outbox as migration 0010 left it, with one row stamped by a relay of then
+        conn.execute("DELETE FROM schema_migration WHERE version = 11")
+        conn.execute("CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL")
+        conn.execute(
+            "INSERT INTO outbox (event_id, topic, published_at) VALUES (%s, 'stamped', now())", (uuid.uuid4(),)
+        )
+        conn.execute("INSERT INTO outbox (event_id, topic) VALUES (%s, 'pending')", (uuid.uuid4(),))
+
+        assert [m.version for m in migrate(conn)] == [11]
+
+    assert deployment.query("SELECT topic FROM outbox") == [("pending",)]
+    assert deployment.query("SELECT count(*) FROM pg_indexes WHERE indexname = 'outbox_published'") == [(0,)]

@@ -159,7 +159,7 @@ def test_a_broken_producer_stops_the_round_but_keeps_what_was_acknowledged() -> 
 
     result = relay(producer).publish(rows)
 
-    assert result.delivered == [1]  # stamped in any case: never published twice because of a neighbour
+    assert result.delivered == [1]  # deleted in any case: never published twice because of a neighbour
     assert result.refused == {}  # nothing parked for the producer's own fault
     assert result.producer_error is not None
 
@@ -193,13 +193,13 @@ class FakeOutbox:
         self.reads.append(len(taken))
         return taken
 
-    def mark_published(self, _conn: Any, ids: list[int]) -> None:
+    def remove_published(self, _conn: Any, ids: list[int]) -> None:
         self.rows = [r for r in self.rows if r.outbox_id not in ids]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(outbox, "try_lock_relay", lambda _conn: True)
         monkeypatch.setattr(outbox, "unpublished", self.unpublished)
-        monkeypatch.setattr(outbox, "mark_published", self.mark_published)
+        monkeypatch.setattr(outbox, "remove_published", self.remove_published)
         monkeypatch.setattr(outbox, "park", lambda _conn, _refused: None)
         monkeypatch.setattr(relay_module, "purge", lambda *_args: {})
 

@@ -1,13 +1,13 @@
-"""The outbox relay: publishes committed outbox rows to Kafka and stamps them only once Kafka has them.
+"""The outbox relay: publishes committed outbox rows to Kafka and deletes them only once Kafka has them.
 
 One relay in the whole group works at a time (a transaction-scoped advisory lock), which keeps the
 events of each key in the order they were written. The producer is idempotent, so its own retries
-do not duplicate; a relay killed between Kafka's acknowledgement and the stamp publishes those rows
+do not duplicate; a relay killed between Kafka's acknowledgement and the delete publishes those rows
 again after restart, with the same event ids, which consumers deduplicate.
 
 A row Kafka refuses for good because of what it is (too large, an invalid record) is parked: stamped
 `failed_at` with the error, counted, never retried, and it blocks nothing behind it. Rows acknowledged
-in a round are stamped whatever else happened in it, so they are never sent twice because of a
+in a round are deleted whatever else happened in it, so they are never sent twice because of a
 neighbour. Every other failure is the environment's (the broker down, a message timed out, a missing
 ACL, an outbound topic not created yet): it leaves the rows to a later round, is counted as a publish
 failure and logged, and a round in which Kafka took nothing is retried with backoff. Parking those
@@ -133,7 +133,7 @@ class OutboxRelay:
                 rows = outbox.unpublished(conn, self._batch_size, self._batch_bytes)
                 if rows:
                     result = self.publish(rows)
-                    outbox.mark_published(conn, result.delivered)
+                    outbox.remove_published(conn, result.delivered)
                     outbox.park(conn, {i: f"{reason}: {error}" for i, (_, reason, error) in result.refused.items()})
             self._purge(conn)
         self._report(rows, result)
@@ -281,8 +281,8 @@ class OutboxRelay:
 
     def drain(self, timeout_s: float) -> None:
         """Publish what is pending for at most `timeout_s`: each round waits for Kafka only as long as is
-        left (a round's rows not acknowledged by then stay unstamped and are published again later, with
-        the same event ids)."""
+        left (a round's rows not acknowledged by then stay and are published again later, with the same
+        event ids)."""
         deadline = time.monotonic() + timeout_s
         delivery_timeout_s = self._delivery_timeout_s
         try:

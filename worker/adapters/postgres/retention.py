@@ -14,7 +14,6 @@ import psycopg
 class Retention:
     """How long what the worker keeps only for a while is kept (see the README's retention table)."""
 
-    published_outbox: dt.timedelta
     parked_outbox: dt.timedelta
     dead_letters: dt.timedelta
     pending_cancellations: dt.timedelta
@@ -31,11 +30,6 @@ def purge(
 
     `on_progress` is called after each statement, so a supervisor sees a long purge progress."""
     statements = {
-        "published_outbox": (
-            """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
-                   WHERE published_at < now() - %(age)s LIMIT %(chunk)s)""",
-            retention.published_outbox,
-        ),
         "parked_outbox": (
             """DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox
                    WHERE failed_at < now() - %(age)s LIMIT %(chunk)s)""",
