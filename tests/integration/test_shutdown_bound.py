@@ -48,7 +48,8 @@ def test_sigterm_with_the_broker_down_exits_within_the_bound(
         world.produce("order-created", factories.order("SD-2", "2026-04-01", [("SD-SKU", 2)]))
         wait_for("the second order", lambda: worker.metric("backorder_events_consumed_total") == 2)
         # Its events are written with it, and the relay deletes them once Kafka has them.
-        wait_for("its events published", lambda: world.query(recorded("SD-2")) and world.query(unpublished) == [(0,)])
+        recorded = "SELECT 1 FROM customer_order WHERE order_id = 'SD-2'"
+        wait_for("its events published", lambda: world.query(recorded) and world.query(unpublished) == [(0,)])
 
         if outage == "stopped":
             own_broker.stop()
@@ -95,7 +96,3 @@ def test_sigterm_with_the_broker_down_exits_within_the_bound(
 
 
 unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
-
-
-def recorded(order_id: str) -> str:
-    return f"SELECT 1 FROM customer_order WHERE order_id = '{order_id}'"
