@@ -348,7 +348,7 @@ class PostgresStore:
             # hundred rows it made the join below a scan of every line ever written.
             steps += [
                 (_LINE_STAGE, ()),
-                _Copy(_LINE_STAGE_TARGET, changed),
+                _Copy("line_change", _CHANGE_COLUMNS, changed),
                 ("ANALYZE line_change", ()),
                 (_LINE_UPDATE_STAGED, ()),
             ]
@@ -389,7 +389,7 @@ class PostgresStore:
             # Each event is encoded as the COPY takes it: a deep receipt's encoded events are never all held.
             steps += [
                 (_OUTBOX_STAGE, ()),
-                _Copy(_OUTBOX_STAGE_TARGET, self._outbox_rows(c.events)),
+                _Copy("outbox_stage", _OUTBOX_COLUMNS, self._outbox_rows(c.events)),
                 (_OUTBOX_INSERT_STAGED, ()),
             ]
         elif c.events:
@@ -479,41 +479,43 @@ def _pending(rows: list[tuple[Any, ...]]) -> list[PendingCancellation]:
 # by COPY, whose rows psycopg formats in C, but a COPY costs two round trips of its own and can be in no pipeline.
 ARRAY_ROWS = 200
 
-Columns = tuple[tuple[str, str], ...]  # (name, SQL type)
+# (name, type): the table's own type, as psycopg's types registry names it. A binary COPY sends each value in the
+# format of this type, which the column must have exactly (an int4 into a bigint column is refused).
+Columns = tuple[tuple[str, str], ...]
 
 # fmt: off
 
 _ORDER_COLUMNS: Columns = (
     ("order_id", "text"), ("customer_id", "text"), ("customer_tier", "text"), ("shipping_service", "text"),
     ("need_by", "date"), ("split_preference", "text"), ("currency", "text"), ("placed_at", "timestamptz"),
-    ("event_id", "text"), ("order_units", "int"), ("outcome", "text"), ("eta_told", "date"),
+    ("event_id", "text"), ("order_units", "int4"), ("outcome", "text"), ("eta_told", "date"),
 )
 # The columns of a line that change (`_line_state`), as the line_change stage and the update name them.
 _STATE_COLUMNS: Columns = (
-    ("allocated", "int"), ("reserved", "int"), ("rejected", "int"), ("cancelled", "int"), ("shipped", "int"),
+    ("allocated", "int4"), ("reserved", "int4"), ("rejected", "int4"), ("cancelled", "int4"), ("shipped", "int4"),
     ("status", "text"), ("reason", "text"), ("cancel_reason", "text"), ("expected", "date"), ("basis", "text"),
     ("backordered", "bool"), ("filled_at", "timestamptz"), ("shipped_at", "timestamptz"),
 )
 _LINE_COLUMNS: Columns = (
-    ("order_id", "text"), ("line_id", "text"), ("sku", "text"), ("product_name", "text"), ("quantity", "int"),
+    ("order_id", "text"), ("line_id", "text"), ("sku", "text"), ("product_name", "text"), ("quantity", "int4"),
     ("unit_price_minor", "bigint"), ("split", "text"), ("placed_at", "timestamptz"),
-    ("quantity_allocated", "int"), ("quantity_reserved", "int"), ("quantity_rejected", "int"),
-    ("quantity_cancelled", "int"), ("quantity_shipped", "int"), ("status", "text"), ("status_reason", "text"),
+    ("quantity_allocated", "int4"), ("quantity_reserved", "int4"), ("quantity_rejected", "int4"),
+    ("quantity_cancelled", "int4"), ("quantity_shipped", "int4"), ("status", "text"), ("status_reason", "text"),
     ("cancel_reason", "text"), ("expected_ship_date", "date"), ("eta_basis", "text"), ("backordered", "bool"),
     ("filled_at", "timestamptz"), ("shipped_at", "timestamptz"), ("updated_at", "timestamptz"),
 )
 _CHANGE_COLUMNS: Columns = (("order_id", "text"), ("line_id", "text"), *_STATE_COLUMNS)
 _RECEIPT_COLUMNS: Columns = (
-    ("receipt_id", "text"), ("sku", "text"), ("quantity", "int"), ("supplier_id", "text"),
+    ("receipt_id", "text"), ("sku", "text"), ("quantity", "int4"), ("supplier_id", "text"),
     ("purchase_order_id", "text"), ("received_at", "timestamptz"), ("event_id", "text"),
 )
 _ALLOCATION_COLUMNS: Columns = (
-    ("order_id", "text"), ("line_id", "text"), ("sku", "text"), ("quantity", "int"), ("reserved", "int"),
-    ("shipped", "int"), ("shipment_id", "uuid"), ("cause", "text"), ("rank", "int"), ("reason", "text"),
+    ("order_id", "text"), ("line_id", "text"), ("sku", "text"), ("quantity", "int4"), ("reserved", "int4"),
+    ("shipped", "int4"), ("shipment_id", "uuid"), ("cause", "text"), ("rank", "int4"), ("reason", "text"),
     ("allocated_at", "timestamptz"),
 )
 _OUTBOX_COLUMNS: Columns = (
-    ("n", "int"), ("event_id", "uuid"), ("topic", "text"), ("message_key", "bytea"), ("message_value", "bytea"),
+    ("n", "int4"), ("event_id", "uuid"), ("topic", "text"), ("message_key", "bytea"), ("message_value", "bytea"),
     ("source_time", "timestamptz"),
 )
 # fmt: on
@@ -533,7 +535,8 @@ _OUTBOX_INSERT = """INSERT INTO outbox (event_id, topic, message_key, message_va
 
 @dataclass(frozen=True, slots=True)
 class _Copy:
-    target: str  # table (columns)
+    table: str
+    columns: Columns
     rows: Iterable[Sequence[Any]]
 
 
@@ -557,7 +560,7 @@ def _insert(table: str, columns: Columns, rows: list[tuple[Any, ...]]) -> list[_
     if not rows:
         return []
     if len(rows) > ARRAY_ROWS:
-        return [_Copy(_columns(table, columns), rows)]
+        return [_Copy(table, columns, rows)]
     return [(_insert_from_arrays(table, columns), _arrays(rows))]
 
 
@@ -574,11 +577,9 @@ def _stage_table(name: str, columns: Columns) -> str:
 # applied from there by one statement; the table is emptied at every commit, and created by the transaction that
 # first needs it (and again after one that rolled back its creation).
 _LINE_STAGE = _stage_table("line_change", _CHANGE_COLUMNS)
-_LINE_STAGE_TARGET = _columns("line_change", _CHANGE_COLUMNS)
 _LINE_UPDATE_STAGED = _LINE_UPDATE.format(source="line_change f")
 _LINE_UPDATE_ARRAYS = _LINE_UPDATE.format(source=f"{_unnest(_CHANGE_COLUMNS)} AS f({_columns('', _CHANGE_COLUMNS)})")
 _OUTBOX_STAGE = _stage_table("outbox_stage", _OUTBOX_COLUMNS)
-_OUTBOX_STAGE_TARGET = _columns("outbox_stage", _OUTBOX_COLUMNS)
 _OUTBOX_INSERT_STAGED = _OUTBOX_INSERT.format(source="outbox_stage")
 _OUTBOX_INSERT_ARRAYS = _OUTBOX_INSERT.format(
     source=f"{_unnest(_OUTBOX_COLUMNS)} AS f({_columns('', _OUTBOX_COLUMNS)})"
@@ -598,18 +599,33 @@ def _run(conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> None:
                     conn.execute(query, params)
             statements = []
         if step is not None:
-            _copy(conn, step.target, step.rows)
+            _copy(conn, step)
 
 
-def _copy(conn: psycopg.Connection[Any], table: str, rows: Iterable[Sequence[Any]]) -> None:
-    rows = iter(rows)
+class _UuidTextBinaryDumper(psycopg.adapt.Dumper):
+    """A uuid column of a binary COPY given the uuid's text, as the events' and shipments' ids are kept."""
+
+    format = psycopg.pq.Format.BINARY
+    oid = psycopg.adapters.types["uuid"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return bytes.fromhex(obj.replace("-", ""))
+
+
+def _copy(conn: psycopg.Connection[Any], step: _Copy) -> None:
+    """COPY in binary: psycopg formats each row in C, and neither side writes or parses text (a row of the
+    outbox took 3 us of the worker's CPU and 3 of PostgreSQL's in text, 1 and 1 in binary)."""
+    rows = iter(step.rows)
     first = next(rows, None)
     if first is None:
         return
-    with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
-        copy.write_row(first)
-        for row in rows:
-            copy.write_row(row)
+    with conn.cursor() as cur:
+        cur.adapters.register_dumper(None, _UuidTextBinaryDumper)  # for set_types, on this cursor only
+        with cur.copy(f"COPY {_columns(step.table, step.columns)} FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([kind for _, kind in step.columns])
+            copy.write_row(first)
+            for row in rows:
+                copy.write_row(row)
 
 
 def _statements(c: Changes, new_ids: set[str]) -> Iterator[tuple[str, tuple[Any, ...]]]:
