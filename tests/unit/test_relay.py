@@ -48,7 +48,7 @@ class FakeProducer:
         self.queued: list[tuple[str, bytes, Callable[[KafkaError | None, Any], None]]] = []
         self.sent: list[bytes] = []
 
-    def produce(self, topic: str, *, key: Any, value: bytes, headers: Any, on_delivery: Any) -> None:
+    def produce(self, topic: str, *, key: Any, value: bytes, on_delivery: Any, headers: Any = None) -> None:
         if value in self.raise_on:
             raise KafkaException(self.raise_on[value])
         if topic in self.raise_on_topic:

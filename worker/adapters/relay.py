@@ -20,6 +20,7 @@ crosses it included), which bounds what it holds in Python and in the producer's
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -185,15 +186,16 @@ class OutboxRelay:
     def _produce(
         self, row: outbox.OutboxRow, report: Callable[[outbox.OutboxRow, KafkaError | None, Message], None]
     ) -> None:
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            report(row, err, msg)
-
-        headers: list[tuple[str, str | bytes | None]] = list(row.headers)
+        on_delivery = functools.partial(report, row)
         while True:
             try:
-                self._producer.produce(
-                    row.topic, key=row.key, value=row.value, headers=headers, on_delivery=on_delivery
-                )
+                if row.headers:
+                    headers: list[tuple[str, str | bytes | None]] = list(row.headers)
+                    self._producer.produce(
+                        row.topic, key=row.key, value=row.value, headers=headers, on_delivery=on_delivery
+                    )
+                else:  # no argument at all: an empty list cost the producer 0.5 us a message
+                    self._producer.produce(row.topic, key=row.key, value=row.value, on_delivery=on_delivery)
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.5)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -87,8 +86,10 @@ def dead_letter_message(
     return key, value, original + ours
 
 
-@dataclass(frozen=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
+    """A row to publish. A tuple, not a dataclass: a round reads up to 10,000 of them, and a frozen dataclass
+    took 2.0 us to make against 0.4 (with no headers to copy)."""
+
     outbox_id: int
     topic: str
     key: bytes | None
@@ -124,7 +125,13 @@ def unpublished(conn: psycopg.Connection[Any], limit: int, max_bytes: int) -> li
     ).fetchall()
     return [
         OutboxRow(
-            r[0], r[1], _bytes(r[2]), _bytes(r[3]), [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)], r[6], r[7]
+            r[0],
+            r[1],
+            _bytes(r[2]),
+            _bytes(r[3]),
+            [(n, bytes(v)) for n, v in zip(r[4], r[5], strict=True)] if r[4] else [],  # only dead letters have any
+            r[6],
+            r[7],
         )
         for r in rows
     ]
