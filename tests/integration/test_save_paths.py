@@ -15,6 +15,7 @@ from worker.adapters.postgres import unit_of_work
 from worker.adapters.postgres.unit_of_work import PostgresStore
 from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
+from worker.service import handlers
 from worker.service.book import Book
 
 SHOP = ShopPolicy()
@@ -101,3 +102,56 @@ def test_arrays_and_copy_write_the_same_rows(deployment: Deployment) -> None:
         before = rows(conn)
         assert copied["order_line"] != before["order_line"]  # the receipts changed lines
         assert len(copied["allocation"]) > len(before["allocation"])
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_a_receipt_saved_in_steps_writes_what_one_save_writes(deployment: Deployment) -> None:
+    """A deep receipt's steps each go through the stages (here every set does): a stage filled by an earlier
+    step of the same transaction is emptied first, or its rows are applied again. O-3's line is filled in part
+    by one step, then dated anew once the steps are done (its rest is now first to meet the restock), so it
+    changes in two saves of the transaction."""
+    queued = [
+        factories.restock("SKU-A", "PO-1", 4, "2026-02-10", event_id="restock-PO-1"),
+        *(
+            factories.order(f"O-{i}", "2026-01-10", [("SKU-A", 3)], split_preference="SHIP_AVAILABLE_NOW")
+            for i in range(6)
+        ),
+    ]
+
+    def receipt(book: Book) -> None:
+        handle_record(
+            book, factories.receipt("R-9", "SKU-A", 10, event_id="receipt-R-9"), SHOP, factories.at("2026-01-20")
+        )
+
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn:
+        with conn.transaction():
+            book = Book(PostgresStore(conn, serialize, "dlq"))
+            for record in queued:
+                handle_record(book, record, SHOP, factories.at("2026-01-10"))
+            book.save()
+        whole = written(conn, 0, receipt)
+        staged: list[Any] = []
+
+        def in_steps(book: Book) -> None:
+            receipt(book)
+            book.save()  # the last save: O-3's new date, and the events of the orders announced last
+            staged.extend(conn.execute("SELECT order_id, line_id FROM line_change").fetchall())
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(handlers, "FILLS_PER_SAVE", 1)
+            stepped = written(conn, 0, in_steps)
+    assert staged == [("O-3", "L1")]  # not also the rows of the saves before it
+    for found in (whole, stepped):
+        # Each order's events in their order: across orders, an order whose filled line still waits comes last.
+        key_of = {row[0]: bytes(row[2]) for row in found["outbox"]}
+        by_order: dict[bytes, list[Any]] = {}
+        for (event,) in found.pop("outbox order"):
+            by_order.setdefault(key_of[event], []).append(event)
+        found["outbox by order"] = by_order
+        totals: dict[tuple[str, str], int] = {}  # each save adds its own deltas to the running totals
+        for name, key, value in found.pop("state_delta"):
+            totals[(name, key)] = totals.get((name, key), 0) + value
+        found["state totals"] = totals
+    assert stepped == whole
+    partly = [line for line in whole["order_line"] if line[0] == "O-3"]
+    assert [(line[8], line[13], line[16] is not None) for line in partly] == [(1, "PARTIALLY_ALLOCATED", True)]

@@ -57,6 +57,8 @@ from worker.service.ports import (
     PendingCancellation,
     Seen,
     Store,
+    StoreRefused,
+    StoreUnavailable,
     Wanted,
 )
 
@@ -90,6 +92,7 @@ class Book:
         self._locked_orders: set[str] = set()
         self._locked_skus: set[str] = set()
         self._held: set[str] = set()
+        self._saves = 0  # saves made: once a savepoint has one inside it, it cannot undo in memory what it saved
 
     def _forget(self) -> None:
         """Drop everything loaded and every change (after a save: the store holds it all)."""
@@ -151,9 +154,16 @@ class Book:
             self._undo = []
         assert self._undo is not None
         mark = len(self._undo)
+        saves = self._saves
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if self._saves != saves:
+                # Part of the event's work is written: only the end of the transaction can take it back.
+                if isinstance(exc, Exception) and not isinstance(exc, StoreUnavailable | StoreRefused):
+                    written = f"failed once part of its work was written: {type(exc).__name__}: {exc}"
+                    raise StoreRefused(written) from exc
+                raise
             undo = self._undo
             while len(undo) > mark:
                 mapping, key, old = undo.pop()
@@ -198,10 +208,16 @@ class Book:
         )
 
     def save(self) -> None:
-        """Hand every change to the store, and start afresh (what was loaded is loaded again when asked)."""
+        """Hand every change to the store, and start afresh (what was loaded is loaded again when asked, the
+        lines of held orders too: they stay locked). Inside a savepoint, what is saved can no longer be undone
+        in memory: should the event fail after it, its transaction fails (`savepoint`)."""
         changes = self.changes()
         if changes:
             self._store.save(changes)
+        self._saves += 1
+        if self._undo is not None:
+            self._undo.clear()  # nothing to undo in memory any more, and nothing of the old state kept by it
+        self._held.clear()
         self._forget()
 
     flush = save

@@ -82,6 +82,7 @@ class PostgresStore:
         self._conn = conn
         self._serialize = serialize
         self._dead_letter_topic = dead_letter_topic
+        self._staged: set[str] = set()  # the stages this transaction has filled
 
     # ---- locks
 
@@ -348,6 +349,7 @@ class PostgresStore:
             # hundred rows it made the join below a scan of every line ever written.
             steps += [
                 (_LINE_STAGE, ()),
+                *self._emptied("line_change"),
                 _Copy("line_change", _CHANGE_COLUMNS, changed),
                 ("ANALYZE line_change", ()),
                 (_LINE_UPDATE_STAGED, ()),
@@ -389,6 +391,7 @@ class PostgresStore:
             # Each event is encoded as the COPY takes it: a deep receipt's encoded events are never all held.
             steps += [
                 (_OUTBOX_STAGE, ()),
+                *self._emptied("outbox_stage"),
                 _Copy("outbox_stage", _OUTBOX_COLUMNS, self._outbox_rows(c.events)),
                 (_OUTBOX_INSERT_STAGED, ()),
             ]
@@ -407,6 +410,14 @@ class PostgresStore:
                 )
             )
         _run(self._conn, steps)
+
+    def _emptied(self, stage: str) -> list[_Step]:
+        """A stage is emptied when its transaction commits. A second save in the same transaction (a deep
+        receipt's steps) empties it first: its rows would be applied again, an older state of a line over a newer."""
+        if stage in self._staged:
+            return [(f"DELETE FROM {stage}", ())]
+        self._staged.add(stage)
+        return []
 
     def _outbox_rows(self, events: Sequence[tuple[OutboundEvent, dt.datetime | None]]) -> Iterator[tuple[Any, ...]]:
         for n, (event, caused_at) in enumerate(events):
