@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from tests import factories
 from tests.integration.conftest import Deployment, WorkerProcess, json_lines, wait_for
@@ -52,7 +53,11 @@ def test_a_batch_of_the_largest_orders_keeps_the_worker_live(deployment: Deploym
             break
         time.sleep(0.25)
     took = time.monotonic() - started
-    batches = [e for e in json_lines(worker.log()) if e.get("event") == "batch_handled"]
+
+    def logged() -> list[dict[str, Any]]:  # a batch is logged once its last transaction has committed
+        return [e for e in json_lines(worker.log()) if e.get("event") == "batch_handled"]
+
+    batches = wait_for("the batch to be logged", logged, timeout_s=30)
     longest = max(e["seconds"] for e in batches)
     print(f"\n{ORDERS} orders of {LINES} lines: {took:.1f}s, longest batch {longest:.1f}s, {len(answers)} probes")
     assert deployment.query("SELECT count(*) FROM order_line")[0][0] == ORDERS * LINES
