@@ -752,15 +752,13 @@ def _whole_orders(fills: Sequence[Fill], size: int) -> Iterator[list[Fill]]:
     """The fills in order-id order (each order's in the order decided), cut into steps of about `size` that
     never split an order: what is decided of an order needs all its fills at once. Order-id order is the order
     their rows are locked in, and that of their events."""
-    by_order: dict[str, list[Fill]] = defaultdict(list)
-    for fill in fills:
-        by_order[fill.backorder.order_id].append(fill)
     step: list[Fill] = []
-    for order_id in sorted(by_order):
-        if step and len(step) + len(by_order[order_id]) > size:
+    for _, group in groupby(sorted(fills, key=lambda f: f.backorder.order_id), key=lambda f: f.backorder.order_id):
+        order = list(group)
+        if step and len(step) + len(order) > size:
             yield step
             step = []
-        step += by_order[order_id]
+        step += order
     if step:
         yield step
 
