@@ -120,8 +120,13 @@ def in_priority_order(
 ) -> list[tuple[Backorder, Priority]]:
     """The queue in the order it is served (see `rank`), each line with its priority; for a single pass,
     such as an allocation, without what `rank` keeps for changing the order later."""
-    ranked = _ranked(queue, rules, now)
-    return [(line, why) for _, line, why in ranked]
+    served = [(line, priority(line, rules, now)) for line in queue]
+    served.sort(key=_serving_key_of)  # keys are unique (fifo_key ends with the line's ids): the order of `rank`
+    return served
+
+
+def _serving_key_of(ranked: tuple[Backorder, Priority]) -> ServingKey:
+    return serving_key(*ranked)
 
 
 ServingKey = tuple[int, dt.date, tuple[dt.datetime, str, str]]
