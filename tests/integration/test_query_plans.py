@@ -210,6 +210,35 @@ def test_the_loads_made_at_once_read_what_each_load_reads(deployment: Deployment
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_a_queue_deeper_than_a_load_takes_at_once_is_read_again_in_chunks(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(deployment.database_url) as conn:
+        history(conn)
+        conn.execute("UPDATE order_line SET sku = 'WAITING-SKU-2' WHERE order_id = 'O-30005'")
+        store = PostgresStore(conn, lambda event: ("t", b"", b""), "dlq")
+        skus = ["WAITING-SKU", "WAITING-SKU-2", "SKU-8"]
+        whole = store.load(Wanted(queues=skus)).queues
+        assert [len(whole[sku]) for sku in skus] == [4, 1, 0]
+        chunked = []
+        read_in_chunks = PostgresStore._waiting_in_chunks
+
+        def spied(self: PostgresStore, skus: list[str]) -> Any:
+            chunked.append(skus)
+            return read_in_chunks(self, skus)
+
+        monkeypatch.setattr(PostgresStore, "_waiting_in_chunks", spied)
+        monkeypatch.setattr(unit_of_work, "QUEUE_CHUNK_ROWS", 2)
+        for at_once, again in ((5, False), (4, True), (1, True)):
+            monkeypatch.setattr(unit_of_work, "QUEUE_ROWS_AT_ONCE", at_once)
+            chunked.clear()
+            assert store.load(Wanted(queues=skus)).queues == whole
+            assert bool(chunked) is again, at_once
+        # what follows a read in chunks works as before, a pipeline of loads among it
+        assert store.load(Wanted(queues=skus, policies=skus)).queues == whole
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
 @pytest.mark.parametrize("staged", [True, False], ids=["copied-and-staged", "as-arrays"])
 def test_saving_changed_lines_does_not_scan_every_line(
     deployment: Deployment, staged: bool, monkeypatch: pytest.MonkeyPatch

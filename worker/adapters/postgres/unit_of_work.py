@@ -183,19 +183,34 @@ class PostgresStore:
         conn = self._conn
         with conn.pipeline():
             read = [
-                conn.execute(query, (list(keys),), prepare=prepare) if keys else None
-                for query, keys, prepare in (
-                    (_POLICIES_QUERY, wanted.policies, None),
-                    (_RESTOCKS_QUERY, wanted.restocks, None),
-                    (_PENDING_QUERY, wanted.pending_cancellations, None),
-                    (_QUEUES_QUERY, wanted.queues, False),  # planned at every call (see _QUEUES_QUERY)
-                    (_DATED_QUERY, wanted.skus_with_expected_dates, None),
+                conn.execute(query, (list(keys), *more), prepare=prepare) if keys else None
+                for query, keys, more, prepare in (
+                    (_POLICIES_QUERY, wanted.policies, (), None),
+                    (_RESTOCKS_QUERY, wanted.restocks, (), None),
+                    (_PENDING_QUERY, wanted.pending_cancellations, (), None),
+                    # planned at every call (see _QUEUES_QUERY)
+                    (_QUEUES_AT_ONCE_QUERY, wanted.queues, (QUEUE_ROWS_AT_ONCE + 1,), False),
+                    (_DATED_QUERY, wanted.skus_with_expected_dates, (), None),
                 )
             ]
         rows = [cursor.fetchall() if cursor is not None else [] for cursor in read]
+        del read
+        waiting: Iterable[tuple[Any, ...]] = rows[3]
+        if len(rows[3]) > QUEUE_ROWS_AT_ONCE:  # a deep queue: read again, a chunk at a time
+            rows[3] = []
+            waiting = self._waiting_in_chunks(wanted.queues)
         return Loaded(
-            _policies(rows[0]), _restocks(rows[1]), _pending(rows[2]), _queues(wanted.queues, rows[3]), _dated(rows[4])
+            _policies(rows[0]), _restocks(rows[1]), _pending(rows[2]), _queues(wanted.queues, waiting), _dated(rows[4])
         )
+
+    def _waiting_in_chunks(self, skus: Sequence[str]) -> Iterator[tuple[Any, ...]]:
+        """The waiting lines of `skus` through a cursor on the server, QUEUE_CHUNK_ROWS at a time: a receipt
+        into a queue of 100,000 lines held them three times over when libpq's result and psycopg's rows came
+        whole. (Not `Cursor.stream`: libpq leaves its chunked mode on for the next pipeline's first statement.)"""
+        with self._conn.cursor(name="waiting_lines") as cursor:
+            cursor.execute(_QUEUES_QUERY, (list(skus),))
+            while chunk := cursor.fetchmany(QUEUE_CHUNK_ROWS):
+                yield from chunk
 
     # Each load alone is `load` of one (a pipeline of one statement: about 15 us more than a plain one).
     def queues(self, skus: Sequence[str]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
@@ -431,6 +446,10 @@ class PostgresStore:
 # first ANALYZE) scanned the whole table: 3.6 ms a batch at 9,000 lines, and growing. The status list is written
 # into the SQL text, so that the partial index of waiting lines serves it.
 _QUEUES_QUERY = lines_query(f"l.sku = ANY(%b) AND l.status IN {WAITING_SQL}")
+# Queues of up to QUEUE_ROWS_AT_ONCE lines are read with the batch's other loads; deeper ones again in chunks.
+QUEUE_ROWS_AT_ONCE = 5_000
+QUEUE_CHUNK_ROWS = 2_000
+_QUEUES_AT_ONCE_QUERY = f"{_QUEUES_QUERY} LIMIT %b"
 _DATED_QUERY = f"""SELECT s FROM unnest(%b::text[]) AS s
                    WHERE EXISTS (SELECT 1 FROM order_line
                                  WHERE sku = s AND status IN {WAITING_SQL} AND expected_ship_date IS NOT NULL)"""
@@ -444,7 +463,9 @@ _PENDING_QUERY = """SELECT order_id, event_id, line_ids, reason, note, requested
                     WHERE order_id = ANY(%b)"""
 
 
-def _queues(skus: Sequence[str], rows: list[tuple[Any, ...]]) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
+def _queues(
+    skus: Sequence[str], rows: Iterable[tuple[Any, ...]]
+) -> dict[str, Mapping[tuple[str, str], OrderLineState]]:
     found: dict[str, dict[tuple[str, str], OrderLineState]] = {sku: {} for sku in skus}
     for line in lines_from(rows):
         found[line.sku][(line.order_id, line.line_id)] = line
