@@ -105,6 +105,34 @@ def test_arrays_and_copy_write_the_same_rows(deployment: Deployment) -> None:
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_an_event_already_in_the_outbox_is_left_out_and_the_rest_written_in_order(deployment: Deployment) -> None:
+    """A large set of events is copied into the outbox itself; when one of them is there already, the COPY
+    fails on the event id, and the set goes through the stage instead, whose insert leaves that one out (as the
+    arrays' insert does)."""
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn:
+        whole = written(conn, 0, orders)
+        first, last = whole["outbox order"][0][0], whole["outbox order"][-1][0]
+        for there in (first, last):
+
+            def after_it(book: Book, there: Any = there) -> None:
+                conn.execute(
+                    "INSERT INTO outbox (event_id, topic, message_key, message_value) VALUES (%s, 'earlier', '', '')",
+                    (there,),
+                )
+                orders(book)
+
+            for array_rows in (0, 1_000_000):  # copied, as arrays
+                found = written(conn, array_rows, after_it)
+                assert [row for row in found["outbox"] if row[0] == there] == [(there, "earlier", b"", b"", None)]
+                assert [row for row in found["outbox"] if row[0] != there] == [
+                    row for row in whole["outbox"] if row[0] != there
+                ]
+                # the earlier row first (its id is the smallest), then the others in the order they were emitted
+                assert found["outbox order"] == [(there,)] + [e for e in whole["outbox order"] if e != (there,)]
+                assert {t: found[t] for t in TABLES if t != "outbox"} == {t: whole[t] for t in TABLES if t != "outbox"}
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
 def test_a_receipt_saved_in_steps_writes_what_one_save_writes(deployment: Deployment) -> None:
     """A deep receipt's steps each go through the stages (here every set does): a stage filled by an earlier
     step of the same transaction is emptied first, or its rows are applied again. O-3's line is filled in part

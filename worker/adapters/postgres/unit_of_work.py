@@ -404,12 +404,22 @@ class PostgresStore:
             steps.append(delta)
         if len(c.events) > ARRAY_ROWS:
             # Each event is encoded as the COPY takes it: a deep receipt's encoded events are never all held.
-            steps += [
-                (_OUTBOX_STAGE, ()),
-                *self._emptied("outbox_stage"),
-                _Copy("outbox_stage", _OUTBOX_COLUMNS, self._outbox_rows(c.events)),
-                (_OUTBOX_INSERT_STAGED, ()),
-            ]
+            # Copied into the outbox itself; only if an event's id is there already (the COPY fails on its unique
+            # index) do the events go through the stage, whose insert leaves that one out. Through the stage every
+            # time, the insert from it took 3.6 s of a deep receipt's 24 (300,000 events).
+            steps.append(
+                _Copy(
+                    "outbox",
+                    _OUTBOX_COLUMNS[1:],
+                    (row[1:] for row in self._outbox_rows(c.events)),
+                    instead=lambda: [
+                        (_OUTBOX_STAGE, ()),
+                        *self._emptied("outbox_stage"),
+                        _Copy("outbox_stage", _OUTBOX_COLUMNS, self._outbox_rows(c.events)),
+                        (_OUTBOX_INSERT_STAGED, ()),
+                    ],
+                )
+            )
         elif c.events:
             steps.append((_OUTBOX_INSERT_ARRAYS, _arrays(list(self._outbox_rows(c.events)))))
         if queues := c.queue_skus:
@@ -570,6 +580,9 @@ class _Copy:
     table: str
     columns: Columns
     rows: Iterable[Sequence[Any]]
+    # Run instead of the COPY when a row of it is in the table already (a unique index refuses it): the COPY
+    # then runs in a savepoint, rolled back before these steps.
+    instead: Callable[[], Sequence[_Step]] | None = None
 
 
 _Step = tuple[str, Sequence[Any]] | _Copy
@@ -647,6 +660,17 @@ class _UuidTextBinaryDumper(psycopg.adapt.Dumper):
 def _copy(conn: psycopg.Connection[Any], step: _Copy) -> None:
     """COPY in binary: psycopg formats each row in C, and neither side writes or parses text (a row of the
     outbox took 3 us of the worker's CPU and 3 of PostgreSQL's in text, 1 and 1 in binary)."""
+    if step.instead is None:
+        _copy_rows(conn, step)
+        return
+    try:
+        with conn.transaction():
+            _copy_rows(conn, step)
+    except psycopg.errors.UniqueViolation:
+        _run(conn, step.instead())
+
+
+def _copy_rows(conn: psycopg.Connection[Any], step: _Copy) -> None:
     rows = iter(step.rows)
     first = next(rows, None)
     if first is None:
