@@ -6,7 +6,8 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worker.domain.allocation import Fill
@@ -233,11 +234,21 @@ class OrderLineState:
         """Complete, but its units are reserved until the rest of its order can ship."""
         return self.reserved > 0 and self.open_quantity == 0
 
+    def _with(self, **changes: Any) -> OrderLineState:
+        """`dataclasses.replace`, for the changes a line goes through with every order: that walks the fields and
+        calls `__init__` by keyword (6.0 us for this class); this copies the slots in order (2.6 us)."""
+        values = list(_line_values(self))
+        for name, value in changes.items():
+            values[_LINE_INDEX[name]] = value
+        line = object.__new__(OrderLineState)
+        for put, value in zip(_LINE_SLOTS, values, strict=True):
+            put(line, value)
+        return line
+
     def after_fill(self, fill: Fill, at: dt.datetime) -> OrderLineState:
         """The line once `fill` has given it units (or released what it held) at `at`."""
         status = fill.status_after
-        return dataclasses.replace(
-            self,
+        return self._with(
             allocated=fill.allocated_after,
             reserved=fill.reserved_after,
             status=status,
@@ -248,8 +259,7 @@ class OrderLineState:
 
     def after_cancelling(self, units: int, code: CancelReason, reason: str) -> OrderLineState:
         """The line once `units` of it are cancelled: what it held reserved goes back to stock."""
-        return dataclasses.replace(
-            self,
+        return self._with(
             cancelled=self.cancelled + units,
             reserved=0,
             status=LineStatus.of(
@@ -263,8 +273,15 @@ class OrderLineState:
         """The line once a shipment carried `units` of it: SHIPPED when all it wants has left."""
         shipped = self.shipped + units
         if shipped >= self.wanted:
-            return dataclasses.replace(self, shipped=shipped, status=LineStatus.SHIPPED, shipped_at=at)
-        return dataclasses.replace(self, shipped=shipped)
+            return self._with(shipped=shipped, status=LineStatus.SHIPPED, shipped_at=at)
+        return self._with(shipped=shipped)
+
+    def marked_backordered(self) -> OrderLineState:
+        """The line of an order placed when it had to wait for stock."""
+        return self._with(backordered=True)
+
+    def with_eta(self, expected_ship_date: dt.date | None, basis: str | None) -> OrderLineState:
+        return self._with(expected_ship_date=expected_ship_date, eta_basis=basis)
 
     def status_after_rejecting(self, units: int) -> LineStatus:
         return LineStatus.of(
@@ -321,3 +338,10 @@ class OrderLineState:
             rejected=self.rejected,
             cancelled=self.cancelled,
         )
+
+
+_LINE_FIELDS = tuple(f.name for f in dataclasses.fields(OrderLineState))
+_LINE_INDEX = {name: i for i, name in enumerate(_LINE_FIELDS)}
+_line_values = attrgetter(*_LINE_FIELDS)
+# Each slot's own setter: a frozen class refuses setattr, not its slots' descriptors.
+_LINE_SLOTS = tuple(getattr(OrderLineState, name).__set__ for name in _LINE_FIELDS)

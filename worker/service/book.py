@@ -485,7 +485,7 @@ class Book:
         self._put(self._outcomes, order_id, outcome)
         for line_id in backordered_lines:
             line = self._lines[(order_id, line_id)]
-            self._change(dataclasses.replace(line, backordered=True))
+            self._change(line.marked_backordered())
 
     def _lines_of(self, order_id: str) -> list[OrderLineState]:
         found = (self._lines.get(key) for key in self._by_order.get(order_id, ()))
@@ -703,7 +703,7 @@ class Book:
                 continue
             if line.expected_ship_date != eta.date:
                 changed.add(line.order_id)
-            self._change(dataclasses.replace(line, expected_ship_date=eta.date, eta_basis=eta.basis))
+            self._change(line.with_eta(eta.date, eta.basis))
         return changed
 
     def has_expected_dates(self, sku: str) -> bool:
