@@ -425,12 +425,14 @@ class Book:
         return Seen.SAME if known == content_hash else Seen.DIFFERENT
 
     def policy(self, sku: str) -> ProductPolicy | None:
-        self._load_policies([sku])
+        if sku not in self._policies:
+            self._load_policies([sku])
         kept = self._policies[sku]
         return kept.policy if kept is not None else None
 
     def set_policy(self, sku: str, policy: ProductPolicy, decided_at: dt.datetime, event_id: str) -> bool:
-        self._load_policies([sku])
+        if sku not in self._policies:
+            self._load_policies([sku])
         kept = self._policies[sku]
         # The topic is compacted and may be replayed: a policy older than the one kept changes nothing.
         if kept is not None and (kept.decided_at, kept.event_id) >= (decided_at, event_id):
@@ -517,7 +519,8 @@ class Book:
             self._add_available(line.sku, line.reserved)
 
     def pending_cancellation(self, order_id: str) -> Cancellation | None:
-        self._load_pending([order_id])
+        if order_id not in self._pending:
+            self._load_pending([order_id])
         rows = self._pending[order_id]
         if not rows:
             return None
@@ -571,7 +574,8 @@ class Book:
     def serving(self, sku: str) -> tuple[ServingOrder | None, Sequence[LineKey]]:
         kept = self._serving.get(sku)
         if kept is None and self._seeds is not None and sku not in self._policy_changed:
-            self._load_queues([sku])
+            if sku not in self._queues_loaded:
+                self._load_queues([sku])
             kept = self._seeds.seed(sku)
             if kept is not None:  # the store's queue: what this transaction changed of it applies on top
                 self._serving[sku] = kept
@@ -605,7 +609,8 @@ class Book:
         return queue
 
     def _queue(self, sku: str) -> list[OrderLineState]:
-        self._load_queues([sku])
+        if sku not in self._queues_loaded:
+            self._load_queues([sku])
         found = (self._lines.get(key) for key in self._by_sku.get(sku, ()))
         return [line for line in found if line is not None and line.sku == sku and line.status in WAITING]
 
@@ -637,7 +642,8 @@ class Book:
     # ------------------------------------------------------------------------- expected supply and dates
 
     def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
-        self._load_restocks([sku])
+        if sku not in self._restocks:
+            self._load_restocks([sku])
         kept = self._restocks[sku].get(restock.purchase_order_id)
         if kept is not None and (kept.decided_at, kept.event_id) >= (decided_at, event_id):
             return False
@@ -674,7 +680,8 @@ class Book:
         self._append(self._new_deliveries, delivery)
 
     def expected_supply(self, sku: str) -> list[ExpectedReceipt]:
-        self._load_restocks([sku])
+        if sku not in self._restocks:
+            self._load_restocks([sku])
         return [row.restock for row in self._restocks[sku].values() if row.restock.quantity > 0]
 
     def _load_deliveries(self, supplier_ids: Iterable[str]) -> None:
@@ -709,7 +716,8 @@ class Book:
     def has_expected_dates(self, sku: str) -> bool:
         if sku in self._queues_loaded:
             return any(line.expected_ship_date is not None for line in self._queue(sku))
-        self._load_with_dates([sku])
+        if sku not in self._with_dates:
+            self._load_with_dates([sku])
         return self._with_dates[sku]
 
     def eta_told(self, order_ids: Iterable[str]) -> dict[str, dt.date | None]:
@@ -718,7 +726,8 @@ class Book:
         return {order_id: self._told[order_id] for order_id in ids}
 
     def tell_eta(self, order_id: str, date: dt.date | None) -> None:
-        self._load_told([order_id])
+        if order_id not in self._told:
+            self._load_told([order_id])
         self._put(self._told, order_id, date)
         self._put(self._told_changed, order_id, None)
 
