@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.adapters.avro import AvroCodec, EventSerializer
+from worker.adapters.avro import AvroCodec, EventSerializer, to_record
 from worker.domain.events import (
     EVENT_NAMESPACE,
     BackorderStatusChanged,
@@ -89,3 +89,31 @@ def test_outbound_bytes_are_those_of_the_plain_conversion() -> None:
         assert value == CODEC.encode(f"backorder.{type(event).__name__}", plain(event))
         decoded = CODEC.decode(value)[1]
         assert {name: decoded[name] for name in plain(event)} == plain(event)
+
+
+@given(
+    st.one_of(
+        st.builds(BackorderStatusChanged, occurred_at=st.datetimes(timezones=st.just(dt.UTC))),
+        st.builds(CustomerNotification, occurred_at=st.datetimes(timezones=st.just(dt.UTC))),
+        st.builds(FulfillmentRequested, occurred_at=st.datetimes(timezones=st.just(dt.UTC))),
+    )
+)
+def test_any_event_becomes_the_record_of_the_plain_conversion(event: Any) -> None:
+    record = to_record(event)
+    assert record == plain(event)
+    assert all(type(record[name]) is list for name in record if type(getattr(event, name)) is tuple)
+
+
+class Colour(Enum):
+    RED = "R"
+
+
+@dataclasses.dataclass(frozen=True)
+class Painted:
+    colour: Colour | None
+    shade: Colour
+
+
+def test_an_enum_that_is_not_a_str_becomes_its_value() -> None:
+    assert to_record(Painted(Colour.RED, Colour.RED)) == {"colour": "R", "shade": "R"}
+    assert to_record(Painted(None, Colour.RED)) == {"colour": None, "shade": "R"}
