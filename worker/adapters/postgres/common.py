@@ -3,6 +3,7 @@ error is told apart (the database's or the data's), the advisory lock keys, and 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from sys import intern
@@ -127,13 +128,50 @@ def select_lines(
     return lines_from(conn.execute(lines_query(where), params, prepare=prepare).fetchall())
 
 
+# Each field of OrderLineState in its order, and the column it is read from: `lines_from` makes a line of its row
+# by position (a line by 26 keywords took 5.5 us, by position 3.0: a deep receipt reads 100,000 lines twice).
+_LINE_COLUMNS = (
+    ("order_id", "l.order_id"),
+    ("line_id", "l.line_id"),
+    ("sku", "l.sku"),
+    ("product_name", "l.product_name"),
+    ("customer_id", "o.customer_id"),
+    ("customer_tier", "o.customer_tier"),
+    ("shipping_service", "o.shipping_service"),
+    ("need_by", "o.need_by"),
+    ("order_units", "o.order_units"),
+    ("split", "l.split"),
+    ("placed_at", "l.placed_at"),
+    ("unit_price_minor", "l.unit_price_minor"),
+    ("ordered", "l.quantity"),
+    ("allocated", "l.quantity_allocated"),
+    ("reserved", "l.quantity_reserved"),
+    ("rejected", "l.quantity_rejected"),
+    ("cancelled", "l.quantity_cancelled"),
+    ("status", "l.status"),
+    ("reason", "l.status_reason"),
+    ("expected_ship_date", "l.expected_ship_date"),
+    ("shipped", "l.quantity_shipped"),
+    ("cancel_reason", "l.cancel_reason"),
+    ("eta_basis", "l.eta_basis"),
+    ("backordered", "l.backordered"),
+    ("filled_at", "l.filled_at"),
+    ("shipped_at", "l.shipped_at"),
+)
+if tuple(name for name, _ in _LINE_COLUMNS) != tuple(f.name for f in dataclasses.fields(OrderLineState)):
+    raise TypeError("_LINE_COLUMNS must name OrderLineState's fields in their order")
+_SELECT_LINES = ", ".join(column for _, column in _LINE_COLUMNS)
+# The enums' members by value: a dict lookup, not an Enum call (0.5 us), for five columns of every line read.
+_TIERS = {m.value: m for m in CustomerTier}
+_SERVICES = {m.value: m for m in ShippingService}
+_SPLITS = {m.value: m for m in SplitPreference}
+_STATUSES = {m.value: m for m in LineStatus}
+_CANCEL_REASONS: dict[str | None, CancelReason | None] = {None: None, **{m.value: m for m in CancelReason}}
+
+
 def lines_query(where: str) -> str:
     """The query of `select_lines`, for a pipeline that fetches its rows later (`lines_from`)."""
-    return f"""SELECT l.order_id, l.line_id, l.sku, l.product_name, o.customer_id, o.customer_tier,
-                      o.shipping_service, o.need_by, o.order_units, l.split, l.placed_at, l.unit_price_minor,
-                      l.quantity, l.quantity_allocated, l.quantity_reserved, l.quantity_rejected,
-                      l.quantity_cancelled, l.status, l.status_reason, l.expected_ship_date, l.quantity_shipped,
-                      l.cancel_reason, l.eta_basis, l.backordered, l.filled_at, l.shipped_at
+    return f"""SELECT {_SELECT_LINES}
                FROM order_line l JOIN customer_order o USING (order_id)
                WHERE {where}"""
 
@@ -141,34 +179,13 @@ def lines_query(where: str) -> str:
 def lines_from(rows: Iterable[tuple[Any, ...]]) -> list[OrderLineState]:
     # The text a queue's lines repeat (the SKU, its name, line and customer ids) is kept once: a line is 20%
     # smaller with it, and a receipt into a deep queue holds every line of the queue at once.
+    # fmt: off
     return [
         OrderLineState(
-            order_id=r[0],
-            line_id=intern(r[1]),
-            sku=intern(r[2]),
-            product_name=intern(r[3]),
-            customer_id=intern(r[4]),
-            customer_tier=CustomerTier(r[5]),
-            shipping_service=ShippingService(r[6]),
-            need_by=r[7],
-            order_units=r[8],
-            split=SplitPreference(r[9]),
-            placed_at=r[10],
-            unit_price_minor=r[11],
-            ordered=r[12],
-            allocated=r[13],
-            reserved=r[14],
-            rejected=r[15],
-            cancelled=r[16],
-            status=LineStatus(r[17]),
-            reason=r[18],
-            expected_ship_date=r[19],
-            shipped=r[20],
-            cancel_reason=CancelReason(r[21]) if r[21] is not None else None,
-            eta_basis=r[22],
-            backordered=r[23],
-            filled_at=r[24],
-            shipped_at=r[25],
+            r[0], intern(r[1]), intern(r[2]), intern(r[3]), intern(r[4]), _TIERS[r[5]], _SERVICES[r[6]], r[7], r[8],
+            _SPLITS[r[9]], r[10], r[11], r[12], r[13], r[14], r[15], r[16], _STATUSES[r[17]], r[18], r[19], r[20],
+            _CANCEL_REASONS[r[21]], r[22], r[23], r[24], r[25],
         )
         for r in rows
     ]
+    # fmt: on
