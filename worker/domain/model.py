@@ -281,6 +281,7 @@ class OrderLineState:
         return self._with(backordered=True)
 
     def with_eta(self, expected_ship_date: dt.date | None, basis: str | None) -> OrderLineState:
+        """The line with the expected ship date the rules give it now, and what that date rests on."""
         return self._with(expected_ship_date=expected_ship_date, eta_basis=basis)
 
     def status_after_rejecting(self, units: int) -> LineStatus:
