@@ -9,6 +9,7 @@ the domain; here a line's contribution is read off its state before and after.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -26,24 +27,34 @@ FILL_BUCKETS_SECONDS = tuple(
 Key = tuple[str, str]
 
 
+_ALLOCATED, _RESERVED, _REJECTED, _BACKORDERED = (
+    ("units_allocated", ""),
+    ("units_reserved", ""),
+    ("units_rejected", ""),
+    ("backordered_lines", ""),
+)
+# Per histogram: its count's key, its sum's, and each bucket's bound with its key (made once, not per line).
+_FILL_KEYS = {
+    name: ((name, "count"), (name, "sum_ms"), tuple((name, str(int(bound))) for bound in FILL_BUCKETS_SECONDS))
+    for name in ("fill_to_allocation", "fill_to_shipment")
+}
+
+
 def _contribution(line: OrderLineState) -> dict[Key, int]:
-    out: dict[Key, int] = {
-        ("units_allocated", ""): line.allocated,
-        ("units_reserved", ""): line.reserved,
-        ("units_rejected", ""): line.rejected,
-    }
-    if line.backordered:
-        out[("backordered_lines", "")] = 1
+    out: dict[Key, int] = {_ALLOCATED: line.allocated, _RESERVED: line.reserved, _REJECTED: line.rejected}
     if line.cancel_reason is not None:
         out[("cancelled_lines", str(line.cancel_reason))] = 1
-    for name, at in (("fill_to_allocation", line.filled_at), ("fill_to_shipment", line.shipped_at)):
-        if line.backordered and at is not None:
-            seconds = (at - line.placed_at).total_seconds()
-            out[(name, "count")] = 1
-            out[(name, "sum_ms")] = math.floor(seconds * 1000 + 0.5)
-            for bound in FILL_BUCKETS_SECONDS:
-                if seconds <= bound:
-                    out[(name, str(int(bound)))] = 1
+    if line.backordered:
+        out[_BACKORDERED] = 1
+        for name, at in (("fill_to_allocation", line.filled_at), ("fill_to_shipment", line.shipped_at)):
+            if at is not None:
+                count, sum_ms, buckets = _FILL_KEYS[name]
+                seconds = (at - line.placed_at).total_seconds()
+                out[count] = 1
+                out[sum_ms] = math.floor(seconds * 1000 + 0.5)
+                # cumulative buckets: every bound at or above the line's time
+                for key in buckets[bisect.bisect_left(FILL_BUCKETS_SECONDS, seconds) :]:
+                    out[key] = 1
     return out
 
 
