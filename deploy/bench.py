@@ -300,10 +300,11 @@ def produce(
             prod.poll(0.05)
 
 
-def send_orders(sc: Scenario, prod: Producer, values: list[tuple[bytes, bytes]]) -> Callable[[], bool]:
-    """Put the orders on the topic; returns a check that they are all committed.
+def send_orders(sc: Scenario, prod: Producer, values: list[tuple[bytes, bytes]], limit_s: float) -> tuple[int, float]:
+    """Put the orders on the topic and wait until they are committed (at most `limit_s`); returns how many are
+    and the seconds from the first recorded (its transaction began just after it was consumed) until then.
 
-    The check looks up the last order put on each partition: a partition's orders are committed in their
+    Committed is seen by the last order put on each partition: a partition's orders are committed in their
     order, so when those are in, all are. (Counting `customer_order` every 20 ms instead cost PostgreSQL
     about 10 us of CPU an order, counted in its figure, and took that CPU from the worker.)
     """
@@ -318,7 +319,11 @@ def send_orders(sc: Scenario, prod: Producer, values: list[tuple[bytes, bytes]])
     prod.flush(60)
     ids = [order_id for _, order_id in last.values()]
     found = "SELECT count(*) FROM customer_order WHERE order_id = ANY(%s)"
-    return lambda: int(one(sc.conn, found, (ids,))) == len(ids)
+    wait_until(lambda: int(one(sc.conn, found, (ids,))) == len(ids), limit_s, 0.02)
+    ended = time.time()
+    handled = sc.count("SELECT count(*) FROM customer_order")
+    first = one(sc.conn, "SELECT extract(epoch FROM min(recorded_at)) FROM customer_order")
+    return handled, ended - float(first) if first is not None else float("nan")
 
 
 def watermark_total(stack: Stack, topics: list[str]) -> Callable[[], int]:
@@ -446,16 +451,10 @@ def burst(
         time.sleep(3)  # let the group settle on its assignment before the burst
     values = encoded_orders(orders)
     before = sc.cpu()
-    all_in = send_orders(sc, prod, values)
-    wait_until(all_in, limit_s, 0.02)
-    ended = time.time()
-    handled = sc.count("SELECT count(*) FROM customer_order")
-    complete = handled == len(orders)
-    first = one(sc.conn, "SELECT extract(epoch FROM min(recorded_at)) FROM customer_order")
-    seconds = ended - float(first) if first is not None else float("nan")
+    handled, seconds = send_orders(sc, prod, values, limit_s)
     wait_until(sc.outbox_drained, limit_s / 2)
     after = sc.cpu()
-    return Burst(len(orders), handled, seconds, {k: after[k] - before[k] for k in before}, complete)
+    return Burst(len(orders), handled, seconds, {k: after[k] - before[k] for k in before}, handled == len(orders))
 
 
 def partial_note(b: Burst) -> str:
@@ -581,13 +580,9 @@ def run_hot_sku(stack: Stack, args: argparse.Namespace) -> None:
         values = encoded_orders(orders)
         time.sleep(3)  # the worker joins its group
         before = sc.cpu()
-        all_in = send_orders(sc, prod, values)
-        wait_until(all_in, args.limit, 0.02)
-        ended = time.time()
-        handled = sc.count("SELECT count(*) FROM customer_order")
-        complete = handled == len(orders)
-        first = float(one(sc.conn, "SELECT extract(epoch FROM min(recorded_at)) FROM customer_order") or ended)
-        b = Burst(len(orders), handled, ended - first, {k: v - before[k] for k, v in sc.cpu().items()}, complete)
+        handled, seconds = send_orders(sc, prod, values, args.limit)
+        cpu = {k: v - before[k] for k, v in sc.cpu().items()}
+        b = Burst(len(orders), handled, seconds, cpu, handled == len(orders))
         figure("hot_sku_orders_per_s", b.rate, partial_note(b))
         wait_until(sc.outbox_drained, args.limit / 2)
         demand = int(one(sc.conn, "SELECT coalesce(sum(quantity), 0) FROM order_line"))

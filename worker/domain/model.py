@@ -341,8 +341,9 @@ class OrderLineState:
         )
 
 
-_LINE_FIELDS = tuple(f.name for f in dataclasses.fields(OrderLineState))
-_LINE_INDEX = {name: i for i, name in enumerate(_LINE_FIELDS)}
-_line_values = attrgetter(*_LINE_FIELDS)
+# OrderLineState's fields in their order (a row read from the database is made by position).
+LINE_FIELDS = tuple(f.name for f in dataclasses.fields(OrderLineState))
+_LINE_INDEX = {name: i for i, name in enumerate(LINE_FIELDS)}
+_line_values = attrgetter(*LINE_FIELDS)
 # Each slot's own setter: a frozen class refuses setattr, not its slots' descriptors.
-_LINE_SLOTS = tuple(getattr(OrderLineState, name).__set__ for name in _LINE_FIELDS)
+_LINE_SLOTS = tuple(getattr(OrderLineState, name).__set__ for name in LINE_FIELDS)

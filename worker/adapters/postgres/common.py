@@ -3,7 +3,6 @@ error is told apart (the database's or the data's), the advisory lock keys, and 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from sys import intern
@@ -14,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from worker.domain.model import (
+    LINE_FIELDS,
     WAITING,
     CancelReason,
     CustomerTier,
@@ -158,7 +158,7 @@ _LINE_COLUMNS = (
     ("filled_at", "l.filled_at"),
     ("shipped_at", "l.shipped_at"),
 )
-if tuple(name for name, _ in _LINE_COLUMNS) != tuple(f.name for f in dataclasses.fields(OrderLineState)):
+if tuple(name for name, _ in _LINE_COLUMNS) != LINE_FIELDS:
     raise TypeError("_LINE_COLUMNS must name OrderLineState's fields in their order")
 _SELECT_LINES = ", ".join(column for _, column in _LINE_COLUMNS)
 # The enums' members by value: a dict lookup, not an Enum call (0.5 us), for five columns of every line read.
