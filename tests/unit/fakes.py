@@ -14,7 +14,8 @@ from worker.domain.events import OutboundEvent
 from worker.domain.model import WAITING, Backorder, OrderLineState, OrderOutcome
 from worker.domain.policy import ShopPolicy
 from worker.service.book import Book
-from worker.service.handlers import Outcome, handle
+from worker.service.commands import Command
+from worker.service.handlers import FillsLeft, Outcome, give_more, handle
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import (
     Changes,
@@ -77,6 +78,9 @@ class MemoryStore:
 
     def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
         return {line.sku for line in self.state.lines.values() if line.order_id in order_ids}
+
+    def orders_given(self, cause: str) -> set[str]:
+        return {decision.order_id for decision, _ in self.state.shipments if decision.cause == cause}
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self.lines(orders=order_ids)
@@ -216,7 +220,15 @@ def handle_record(uow: UnitOfWork, record: dict[str, Any], shop: ShopPolicy, now
     """Apply one inbound record through the real handler, its SKUs locked first as the consumer locks them."""
     command = factories.command(record)
     uow.lock_stock(command.skus | uow.skus_of_orders(command.orders))
-    return handle(command, uow, shop, now)
+    return apply(command, uow, shop, now)
+
+
+def apply(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
+    """`handle`, with a receipt's further steps (`give_more`) in the same unit of work."""
+    done = handle(command, uow, shop, now)
+    while isinstance(done, FillsLeft):
+        done = give_more(done, uow, shop, now)
+    return done
 
 
 class FakeReadModel:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from tests import factories
-from tests.unit.fakes import FakeState, MemoryStore
+from tests.unit.fakes import FakeState, MemoryStore, apply
 from worker.domain.model import LineStatus, OrderLineState
 from worker.domain.policy import ShopPolicy
 from worker.service.book import Book
-from worker.service.handlers import Outcome, handle
+from worker.service.handlers import Outcome
 from worker.service.messages import InvalidEvent
 from worker.service.ports import Changes
 
@@ -46,7 +46,7 @@ def transaction(store: MemoryStore, records: list[dict[str, Any]]) -> list[Outco
     for item in batch:
         try:
             with book.savepoint():
-                outcomes.append(handle(item, book, SHOP, NOW))
+                outcomes.append(apply(item, book, SHOP, NOW))
         except InvalidEvent as exc:
             outcomes.append(exc)
     book.save()

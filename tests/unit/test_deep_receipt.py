@@ -1,12 +1,13 @@
-"""A receipt that fills more lines than `FILLS_PER_SAVE` is written in steps of whole orders, each one saved
-and forgotten before the next is made, so that what the worker holds at once does not grow with the queue.
-Held to what one step does: the same lines, stock, decisions and events (in the same order); and a failure
-once a step is written fails the transaction rather than being undone in memory."""
+"""A receipt that fills more lines than `FILLS_PER_SAVE` gives them in steps of whole orders, each one saved and
+forgotten before the next is made, so that what the worker holds at once does not grow with the queue, and each
+committed in a transaction of its own, so that none holds its locks for long. Held to what one step does: the
+same lines, stock, decisions and events (in the same order); and, across transactions, to what a receipt does
+that nothing stops or changes between its steps."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,14 +17,13 @@ from hypothesis import strategies as st
 
 from tests import examples, factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory, MemoryStore, handle_record
-from tests.unit.test_batch import message, run
+from tests.unit.test_batch import NOW, message, run
 from worker.domain.allocation import ShipCompleteMode
 from worker.domain.eta import EtaRules
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.service import handlers
 from worker.service.handlers import Outcome
-from worker.service.messages import UnprocessableEvent
-from worker.service.ports import Changes
+from worker.service.ports import Changes, StoreUnavailable, UnitOfWork
 
 SHOP = ShopPolicy(eta=EtaRules(handling_days=1, default_supplier_margin_days=2))
 PLACED = factories.at("2026-01-19")
@@ -119,34 +119,146 @@ def test_a_receipt_written_in_steps_leaves_what_one_step_leaves(
 
     assert comparable(stepped) == comparable(whole)
     given_lines = {(d.order_id, d.line_id) for d, _ in whole.shipments if d.cause == "inventory-received/R-1"}
-    if len(given_lines) > fills:  # so many fills that the receipt went in steps
+    # So many fills, of more than one order (a step never splits one), that the receipt went in steps.
+    if len(given_lines) > fills and len({order_id for order_id, _ in given_lines}) > 1:
         assert saves_stepped > saves_whole
     else:
         assert saves_stepped == saves_whole
 
 
-def test_a_deep_receipt_saves_each_step_as_it_goes() -> None:
-    """40 one-line orders of one unit each, and a receipt for all of them, in steps of 15."""
-    orders: Orders = [([("SKU-A", 1)], None, "STANDARD") for _ in range(40)]
-    uow = queued(orders, SHOP, restock=None)
-    with steps_of(15) as saves:
-        handle_record(uow, factories.receipt("R-1", "SKU-A", 40), SHOP, RECEIVED)
-    # The receipt and its units; then each step's fills and their events (a fulfillment request, a status and a
-    # notification an order).
-    assert [len(s.changed_lines) for s in saves] == [0, 15, 15, 10]
-    assert [len(s.events) for s in saves] == [0, 45, 45, 30]
-    assert saves[0].receipts and saves[0].stock == {"SKU-A": (40, 40)}
-    assert [s.stock for s in saves[1:]] == [{"SKU-A": (25, 0)}, {"SKU-A": (10, 0)}, {"SKU-A": (0, 0)}]
-    assert all(line.status.value == "ALLOCATED" for line in uow.state.lines.values())
+class Committing(FakeUnitOfWorkFactory):
+    """Keeps the state each transaction commits; `between(n)` runs before transaction n (from 1) begins, and
+    `lost_at` makes that transaction find the database gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[FakeState] = []
+        self.between: Callable[[int], None] = lambda n: None
+        self.lost_at: int | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[UnitOfWork]:
+        self.between(self.transactions + 1)
+        if self.transactions + 1 == self.lost_at:
+            self.transactions += 1
+            raise StoreUnavailable("the database went away")
+        with super().__call__() as uow:
+            yield uow
+        self.commits.append(self.state)  # each transaction commits a new state object: this one stays as it is
 
 
-def test_an_event_that_fails_once_a_step_is_written_fails_its_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing of a receipt that failed after its first step was saved remains; the batch is split and the
-    receipt alone dead-lettered, and the order beside it in the batch commits."""
-    factory = FakeUnitOfWorkFactory()
-    placing = [message(i, "orders", factories.order(f"O-{i:02d}", "2026-01-10", [("SKU-A", 1)])) for i in range(10)]
-    assert {r.outcome for r in run(factory, placing)} == {Outcome.PROCESSED}
-    before = factory.state
+def placed(factory: FakeUnitOfWorkFactory, orders: int) -> None:
+    """One-line orders O-00, O-01, ... for one unit of SKU-A each, placed a minute apart: they wait."""
+    batch = [
+        message(
+            i,
+            "orders",
+            factories.order(f"O-{i:02d}", f"2026-01-10T10:{i:02d}", [("SKU-A", 1)], event_id=f"event-O-{i:02d}"),
+        )
+        for i in range(orders)
+    ]
+    assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
+
+
+def decisions_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of fills of each decision over a queue (`_decide_fills`) from here on."""
+    decide = handlers._decide_fills
+    decisions: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        fills = decide(*args, **kwargs)
+        decisions.append(len(fills))
+        return fills
+
+    monkeypatch.setattr(handlers, "_decide_fills", counted)
+    return decisions
+
+
+def allocated(state: FakeState) -> list[str]:
+    return sorted(order_id for (order_id, _), line in state.lines.items() if line.status.value == "ALLOCATED")
+
+
+def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 waiting orders, a receipt for all of them in steps of 15, and an order for the SKU after it in the same
+    batch: the receipt and the first 15 served commit first, then each step alone with its events, and the
+    order after the receipt is handled once every step is given (no units left for it)."""
+    factory = Committing()
+    placed(factory, 40)
+    before = len(factory.commits)
+    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 15)
+    batch = [
+        message(40, "receipts", factories.receipt("R-1", "SKU-A", 40)),
+        message(41, "orders", factories.order("O-LATE", "2026-01-20T11:00", [("SKU-A", 1)])),
+    ]
+
+    results = run(factory, batch)
+
+    assert [r.outcome for r in results] == [Outcome.PROCESSED, Outcome.PROCESSED]
+    steps = factory.commits[before:]
+    assert [s.available["SKU-A"] for s in steps] == [25, 10, 0, 0]
+    assert [len(allocated(s)) for s in steps] == [15, 30, 40, 40]
+    assert allocated(steps[0]) == [f"O-{i:02d}" for i in range(15)]  # the first served first
+    # Each step's events with it: a fulfillment request, a status and a notification an order.
+    assert [len(s.outbox) - len(factory.commits[before - 1].outbox) for s in steps[:3]] == [45, 90, 120]
+    assert all(("O-LATE", "L1") not in s.lines for s in steps[:3])
+    assert steps[3].lines[("O-LATE", "L1")].status.value == "BACKORDERED"
+    assert len({e.event_id for e in steps[3].outbox}) == len(steps[3].outbox)
+
+
+def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database lost before a receipt's third step: the batch fails, what the first two committed stays, and
+    the same batch again (the receipt a duplicate now) gives the rest: the same state, decisions and events as a
+    receipt never stopped."""
+    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 4)
+    receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
+    never_stopped = Committing()
+    placed(never_stopped, 10)
+    assert [r.outcome for r in run(never_stopped, receipt)] == [Outcome.PROCESSED]
+
+    stopped = Committing()
+    placed(stopped, 10)
+    stopped.lost_at = stopped.transactions + 3
+    with pytest.raises(StoreUnavailable):
+        run(stopped, receipt)
+    assert len(allocated(stopped.state)) == 8 and stopped.state.available["SKU-A"] == 2
+
+    assert [r.outcome for r in run(stopped, receipt)] == [Outcome.DUPLICATE]
+    assert comparable(stopped.state) == comparable(never_stopped.state)
+    assert len({e.event_id for e in stopped.state.outbox}) == len(stopped.state.outbox)
+
+
+def test_a_change_between_two_steps_has_the_rest_decided_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a receipt's first and second step a restock is expected for its SKU (its queue changes, nothing is
+    allocated): the steps decided before are not trusted, what is on hand is decided anew, and every unit ends on
+    a line once."""
+    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 4)
+    factory = Committing()
+    placed(factory, 10)
+    decisions = decisions_counted(monkeypatch)
+
+    def restock(transaction: int) -> None:
+        if transaction == first_step + 1:
+            with FakeUnitOfWorkFactory.__call__(factory) as uow:
+                handle_record(uow, factories.restock("SKU-A", "PO-1", 5, "2026-02-10"), ShopPolicy(), NOW)
+
+    first_step = factory.transactions + 1
+    factory.between = restock
+    assert [r.outcome for r in run(factory, [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))])] == [
+        Outcome.PROCESSED
+    ]
+
+    assert decisions == [10, 6]  # the receipt's, then again over what the first step left on hand
+    assert len(allocated(factory.state)) == 10 and factory.state.available["SKU-A"] == 0
+    given = [d for d, _ in factory.state.shipments if d.cause == "inventory-received/R-1"]
+    assert sorted(d.order_id for d in given) == [f"O-{i:02d}" for i in range(10)]
+    assert len({e.event_id for e in factory.state.outbox}) == len(factory.state.outbox)
+
+
+def test_a_step_that_fails_stops_the_steps_and_leaves_the_rest_on_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that fails (a defect) after the receipt's first committed: the receipt and the message beside it
+    stand, the units not given wait on hand, and the next order for the SKU gives them to the lines ahead of it."""
+    factory = Committing()
+    placed(factory, 10)
     announce = handlers._announce_fills
 
     def failing(cause: str, caused_by: str, fills: Any, *args: Any) -> Any:
@@ -154,20 +266,45 @@ def test_an_event_that_fails_once_a_step_is_written_fails_its_transaction(monkey
             raise RuntimeError("the second step fails")
         return announce(cause, caused_by, fills, *args)
 
-    monkeypatch.setattr(handlers, "_announce_fills", failing)
-    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 4)
-    batch = [
-        message(10, "receipts", factories.receipt("R-1", "SKU-A", 10)),
-        message(11, "orders", factories.order("O-B", "2026-01-11", [("SKU-B", 1)])),
-    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(handlers, "_announce_fills", failing)
+        patch.setattr(handlers, "FILLS_PER_SAVE", 4)
+        batch = [
+            message(10, "receipts", factories.receipt("R-1", "SKU-A", 10)),
+            message(11, "orders", factories.order("O-B", "2026-01-11", [("SKU-B", 1)])),
+        ]
+        results = run(factory, batch)
 
-    results = run(factory, batch)
-
-    assert [r.outcome for r in results] == [Outcome.DEAD_LETTERED, Outcome.PROCESSED]
-    assert isinstance(results[0].error, UnprocessableEvent)
-    assert "the second step fails" in str(results[0].error)
+    assert [r.outcome for r in results] == [Outcome.PROCESSED, Outcome.PROCESSED]
     after = factory.state
-    assert {key: line for key, line in after.lines.items() if key[0] != "O-B"} == before.lines
+    assert allocated(after) == ["O-00", "O-01", "O-02", "O-03"]
+    assert after.available["SKU-A"] == 6 and after.received["SKU-A"] == 10
     assert ("O-B", "L1") in after.lines
-    assert after.available.get("SKU-A", 0) == after.received.get("SKU-A", 0) == 0
-    assert not any(d.cause == "inventory-received/R-1" for d, _ in after.shipments)
+
+    later = [message(12, "orders", factories.order("O-C", "2026-01-20T11:00", [("SKU-A", 1)]))]
+    assert [r.outcome for r in run(factory, later)] == [Outcome.PROCESSED]
+    assert allocated(factory.state) == [f"O-{i:02d}" for i in range(10)]
+    assert factory.state.lines[("O-C", "L1")].status.value == "BACKORDERED"
+    assert factory.state.available["SKU-A"] == 0
+
+
+def test_a_receipt_again_gives_no_order_a_second_shipment_of_it() -> None:
+    """An order given units by a receipt has a fulfillment request named by the two: the receipt again, with
+    units on hand, passes over that order's other waiting line for the next order's."""
+    factory = Committing()
+    two_lines = factories.order("O-00", "2026-01-10T10:00", [("SKU-A", 1), ("SKU-A", 1)])
+    batch = [
+        message(0, "orders", two_lines),
+        message(1, "orders", factories.order("O-01", "2026-01-10T10:01", [("SKU-A", 1)])),
+    ]
+    run(factory, batch)
+    receipt = [message(2, "receipts", factories.receipt("R-1", "SKU-A", 1))]
+    assert [r.outcome for r in run(factory, receipt)] == [Outcome.PROCESSED]
+    assert allocated(factory.state) == ["O-00"]
+    factory.state.available["SKU-A"] = 1  # as a receipt stopped between two steps would leave it
+
+    assert [r.outcome for r in run(factory, receipt)] == [Outcome.DUPLICATE]
+
+    assert allocated(factory.state) == ["O-00", "O-01"]
+    assert factory.state.lines[("O-00", "L2")].status.value == "BACKORDERED"
+    assert len({e.event_id for e in factory.state.outbox}) == len(factory.state.outbox)

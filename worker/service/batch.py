@@ -1,5 +1,6 @@
 """Handling a polled batch: decode, map to commands, apply them in one database transaction (several in turn
-for a batch of large orders: see `lines_per_transaction`).
+for a batch of large orders, see `lines_per_transaction`; and for a receipt that fills more lines than one
+transaction gives, see `handlers.FILLS_PER_SAVE`).
 
 A message that cannot be accepted is written to the dead-letter topic (through the outbox, in the
 same transaction) and the rest of the batch goes on. A database that is unavailable is not the
@@ -15,6 +16,7 @@ message that fails alone is found; it is dead-lettered with its error, and the o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -50,13 +52,14 @@ def handle_batch(
     """Apply a batch; returns one result per message, in order. Raises StoreUnavailable.
 
     The batch is cut into transactions of at most `lines_per_transaction` order lines (a message with
-    more is a transaction alone), so that no transaction holds its locks for long whatever the batch
-    holds; `on_progress` is called after each.
+    more is a transaction alone), and a receipt that fills more lines than `handlers.FILLS_PER_SAVE` gives them
+    in transactions of their own before the messages after it are handled, so that no transaction holds its
+    locks for long whatever the batch holds; `on_progress` is called after each.
     """
     parsed = [(message, _parse(message, decoder, expected_records)) for message in messages]
     results: list[MessageResult] = []
     for chunk in _chunks(parsed, lines_per_transaction):
-        results += _isolating(chunk, unit_of_work=unit_of_work, shop=shop, now=now)
+        results += _isolating(chunk, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress)
         if on_progress is not None:
             on_progress()
     return results
@@ -89,25 +92,76 @@ def _chunks(batch: list[Parsed], budget: int) -> Iterator[list[Parsed]]:
 
 
 def _isolating(
-    batch: list[Parsed], *, unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, now: dt.datetime
+    batch: list[Parsed],
+    *,
+    unit_of_work: UnitOfWorkFactory,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    on_progress: Callable[[], None] | None = None,
 ) -> list[MessageResult]:
-    try:
-        return _in_one_transaction(batch, unit_of_work=unit_of_work, shop=shop, now=now)
-    except StoreUnavailable:
-        raise
-    except Exception as exc:
-        if len(batch) > 1:
-            middle = len(batch) // 2
-            log.warning("batch_split", messages=len(batch), error=_describe(exc))
-            first = _isolating(batch[:middle], unit_of_work=unit_of_work, shop=shop, now=now)
-            return first + _isolating(batch[middle:], unit_of_work=unit_of_work, shop=shop, now=now)
-        message = batch[0][0]
-        log.exception("message_isolated", topic=message.topic, partition=message.partition, offset=message.offset)
-        error = UnprocessableEvent(_describe(exc))
-        with unit_of_work() as uow:
-            uow.caused_by(message.written_at)
-            uow.dead_letter(message, error, now)
-        return [MessageResult(message, Outcome.DEAD_LETTERED, error)]
+    results: list[MessageResult] = []
+    while len(results) < len(batch):
+        rest = batch[len(results) :]
+        try:
+            done, left = _in_one_transaction(rest, unit_of_work=unit_of_work, shop=shop, now=now)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(rest) > 1:
+                middle = len(rest) // 2
+                log.warning("batch_split", messages=len(rest), error=_describe(exc))
+                again = functools.partial(
+                    _isolating, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress
+                )
+                first = again(rest[:middle])
+                return results + first + again(rest[middle:])
+            message = rest[0][0]
+            log.exception("message_isolated", topic=message.topic, partition=message.partition, offset=message.offset)
+            error = UnprocessableEvent(_describe(exc))
+            with unit_of_work() as uow:
+                uow.caused_by(message.written_at)
+                uow.dead_letter(message, error, now)
+            return [*results, MessageResult(message, Outcome.DEAD_LETTERED, error)]
+        results += done
+        if left is not None:
+            _give_more(left, done[-1].message, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress)
+    return results
+
+
+def _give_more(
+    left: handlers.FillsLeft,
+    message: InboundMessage,
+    *,
+    unit_of_work: UnitOfWorkFactory,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    on_progress: Callable[[], None] | None,
+) -> None:
+    """A receipt's further steps, each in a transaction of its own, before the messages after it. The database
+    lost stops them with the batch (which is handled again: the receipt, a duplicate then, gives what is still on
+    hand). A step that fails for a reason of its own (a defect) stops them too: the units not given stay on hand,
+    where the next event that allocates the SKU's stock, or the receipt again, gives them."""
+    more: handlers.FillsLeft | None = left
+    while more is not None:
+        try:
+            with unit_of_work() as uow:
+                uow.caused_by(message.written_at)
+                done = handlers.give_more(more, uow, shop, now)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception(
+                "receipt_steps_stopped",
+                receipt_id=left.command.receipt.receipt_id,
+                sku=left.command.receipt.sku,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            )
+            return
+        more = done if isinstance(done, handlers.FillsLeft) else None
+        if on_progress is not None:
+            on_progress()
 
 
 def _describe(exc: BaseException) -> str:
@@ -116,7 +170,9 @@ def _describe(exc: BaseException) -> str:
 
 def _in_one_transaction(
     batch: list[Parsed], *, unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, now: dt.datetime
-) -> list[MessageResult]:
+) -> tuple[list[MessageResult], handlers.FillsLeft | None]:
+    """The batch's messages in one transaction, up to its end or to a receipt that leaves fills to give in
+    transactions of their own (the messages after it come after those); their results, and what is left."""
     results: list[MessageResult] = []
     with unit_of_work() as uow:
         uow.prepare([item for _, item in batch if not isinstance(item, RejectedMessage)])
@@ -125,7 +181,11 @@ def _in_one_transaction(
             if not isinstance(item, RejectedMessage):
                 try:
                     with uow.savepoint():
-                        results.append(MessageResult(message, handlers.handle(item, uow, shop, now)))
+                        done = handlers.handle(item, uow, shop, now)
+                    if isinstance(done, handlers.FillsLeft):
+                        results.append(MessageResult(message, done.outcome))
+                        return results, done  # the transaction commits as the block ends
+                    results.append(MessageResult(message, done))
                     continue
                 except RejectedMessage as exc:
                     item = exc
@@ -141,7 +201,7 @@ def _in_one_transaction(
                     item = UnprocessableEvent(_describe(exc))
             uow.dead_letter(message, item, now)
             results.append(MessageResult(message, Outcome.DEAD_LETTERED, item))
-    return results
+    return results, None
 
 
 def _parse(

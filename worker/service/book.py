@@ -541,6 +541,12 @@ class Book:
         self._put(self._received, receipt.sku, self._received.get(receipt.sku, 0) + receipt.quantity)
         self._add_available(receipt.sku, receipt.quantity)
 
+    def queue_version(self, sku: str) -> int | None:
+        return self._store.queue_versions([sku]).get(sku)
+
+    def orders_given(self, cause: str) -> set[str]:
+        return self._store.orders_given(cause)
+
     def available(self, sku: str) -> int:
         self._require_locked(sku)
         return self._available[sku]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from enum import StrEnum
 from itertools import groupby
 
@@ -83,7 +83,9 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
+def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
+    """Apply the command in `uow`: its outcome, or for a receipt with more fills than one transaction gives, what
+    is left to give (`give_more`) once `uow` is committed."""
     if isinstance(command, PlaceOrder):
         return place_order(command, uow, shop, now)
     if isinstance(command, ReceiveStock):
@@ -188,31 +190,92 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     return Outcome.PROCESSED
 
 
-# A receipt that fills more lines than this writes them in steps of about this many (`_whole_orders`): what
-# it holds at once is its queue as decided, not also every line it changed, every decision and every event (a
-# receipt that filled 100,000 lines peaked at 564 MB holding them all, at 267 MB in steps, and at 186 MB once its
-# queue was also read in chunks: `PostgresStore._waiting_in_chunks`).
+# A receipt that fills more lines than this gives them in steps of about this many (`_steps`), each step in a
+# transaction of its own: no transaction holds the SKU's lock and its orders' for long whatever the queue's
+# depth, the first lines' customers hear at once, and the relay publishes a step's events while the next is
+# worked out. What the worker holds at once is the queue as decided, not also every line it changed, every
+# decision and every event (a receipt that filled 100,000 lines peaked at 564 MB holding them all, at 267 MB in
+# steps, and at 186 MB once its queue was also read in chunks: `PostgresStore._waiting_in_chunks`).
 FILLS_PER_SAVE = 5_000
 
 
-def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
+@dataclasses.dataclass(frozen=True, slots=True)
+class FillsLeft:
+    """A receipt's fills not given when its transaction ends: `give_more` gives the next step of them in a
+    transaction of its own, until none is left. Between two steps the units not given yet are on hand, in the
+    stock of the SKU, as the receipt left them."""
+
+    command: ReceiveStock
+    steps: tuple[list[Fill], ...]
+    version: int | None  # the SKU's queue version its last step left: any other means the queue changed since
+    outcome: Outcome  # what the receipt's message came to: PROCESSED, or DUPLICATE for one resumed
+
+
+def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
     receipt = command.receipt
     if not _first_time(uow, command):
-        return Outcome.DUPLICATE
+        return _resume(command, uow, shop, now)
     uow.add_receipt(receipt, command.event_id)
     if receipt.purchase_order_id is not None:
         uow.consume_restock(receipt)
-    cause = f"inventory-received/{receipt.receipt_id}"
-    decided = _decide_fills(uow, [receipt.sku], cause, shop, now)
-    if len(decided) <= FILLS_PER_SAVE:
-        unannounced = _give(uow, decided, cause, shop, now)
+    decided = _decide_fills(uow, [receipt.sku], _receipt_cause(command), shop, now)
+    return _give_in_steps(command, _steps(decided, FILLS_PER_SAVE), uow, shop, now, Outcome.PROCESSED)
+
+
+def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
+    """The next step of a receipt's fills, in a unit of work of its own (the SKU is locked again here). The
+    steps decided before are given while the SKU's queue version is the one the last step left; if anything else
+    changed the queue or the stock since (an order, a cancellation, another worker), what is on hand is decided
+    anew."""
+    sku = left.command.receipt.sku
+    uow.lock_stock([sku])
+    if uow.queue_version(sku) == left.version:
+        steps = left.steps
     else:
-        # A deep queue: the same work in steps of whole orders, each saved and forgotten before the next (first
-        # goes the queue as read). An order is announced with its step unless a line it got units for still
-        # waits: that one's date is settled below, with the queue's.
-        uow.flush()
+        cause = _receipt_cause(left.command)
+        decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
+        log.info("receipt_decided_again", sku=sku, cause=cause, lines=len(decided))
+        steps = tuple(_steps(decided, FILLS_PER_SAVE))
+    return _give_in_steps(left.command, steps, uow, shop, now, left.outcome)
+
+
+def _resume(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
+    """A receipt seen before. Its steps may have stopped between two transactions (the worker stopped, the
+    database was lost): what it left on hand goes to its queue now, as it would have gone, but not to an order it
+    gave units to already (an order's events of a receipt are named by the receipt and the order: one each)."""
+    sku = command.receipt.sku
+    if _on_hand(uow, shop, sku, now) == 0:
+        return Outcome.DUPLICATE
+    cause = _receipt_cause(command)
+    decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
+    if not decided:
+        return Outcome.DUPLICATE
+    log.info("receipt_resumed", sku=sku, cause=cause, lines=len(decided))
+    return _give_in_steps(command, _steps(decided, FILLS_PER_SAVE), uow, shop, now, Outcome.DUPLICATE)
+
+
+def _receipt_cause(command: ReceiveStock) -> str:
+    return f"inventory-received/{command.receipt.receipt_id}"
+
+
+def _give_in_steps(
+    command: ReceiveStock,
+    steps: Sequence[list[Fill]],
+    uow: UnitOfWork,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    outcome: Outcome,
+) -> Outcome | FillsLeft:
+    """Give the first of `steps` and announce it; the rest is left to transactions of their own. An order whose
+    line got units and still waits is announced once that line's date is settled, with the queue's after the
+    receipt: from the step that gives one, every step is given in this transaction, then the queue is dated."""
+    cause, sku = _receipt_cause(command), command.receipt.sku
+    if len(steps) <= 1:
+        unannounced = _give(uow, steps[0] if steps else [], cause, shop, now)
+    else:
+        uow.flush()  # what came before (the receipt itself) is written before the first step
         unannounced = []
-        for step in _whole_orders(decided, FILLS_PER_SAVE):
+        for number, step in enumerate(steps, start=1):
             fills = _give(uow, step, cause, shop, now)
             states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
             filled = {(f.backorder.order_id, f.backorder.line_id) for f in fills}
@@ -226,10 +289,12 @@ def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now:
             settled = [f for f in fills if f.backorder.order_id not in dating]
             uow.emit(_announce_fills(cause, command.event_id, settled, states, uow, shop, now))
             uow.flush()
-    eta_news = _refresh_etas(uow, [receipt.sku], cause, shop, now)
+            if not unannounced and number < len(steps):
+                return FillsLeft(command, tuple(steps[number:]), uow.queue_version(sku), outcome)
+    eta_news = _refresh_etas(uow, [sku], cause, shop, now)
     states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced}))
     uow.emit(_announce_fills(cause, command.event_id, unannounced, states, uow, shop, now) + eta_news)
-    return Outcome.PROCESSED
+    return outcome
 
 
 def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
@@ -702,16 +767,26 @@ def _allocate(
     return _give(uow, _decide_fills(uow, skus, cause, shop, now), cause, shop, now, orders_changed)
 
 
-def _decide_fills(uow: UnitOfWork, skus: Iterable[str], cause: str, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
-    """What the SKUs have on hand gives their queues, before the orders are held (`_give`)."""
+def _decide_fills(
+    uow: UnitOfWork,
+    skus: Iterable[str],
+    cause: str,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    *,
+    leaving_out: Collection[str] = (),
+) -> list[Fill]:
+    """What the SKUs have on hand gives their queues (but not the lines of the orders `leaving_out`), before the
+    orders are held (`_give`)."""
     fills: list[Fill] = []
     for sku in skus:
         units = _on_hand(uow, shop, sku, now)
         if units == 0:
             continue
-        allocation = allocate(
-            waiting_queue(uow, shop, sku), units, rules=shop.priority, mode=shop.ship_complete_mode, now=now
-        )
+        queue = waiting_queue(uow, shop, sku)
+        if leaving_out:
+            queue = [line for line in queue if line.order_id not in leaving_out]
+        allocation = allocate(queue, units, rules=shop.priority, mode=shop.ship_complete_mode, now=now)
         if allocation.fills:
             log.info(
                 "allocated",
@@ -749,19 +824,27 @@ def _give(
     return fills
 
 
-def _whole_orders(fills: Sequence[Fill], size: int) -> Iterator[list[Fill]]:
-    """The fills in order-id order (each order's in the order decided), cut into steps of about `size` that
-    never split an order: what is decided of an order needs all its fills at once. Order-id order is the order
-    their rows are locked in, and that of their events."""
+def _steps(fills: Sequence[Fill], size: int) -> list[list[Fill]]:
+    """The fills cut into steps of about `size` that never split an order (what is decided of an order needs all
+    its fills at once): in serving order, the first served first, except that an order a fill may leave waiting
+    (it does not complete its line, or holds it for the rest of the order) goes after every other, so that the
+    steps before it can be committed alone. Within a step, order-id order: the order their rows are locked in,
+    and that of their events."""
+    orders: dict[str, list[Fill]] = {}
+    for fill in fills:
+        orders.setdefault(fill.backorder.order_id, []).append(fill)
+    settled = [order for order in orders.values() if all(f.completes and not f.holds_complete for f in order)]
+    waiting = [order for order in orders.values() if not all(f.completes and not f.holds_complete for f in order)]
+    steps: list[list[Fill]] = []
     step: list[Fill] = []
-    for _, group in groupby(sorted(fills, key=lambda f: f.backorder.order_id), key=lambda f: f.backorder.order_id):
-        order = list(group)
+    for order in settled + waiting:
         if step and len(step) + len(order) > size:
-            yield step
+            steps.append(step)
             step = []
         step += order
     if step:
-        yield step
+        steps.append(step)
+    return [sorted(step, key=lambda f: f.backorder.order_id) for step in steps]
 
 
 def _on_hand(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> int:

@@ -240,6 +240,15 @@ class UnitOfWork(Protocol):
         """Apply the fills: units leave the SKUs' available stock for the lines; shipment_ids by order_id."""
         ...
 
+    def queue_version(self, sku: str) -> int | None:
+        """The SKU's queue version (`Store.queue_versions`) as saved so far, by this unit of work too (`flush`
+        first)."""
+        ...
+
+    def orders_given(self, cause: str) -> set[str]:
+        """The orders given units under this cause, as saved so far."""
+        ...
+
     # ---- expected supply, dates, timeline, shipments
 
     def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
@@ -458,6 +467,10 @@ class Store(Protocol):
     def queue_versions(self, skus: Sequence[str]) -> dict[str, int]:
         """The version of each SKU's queue, a token that changes with every save that changes the SKU
         (`Changes.queue_skus`); a SKU no such save has written yet is left out."""
+        ...
+
+    def orders_given(self, cause: str) -> set[str]:
+        """The orders given units under this cause."""
         ...
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:

@@ -368,6 +368,9 @@ class Snapshot:
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self._store.lines(orders=order_ids)
 
+    def orders_given(self, cause: str) -> set[str]:
+        return self._store.orders_given(cause)
+
     def lock_sweep(self, wait: bool) -> bool:
         return False
 

@@ -123,6 +123,11 @@ class PostgresStore:
         return dict(rows.fetchall())
 
     @_judged
+    def orders_given(self, cause: str) -> set[str]:
+        rows = self._conn.execute("SELECT DISTINCT order_id FROM allocation WHERE cause = %s", (cause,))
+        return {order_id for (order_id,) in rows}
+
+    @_judged
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         # Row locks, not advisory ones: they take no room in the lock table however many orders a
         # receipt fills. Taken in order_id order; a deadlock between two workers' batches is retried.

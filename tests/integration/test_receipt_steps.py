@@ -1,0 +1,90 @@
+"""A receipt that fills more lines than one transaction gives, on PostgreSQL: each step commits on its own (what
+another connection sees between them), and the steps decided once are given while the SKU's queue version read
+back after each is the one the next transaction finds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from tests import factories
+from tests.integration.conftest import Deployment
+from tests.unit.test_batch import CODEC, NOW, TOPICS, message
+from tests.unit.test_deep_receipt import decisions_counted
+from worker.adapters.postgres.unit_of_work import PostgresUnitOfWorkFactory
+from worker.domain.events import OutboundEvent
+from worker.domain.policy import ShopPolicy
+from worker.service import handlers
+from worker.service.batch import handle_batch
+from worker.service.book import Book
+from worker.service.handlers import Outcome
+from worker.service.messages import InboundMessage
+
+
+def serialize(event: OutboundEvent) -> tuple[str, bytes, bytes]:
+    return type(event).__name__, event.order_id.encode(), repr(event).encode()
+
+
+class Watched(PostgresUnitOfWorkFactory):
+    """Before each transaction begins, what another connection sees committed: (lines allocated, units on hand of
+    SKU-A, outbox rows)."""
+
+    def __init__(self, pool: ConnectionPool, database_url: str) -> None:
+        super().__init__(pool, serialize, "dlq")
+        self._url = database_url
+        self.seen: list[tuple[int, int, int]] = []
+
+    def look(self) -> tuple[int, int, int]:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            row = conn.execute(
+                """SELECT (SELECT count(*) FROM order_line WHERE status = 'ALLOCATED'),
+                          (SELECT coalesce(sum(available), 0) FROM stock_level WHERE sku = 'SKU-A'),
+                          (SELECT count(*) FROM outbox)"""
+            ).fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1]), int(row[2])
+
+    @contextmanager
+    def __call__(self, *, rollback: bool = False) -> Iterator[Book]:
+        self.seen.append(self.look())
+        with super().__call__(rollback=rollback) as book:
+            yield book
+
+
+def run(factory: Watched, messages: list[InboundMessage]) -> list[Outcome]:
+    results = handle_batch(
+        messages, decoder=CODEC, expected_records=TOPICS, unit_of_work=factory, shop=ShopPolicy(), now=NOW
+    )
+    return [r.outcome for r in results]
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ConnectionPool(deployment.database_url, min_size=1, max_size=2) as pool:
+        factory = Watched(pool, deployment.database_url)
+        placing = [
+            message(i, "orders", factories.order(f"O-{i:02d}", f"2026-01-10T10:{i:02d}", [("SKU-A", 1)]))
+            for i in range(12)
+        ]
+        assert set(run(factory, placing)) == {Outcome.PROCESSED}
+        monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 5)
+        decisions = decisions_counted(monkeypatch)
+        factory.seen.clear()
+
+        assert run(factory, [message(12, "receipts", factories.receipt("R-1", "SKU-A", 12))]) == [Outcome.PROCESSED]
+        factory.seen.append(factory.look())
+
+    # Before the receipt; after its own transaction (the first five served, with their events: a fulfillment
+    # request, a status and a notification an order); after each further step.
+    queued = factory.seen[0][2]  # the orders' own events
+    assert [(lines, units, events - queued) for lines, units, events in factory.seen] == [
+        (0, 0, 0),
+        (5, 7, 15),
+        (10, 2, 30),
+        (12, 0, 36),
+    ]
+    assert decisions == [12]  # the steps decided once: each transaction found the version the one before left
