@@ -829,7 +829,9 @@ def _steps(fills: Sequence[Fill], size: int) -> list[list[Fill]]:
     its fills at once): in serving order, the first served first, except that an order a fill may leave waiting
     (it does not complete its line, or holds it for the rest of the order) goes after every other, so that the
     steps before it can be committed alone. Within a step, order-id order: the order their rows are locked in,
-    and that of their events."""
+    and that of their events. Fills for one step at most stay as decided, in serving order."""
+    if len(fills) <= size:
+        return [list(fills)] if fills else []
     orders: dict[str, list[Fill]] = {}
     for fill in fills:
         orders.setdefault(fill.backorder.order_id, []).append(fill)
