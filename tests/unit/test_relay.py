@@ -96,6 +96,27 @@ def test_a_row_refused_in_produce_is_parked_and_the_rows_around_it_are_delivered
     assert result.producer_error is None and result.not_acknowledged == 0
 
 
+def test_a_rounds_delays_are_those_of_the_rows_kafka_acknowledged() -> None:
+    """From each acknowledged row's decision (and inbound event, where it has one) to the acknowledgement; the
+    rows not acknowledged count in neither."""
+    reported: list[tuple[list[float], list[float]]] = []
+    publisher = relay(FakeProducer())
+    publisher._on_published = lambda _topics, _failures, delays, latencies: reported.append((delays, latencies))
+    ago = [dt.datetime.now(dt.UTC) - dt.timedelta(seconds=s) for s in (10, 20, 30)]
+    rows = [
+        outbox.OutboxRow(1, "out", b"k", b"a", [], ago[0], ago[1]),
+        outbox.OutboxRow(2, "out", b"k", b"b", [], ago[1], None),
+        outbox.OutboxRow(3, "out", b"k", b"c", [], ago[2], ago[2]),
+    ]
+
+    publisher._report(rows, relay_module.Round(delivered=[3, 1], per_topic={"out": 2}))
+    publisher._report(rows, relay_module.Round(delivered=[2, 3, 1], per_topic={"out": 3}))
+
+    (some, some_caused), (every, every_caused) = reported
+    assert [round(d) for d in sorted(some)] == [10, 30] and [round(d) for d in sorted(some_caused)] == [20, 30]
+    assert [round(d) for d in sorted(every)] == [10, 20, 30] and [round(d) for d in sorted(every_caused)] == [20, 30]
+
+
 def test_delivery_reports_tell_a_refusal_from_a_passing_failure() -> None:
     producer = FakeProducer(
         answers={

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
 import structlog
@@ -35,6 +36,27 @@ from worker.service.ports import StateFigures
 log = structlog.get_logger(__name__)
 
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class RoundHistogram(Histogram):
+    """A histogram that also takes a relay round's observations at once (`observe_all`): each bucket's count and
+    the sum are added once, where `observe` takes a lock for the sum and another for the bucket of every value
+    (with the loop around it, 1-2 us a value: two values an event were a fifth of the relay's CPU). The same
+    figures as observing the values one by one (tests/unit/test_metrics.py); written against prometheus-client's
+    `Histogram` as pinned (its `_upper_bounds`, `_buckets` and `_sum`)."""
+
+    def observe_all(self, values: Sequence[float]) -> None:
+        if not values:
+            return
+        self._raise_if_not_observable()  # type: ignore[no-untyped-call]
+        bounds = self._upper_bounds
+        counts = [0] * len(bounds)
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bound not below it: `observe`'s `amount <= bound`
+        self._sum.inc(sum(values))
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 class StateRefresher:
@@ -242,13 +264,13 @@ class Metrics:
             ["topic", "partition"],
             registry=self.registry,
         )
-        self.publish_delay = Histogram(
+        self.publish_delay = RoundHistogram(
             "backorder_outbox_publish_delay_seconds",
             "From the decision (outbox row written) to Kafka's acknowledgement",
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.end_to_end = Histogram(
+        self.end_to_end = RoundHistogram(
             "backorder_end_to_end_latency_seconds",
             "From the inbound event entering Kafka to the outbound event it caused being acknowledged",
             buckets=_BATCH_BUCKETS,
@@ -305,9 +327,7 @@ class Metrics:
     ) -> None:
         for topic, count in per_topic.items():
             self.published.labels(topic).inc(count)
-        for delay in delays:
-            self.publish_delay.observe(delay)
-        for latency in latencies:
-            self.end_to_end.observe(latency)
+        self.publish_delay.observe_all(delays)
+        self.end_to_end.observe_all(latencies)
         if failures:
             self.publish_failures.inc(failures)

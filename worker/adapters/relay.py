@@ -215,11 +215,13 @@ class OutboxRelay:
                 error=str(result.producer_error) if result.producer_error else None,
             )
         if self._on_published is not None and rows:
-            written = {row.outbox_id: row.created_at for row in rows}
-            caused = {row.outbox_id: row.source_time for row in rows if row.source_time is not None}
+            acked: Sequence[outbox.OutboxRow] = rows  # as many acknowledgements as rows: each row's (once at most)
+            if len(result.delivered) < len(rows):
+                delivered = set(result.delivered)
+                acked = [row for row in rows if row.outbox_id in delivered]
             acknowledged = dt.datetime.now(dt.UTC)
-            delays = [(acknowledged - written[i]).total_seconds() for i in result.delivered]
-            latencies = [(acknowledged - caused[i]).total_seconds() for i in result.delivered if i in caused]
+            delays = [(acknowledged - row.created_at).total_seconds() for row in acked]
+            latencies = [(acknowledged - row.source_time).total_seconds() for row in acked if row.source_time]
             self._on_published(result.per_topic, result.not_acknowledged, delays, latencies)
 
     # Called as each purge statement ends (set by `run` to its `on_round`): a long purge is progress, not a stall.

@@ -1,0 +1,39 @@
+"""The relay's round histograms: a round's values at once, the same figures as one by one."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+
+from tests import examples
+from worker.adapters.metrics import _BATCH_BUCKETS, RoundHistogram
+
+BOUNDS = (*_BATCH_BUCKETS, math.inf)
+values = st.lists(
+    st.one_of(st.sampled_from(_BATCH_BUCKETS), st.floats(-5, 100, allow_nan=False), st.just(math.inf)), max_size=60
+)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(rounds=st.lists(values, max_size=4))
+def test_a_round_at_once_counts_what_its_values_one_by_one_count(rounds: list[list[float]]) -> None:
+    at_once, one_by_one = CollectorRegistry(), CollectorRegistry()
+    bulk = RoundHistogram("delay_seconds", "d", buckets=_BATCH_BUCKETS, registry=at_once)
+    single = Histogram("delay_seconds", "d", buckets=_BATCH_BUCKETS, registry=one_by_one)
+    for observed in rounds:
+        bulk.observe_all(observed)
+        for value in observed:
+            single.observe(value)
+
+    for bound in BOUNDS:
+        labels = {"le": str(bound) if bound != math.inf else "+Inf"}
+        assert at_once.get_sample_value("delay_seconds_bucket", labels) == one_by_one.get_sample_value(
+            "delay_seconds_bucket", labels
+        ), bound
+    assert at_once.get_sample_value("delay_seconds_count") == one_by_one.get_sample_value("delay_seconds_count")
+    total, expected = at_once.get_sample_value("delay_seconds_sum"), one_by_one.get_sample_value("delay_seconds_sum")
+    assert total is not None and expected is not None
+    assert total == expected or math.isclose(total, expected, rel_tol=1e-9, abs_tol=1e-9)
