@@ -165,7 +165,8 @@ class Settings(BaseSettings):
 
     batch_size: PositiveInt = 500
     batch_timeout_seconds: PositiveFloat = 0.5
-    # A batch is applied in transactions of at most this many order lines (a larger order alone).
+    # A batch is applied in transactions of at most this many order lines (a larger order alone); a receipt
+    # that fills more lines than this gives them in steps of about as many, a transaction each.
     transaction_max_lines: PositiveInt = 5000
 
     db_pool_min_size: PositiveInt = 1

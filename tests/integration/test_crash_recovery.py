@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tests import factories
 from tests.integration.conftest import Deployment, wait_for
 
@@ -55,3 +57,38 @@ def test_events_committed_before_a_kill_are_published_after_restart(deployment: 
     wait_for("the third receipt", lambda: third.metric("backorder_events_consumed_total") >= 1)
     assert third.metric("backorder_events_consumed_total", outcome="duplicate") == 0
     assert third.metric("backorder_events_consumed_total", outcome="processed") == 1
+
+
+def test_a_receipt_killed_between_its_steps_gives_the_rest_after_restart(deployment: Deployment) -> None:
+    """1,200 waiting one-unit orders and a receipt for all of them, in steps of 300. The last order served is held
+    by another transaction, so the worker commits three steps and waits at the fourth: killed there, it leaves the
+    receipt's offset unstored. The next worker is handed the receipt again, a duplicate now, and gives what is on
+    hand: every line once, one fulfillment request an order."""
+    orders, step = 1200, 300
+    first = deployment.start_worker(BACKORDER_TRANSACTION_MAX_LINES=str(step))
+    for i in range(orders):
+        placed = f"2026-02-01T{i // 60:02d}:{i % 60:02d}"
+        deployment.produce("order-created", factories.order(f"O-{i:04d}", placed, [(SKU, 1)]))
+    wait_for("the orders", lambda: first.metric("backorder_events_consumed_total") == orders, timeout_s=60)
+
+    with deployment.db() as holder, holder.transaction(force_rollback=True):
+        holder.execute("SELECT 1 FROM customer_order WHERE order_id = %s FOR UPDATE", (f"O-{orders - 1:04d}",))
+        deployment.produce("inventory-received", factories.receipt("R-DEEP", SKU, orders))
+        three_steps = [(3 * step,)]
+        wait_for("three steps", lambda: deployment.query("SELECT count(*) FROM allocation") == three_steps)
+        time.sleep(0.5)
+        assert deployment.query("SELECT count(*) FROM allocation") == three_steps  # waiting at the fourth
+        first.kill()
+
+    second = deployment.start_worker()
+    wait_for("every line", lambda: deployment.query("SELECT count(*) FROM allocation") == [(orders,)], timeout_s=60)
+    assert deployment.query("SELECT count(DISTINCT (order_id, line_id)) FROM allocation") == [(orders,)]
+    available, received, allocated, _ = deployment.stock(SKU)
+    assert (available, received, allocated) == (0, orders, orders)
+    wait_for("the receipt again", lambda: second.metric("backorder_events_consumed_total", outcome="duplicate") >= 1)
+
+    requests = [m.value for m in deployment.read("fulfillment-requested", count=orders) if m.value]
+    ids_by_order: dict[str, set[str]] = {}
+    for request in requests:
+        ids_by_order.setdefault(request["order_id"], set()).add(request["event_id"])
+    assert len(ids_by_order) == orders and all(len(ids) == 1 for ids in ids_by_order.values())

@@ -18,7 +18,6 @@ from tests.unit.test_deep_receipt import decisions_counted
 from worker.adapters.postgres.unit_of_work import PostgresUnitOfWorkFactory
 from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
-from worker.service import handlers
 from worker.service.batch import handle_batch
 from worker.service.book import Book
 from worker.service.handlers import Outcome
@@ -57,7 +56,13 @@ class Watched(PostgresUnitOfWorkFactory):
 
 def run(factory: Watched, messages: list[InboundMessage]) -> list[Outcome]:
     results = handle_batch(
-        messages, decoder=CODEC, expected_records=TOPICS, unit_of_work=factory, shop=ShopPolicy(), now=NOW
+        messages,
+        decoder=CODEC,
+        expected_records=TOPICS,
+        unit_of_work=factory,
+        shop=ShopPolicy(),
+        now=NOW,
+        lines_per_transaction=5,
     )
     return [r.outcome for r in results]
 
@@ -71,7 +76,6 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
             for i in range(12)
         ]
         assert set(run(factory, placing)) == {Outcome.PROCESSED}
-        monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 5)
         decisions = decisions_counted(monkeypatch)
         factory.seen.clear()
 

@@ -1,4 +1,5 @@
-"""A receipt that fills more lines than `FILLS_PER_SAVE` gives them in steps of whole orders, each one saved and
+"""A receipt that fills more lines than a step's (`FILLS_PER_SAVE`, or the batch's `lines_per_transaction`) gives
+them in steps of whole orders, each one saved and
 forgotten before the next is made, so that what the worker holds at once does not grow with the queue, and each
 committed in a transaction of its own, so that none holds its locks for long. Held to what one step does: the
 same lines, stock, decisions and events (in the same order); and, across transactions, to what a receipt does
@@ -185,13 +186,12 @@ def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatc
     factory = Committing()
     placed(factory, 40)
     before = len(factory.commits)
-    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 15)
     batch = [
         message(40, "receipts", factories.receipt("R-1", "SKU-A", 40)),
         message(41, "orders", factories.order("O-LATE", "2026-01-20T11:00", [("SKU-A", 1)])),
     ]
 
-    results = run(factory, batch)
+    results = run(factory, batch, lines_per_transaction=15)
 
     assert [r.outcome for r in results] == [Outcome.PROCESSED, Outcome.PROCESSED]
     steps = factory.commits[before:]
@@ -209,20 +209,19 @@ def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monk
     """The database lost before a receipt's third step: the batch fails, what the first two committed stays, and
     the same batch again (the receipt a duplicate now) gives the rest: the same state, decisions and events as a
     receipt never stopped."""
-    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 4)
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
     never_stopped = Committing()
     placed(never_stopped, 10)
-    assert [r.outcome for r in run(never_stopped, receipt)] == [Outcome.PROCESSED]
+    assert [r.outcome for r in run(never_stopped, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
     stopped = Committing()
     placed(stopped, 10)
     stopped.lost_at = stopped.transactions + 3
     with pytest.raises(StoreUnavailable):
-        run(stopped, receipt)
+        run(stopped, receipt, lines_per_transaction=4)
     assert len(allocated(stopped.state)) == 8 and stopped.state.available["SKU-A"] == 2
 
-    assert [r.outcome for r in run(stopped, receipt)] == [Outcome.DUPLICATE]
+    assert [r.outcome for r in run(stopped, receipt, lines_per_transaction=4)] == [Outcome.DUPLICATE]
     assert comparable(stopped.state) == comparable(never_stopped.state)
     assert len({e.event_id for e in stopped.state.outbox}) == len(stopped.state.outbox)
 
@@ -231,7 +230,6 @@ def test_a_change_between_two_steps_has_the_rest_decided_again(monkeypatch: pyte
     """Between a receipt's first and second step a restock is expected for its SKU (its queue changes, nothing is
     allocated): the steps decided before are not trusted, what is on hand is decided anew, and every unit ends on
     a line once."""
-    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 4)
     factory = Committing()
     placed(factory, 10)
     decisions = decisions_counted(monkeypatch)
@@ -243,9 +241,8 @@ def test_a_change_between_two_steps_has_the_rest_decided_again(monkeypatch: pyte
 
     first_step = factory.transactions + 1
     factory.between = restock
-    assert [r.outcome for r in run(factory, [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))])] == [
-        Outcome.PROCESSED
-    ]
+    receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
     assert decisions == [10, 6]  # the receipt's, then again over what the first step left on hand
     assert len(allocated(factory.state)) == 10 and factory.state.available["SKU-A"] == 0
@@ -268,12 +265,11 @@ def test_a_step_that_fails_stops_the_steps_and_leaves_the_rest_on_hand(monkeypat
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(handlers, "_announce_fills", failing)
-        patch.setattr(handlers, "FILLS_PER_SAVE", 4)
         batch = [
             message(10, "receipts", factories.receipt("R-1", "SKU-A", 10)),
             message(11, "orders", factories.order("O-B", "2026-01-11", [("SKU-B", 1)])),
         ]
-        results = run(factory, batch)
+        results = run(factory, batch, lines_per_transaction=4)
 
     assert [r.outcome for r in results] == [Outcome.PROCESSED, Outcome.PROCESSED]
     after = factory.state

@@ -1,6 +1,6 @@
 """Handling a polled batch: decode, map to commands, apply them in one database transaction (several in turn
-for a batch of large orders, see `lines_per_transaction`; and for a receipt that fills more lines than one
-transaction gives, see `handlers.FILLS_PER_SAVE`).
+for a batch of large orders, and for a receipt that fills more lines than one transaction writes: see
+`lines_per_transaction`).
 
 A message that cannot be accepted is written to the dead-letter topic (through the outbox, in the
 same transaction) and the rest of the batch goes on. A database that is unavailable is not the
@@ -52,14 +52,21 @@ def handle_batch(
     """Apply a batch; returns one result per message, in order. Raises StoreUnavailable.
 
     The batch is cut into transactions of at most `lines_per_transaction` order lines (a message with
-    more is a transaction alone), and a receipt that fills more lines than `handlers.FILLS_PER_SAVE` gives them
-    in transactions of their own before the messages after it are handled, so that no transaction holds its
+    more is a transaction alone), and a receipt that fills more lines than that gives them in steps of about as
+    many, transactions of their own before the messages after it are handled, so that no transaction holds its
     locks for long whatever the batch holds; `on_progress` is called after each.
     """
     parsed = [(message, _parse(message, decoder, expected_records)) for message in messages]
     results: list[MessageResult] = []
     for chunk in _chunks(parsed, lines_per_transaction):
-        results += _isolating(chunk, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress)
+        results += _isolating(
+            chunk,
+            unit_of_work=unit_of_work,
+            shop=shop,
+            now=now,
+            on_progress=on_progress,
+            fills_per_step=lines_per_transaction,
+        )
         if on_progress is not None:
             on_progress()
     return results
@@ -98,12 +105,15 @@ def _isolating(
     shop: ShopPolicy,
     now: dt.datetime,
     on_progress: Callable[[], None] | None = None,
+    fills_per_step: int | None = None,
 ) -> list[MessageResult]:
     results: list[MessageResult] = []
     while len(results) < len(batch):
         rest = batch[len(results) :]
         try:
-            done, left = _in_one_transaction(rest, unit_of_work=unit_of_work, shop=shop, now=now)
+            done, left = _in_one_transaction(
+                rest, unit_of_work=unit_of_work, shop=shop, now=now, fills_per_step=fills_per_step
+            )
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -111,7 +121,12 @@ def _isolating(
                 middle = len(rest) // 2
                 log.warning("batch_split", messages=len(rest), error=_describe(exc))
                 again = functools.partial(
-                    _isolating, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress
+                    _isolating,
+                    unit_of_work=unit_of_work,
+                    shop=shop,
+                    now=now,
+                    on_progress=on_progress,
+                    fills_per_step=fills_per_step,
                 )
                 first = again(rest[:middle])
                 return results + first + again(rest[middle:])
@@ -169,7 +184,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _in_one_transaction(
-    batch: list[Parsed], *, unit_of_work: UnitOfWorkFactory, shop: ShopPolicy, now: dt.datetime
+    batch: list[Parsed],
+    *,
+    unit_of_work: UnitOfWorkFactory,
+    shop: ShopPolicy,
+    now: dt.datetime,
+    fills_per_step: int | None = None,
 ) -> tuple[list[MessageResult], handlers.FillsLeft | None]:
     """The batch's messages in one transaction, up to its end or to a receipt that leaves fills to give in
     transactions of their own (the messages after it come after those); their results, and what is left."""
@@ -181,7 +201,7 @@ def _in_one_transaction(
             if not isinstance(item, RejectedMessage):
                 try:
                     with uow.savepoint():
-                        done = handlers.handle(item, uow, shop, now)
+                        done = handlers.handle(item, uow, shop, now, fills_per_step=fills_per_step)
                     if isinstance(done, handlers.FillsLeft):
                         results.append(MessageResult(message, done.outcome))
                         return results, done  # the transaction commits as the block ends

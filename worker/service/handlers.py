@@ -83,13 +83,15 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-def handle(command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
-    """Apply the command in `uow`: its outcome, or for a receipt with more fills than one transaction gives, what
-    is left to give (`give_more`) once `uow` is committed."""
+def handle(
+    command: Command, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, *, fills_per_step: int | None = None
+) -> Outcome | FillsLeft:
+    """Apply the command in `uow`: its outcome, or for a receipt with more fills than one step gives
+    (`fills_per_step`, FILLS_PER_SAVE by default), what is left to give (`give_more`) once `uow` is committed."""
     if isinstance(command, PlaceOrder):
         return place_order(command, uow, shop, now)
     if isinstance(command, ReceiveStock):
-        return receive_stock(command, uow, shop, now)
+        return receive_stock(command, uow, shop, now, fills_per_step=fills_per_step)
     if isinstance(command, CancelOrder):
         return cancel_order(command, uow, shop, now)
     if isinstance(command, ExpectRestock):
@@ -190,7 +192,8 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     return Outcome.PROCESSED
 
 
-# A receipt that fills more lines than this gives them in steps of about this many (`_steps`), each step in a
+# A receipt that fills more lines than this gives them in steps of about this many (`_steps`; the consumer gives
+# `BACKORDER_TRANSACTION_MAX_LINES`, whose default this is), each step in a
 # transaction of its own: no transaction holds the SKU's lock and its orders' for long whatever the queue's
 # depth, the first lines' customers hear at once, and the relay publishes a step's events while the next is
 # worked out. What the worker holds at once is the queue as decided, not also every line it changed, every
@@ -207,19 +210,23 @@ class FillsLeft:
 
     command: ReceiveStock
     steps: tuple[list[Fill], ...]
+    size: int  # fills a step, about
     version: int | None  # the SKU's queue version its last step left: any other means the queue changed since
     outcome: Outcome  # what the receipt's message came to: PROCESSED, or DUPLICATE for one resumed
 
 
-def receive_stock(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
+def receive_stock(
+    command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, *, fills_per_step: int | None = None
+) -> Outcome | FillsLeft:
     receipt = command.receipt
+    size = fills_per_step or FILLS_PER_SAVE
     if not _first_time(uow, command):
-        return _resume(command, uow, shop, now)
+        return _resume(command, uow, shop, now, size)
     uow.add_receipt(receipt, command.event_id)
     if receipt.purchase_order_id is not None:
         uow.consume_restock(receipt)
     decided = _decide_fills(uow, [receipt.sku], _receipt_cause(command), shop, now)
-    return _give_in_steps(command, _steps(decided, FILLS_PER_SAVE), uow, shop, now, Outcome.PROCESSED)
+    return _give_in_steps(command, _steps(decided, size), size, uow, shop, now, Outcome.PROCESSED)
 
 
 def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
@@ -235,11 +242,13 @@ def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.dateti
         cause = _receipt_cause(left.command)
         decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
         log.info("receipt_decided_again", sku=sku, cause=cause, lines=len(decided))
-        steps = tuple(_steps(decided, FILLS_PER_SAVE))
-    return _give_in_steps(left.command, steps, uow, shop, now, left.outcome)
+        steps = tuple(_steps(decided, left.size))
+    return _give_in_steps(left.command, steps, left.size, uow, shop, now, left.outcome)
 
 
-def _resume(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
+def _resume(
+    command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, size: int
+) -> Outcome | FillsLeft:
     """A receipt seen before. Its steps may have stopped between two transactions (the worker stopped, the
     database was lost): what it left on hand goes to its queue now, as it would have gone, but not to an order it
     gave units to already (an order's events of a receipt are named by the receipt and the order: one each)."""
@@ -251,7 +260,7 @@ def _resume(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.da
     if not decided:
         return Outcome.DUPLICATE
     log.info("receipt_resumed", sku=sku, cause=cause, lines=len(decided))
-    return _give_in_steps(command, _steps(decided, FILLS_PER_SAVE), uow, shop, now, Outcome.DUPLICATE)
+    return _give_in_steps(command, _steps(decided, size), size, uow, shop, now, Outcome.DUPLICATE)
 
 
 def _receipt_cause(command: ReceiveStock) -> str:
@@ -261,6 +270,7 @@ def _receipt_cause(command: ReceiveStock) -> str:
 def _give_in_steps(
     command: ReceiveStock,
     steps: Sequence[list[Fill]],
+    size: int,
     uow: UnitOfWork,
     shop: ShopPolicy,
     now: dt.datetime,
@@ -290,7 +300,7 @@ def _give_in_steps(
             uow.emit(_announce_fills(cause, command.event_id, settled, states, uow, shop, now))
             uow.flush()
             if not unannounced and number < len(steps):
-                return FillsLeft(command, tuple(steps[number:]), uow.queue_version(sku), outcome)
+                return FillsLeft(command, tuple(steps[number:]), size, uow.queue_version(sku), outcome)
     eta_news = _refresh_etas(uow, [sku], cause, shop, now)
     states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced}))
     uow.emit(_announce_fills(cause, command.event_id, unannounced, states, uow, shop, now) + eta_news)
