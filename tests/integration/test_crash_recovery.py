@@ -60,11 +60,11 @@ def test_events_committed_before_a_kill_are_published_after_restart(deployment: 
 
 
 def test_a_receipt_killed_between_its_steps_gives_the_rest_after_restart(deployment: Deployment) -> None:
-    """1,200 waiting one-unit orders and a receipt for all of them, in steps of 300. The last order served is held
+    """400 waiting one-unit orders and a receipt for all of them, in steps of 100. The last order served is held
     by another transaction, so the worker commits three steps and waits at the fourth: killed there, it leaves the
     receipt's offset unstored. The next worker is handed the receipt again, a duplicate now, and gives what is on
     hand: every line once, one fulfillment request an order."""
-    orders, step = 1200, 300
+    orders, step = 400, 100
     first = deployment.start_worker(BACKORDER_TRANSACTION_MAX_LINES=str(step))
     for i in range(orders):
         placed = f"2026-02-01T{i // 60:02d}:{i % 60:02d}"
