@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 
 from tests import examples, factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory, MemoryStore, handle_record
+from tests.unit.test_allocation import backorder
 from tests.unit.test_batch import NOW, message, run
-from worker.domain.allocation import ShipCompleteMode
+from worker.domain.allocation import ShipCompleteMode, allocate
 from worker.domain.eta import EtaRules
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
+from worker.domain.priority import PriorityRules
 from worker.service import handlers
 from worker.service.handlers import Outcome
 from worker.service.ports import Changes, StoreUnavailable, UnitOfWork
@@ -304,3 +306,30 @@ def test_a_receipt_again_gives_no_order_a_second_shipment_of_it() -> None:
     assert allocated(factory.state) == ["O-00", "O-01"]
     assert factory.state.lines[("O-00", "L2")].status.value == "BACKORDERED"
     assert len({e.event_id for e in factory.state.outbox}) == len(factory.state.outbox)
+
+
+def test_an_order_left_waiting_goes_in_the_last_step() -> None:
+    """Order A's first line is served first and its second last, where the units run out: A goes after B and C,
+    so that their step can commit alone; each step in order-id order."""
+    queue = [
+        backorder("A", 0, 1, line_id="L1"),
+        backorder("B", 1, 1),
+        backorder("C", 2, 1),
+        backorder("A", 3, 5, line_id="L2"),
+    ]
+    fifo = PriorityRules(starvation_after=None)
+    fills = list(allocate(queue, 5, rules=fifo, mode=ShipCompleteMode.HOLD, now=RECEIVED).fills)
+    assert [(f.backorder.order_id, f.backorder.line_id, f.quantity) for f in fills] == [
+        ("A", "L1", 1),
+        ("B", "L1", 1),
+        ("C", "L1", 1),
+        ("A", "L2", 2),
+    ]
+
+    steps = handlers._steps(fills, 2)
+
+    assert [[(f.backorder.order_id, f.backorder.line_id) for f in step] for step in steps] == [
+        [("B", "L1"), ("C", "L1")],
+        [("A", "L1"), ("A", "L2")],
+    ]
+    assert handlers._steps(fills, 4) == [fills]  # one step: as decided

@@ -192,13 +192,14 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     return Outcome.PROCESSED
 
 
-# A receipt that fills more lines than this gives them in steps of about this many (`_steps`; the consumer gives
-# `BACKORDER_TRANSACTION_MAX_LINES`, whose default this is), each step in a
-# transaction of its own: no transaction holds the SKU's lock and its orders' for long whatever the queue's
-# depth, the first lines' customers hear at once, and the relay publishes a step's events while the next is
-# worked out. What the worker holds at once is the queue as decided, not also every line it changed, every
-# decision and every event (a receipt that filled 100,000 lines peaked at 564 MB holding them all, at 267 MB in
-# steps, and at 186 MB once its queue was also read in chunks: `PostgresStore._waiting_in_chunks`).
+# A receipt that fills more lines than this gives them in steps of about this many (`_steps`), each step in a
+# transaction of its own (the consumer's steps are `BACKORDER_TRANSACTION_MAX_LINES`, whose default this is): no
+# transaction holds the SKU's lock and its orders' for long whatever the queue's depth, the first lines'
+# customers hear at once, and the relay publishes a step's events while the next is worked out. What the worker
+# holds at once is the queue as decided, not also every line it changed, every decision and every event (a
+# receipt that filled 100,000 lines peaked at 564 MB holding them all, at 267 MB in steps, at 186 MB once its
+# queue was also read in chunks, `PostgresStore._waiting_in_chunks`, and at 196 MB with the relay publishing
+# its steps meanwhile).
 FILLS_PER_SAVE = 5_000
 
 
@@ -836,17 +837,20 @@ def _give(
 
 def _steps(fills: Sequence[Fill], size: int) -> list[list[Fill]]:
     """The fills cut into steps of about `size` that never split an order (what is decided of an order needs all
-    its fills at once): in serving order, the first served first, except that an order a fill may leave waiting
-    (it does not complete its line, or holds it for the rest of the order) goes after every other, so that the
-    steps before it can be committed alone. Within a step, order-id order: the order their rows are locked in,
-    and that of their events. Fills for one step at most stay as decided, in serving order."""
+    its fills at once): in serving order, the first served first, except that an order a fill leaves waiting (it
+    does not complete its line: the last fill of a receipt, whose units run out) goes after every other, so that
+    the steps before it can be committed alone. (An order held whole for its other lines, order scope, is found
+    as its step is given: see `_give_in_steps`.) Within a step, order-id order: the order their rows are locked
+    in, and that of their events. Fills for one step at most stay as decided, in serving order."""
     if len(fills) <= size:
         return [list(fills)] if fills else []
     orders: dict[str, list[Fill]] = {}
     for fill in fills:
         orders.setdefault(fill.backorder.order_id, []).append(fill)
-    settled = [order for order in orders.values() if all(f.completes and not f.holds_complete for f in order)]
-    waiting = [order for order in orders.values() if not all(f.completes and not f.holds_complete for f in order)]
+    settled: list[list[Fill]] = []
+    waiting: list[list[Fill]] = []
+    for order in orders.values():
+        (settled if all(f.completes for f in order) else waiting).append(order)
     steps: list[list[Fill]] = []
     step: list[Fill] = []
     for order in settled + waiting:
