@@ -240,10 +240,7 @@ def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.dateti
     if uow.queue_version(sku) == left.version:
         steps = left.steps
     else:
-        cause = _receipt_cause(left.command)
-        decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
-        log.info("receipt_decided_again", sku=sku, cause=cause, lines=len(decided))
-        steps = tuple(_steps(decided, left.size))
+        steps = tuple(_steps(_decided_again(left.command, uow, shop, now, "receipt_decided_again"), left.size))
     return _give_in_steps(left.command, steps, left.size, uow, shop, now, left.outcome)
 
 
@@ -251,17 +248,23 @@ def _resume(
     command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, size: int
 ) -> Outcome | FillsLeft:
     """A receipt seen before. Its steps may have stopped between two transactions (the worker stopped, the
-    database was lost): what it left on hand goes to its queue now, as it would have gone, but not to an order it
-    gave units to already (an order's events of a receipt are named by the receipt and the order: one each)."""
-    sku = command.receipt.sku
-    if _on_hand(uow, shop, sku, now) == 0:
-        return Outcome.DUPLICATE
-    cause = _receipt_cause(command)
-    decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
+    database was lost): what it left on hand goes to its queue now, as it would have gone."""
+    decided = _decided_again(command, uow, shop, now, "receipt_resumed")
     if not decided:
         return Outcome.DUPLICATE
-    log.info("receipt_resumed", sku=sku, cause=cause, lines=len(decided))
     return _give_in_steps(command, _steps(decided, size), size, uow, shop, now, Outcome.DUPLICATE)
+
+
+def _decided_again(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, why: str) -> list[Fill]:
+    """What the receipt's SKU has on hand gives its queue now, but not to an order the receipt gave units to
+    already (an order's events of a receipt are named by the receipt and the order: one each)."""
+    sku, cause = command.receipt.sku, _receipt_cause(command)
+    if _on_hand(uow, shop, sku, now) == 0:  # nothing to give: not even the orders given are read
+        return []
+    decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
+    if decided:
+        log.info(why, sku=sku, cause=cause, lines=len(decided))
+    return decided
 
 
 def _receipt_cause(command: ReceiveStock) -> str:
