@@ -517,17 +517,20 @@ def run_naive(stack: Stack, args: argparse.Namespace) -> Burst:
     return b
 
 
-def run_throughput(stack: Stack, args: argparse.Namespace, name: str = "throughput", workers: int = 1) -> Burst:
+def run_throughput(
+    stack: Stack, args: argparse.Namespace, name: str = "throughput", workers: int = 1, **settings: str
+) -> Burst:
     with scenario(stack, name) as sc:
-        b = burst(sc, make_orders(sc.tag, args.orders, args.skus, random.Random(3)), args.skus, workers, args.limit)
+        orders = make_orders(sc.tag, args.orders, args.skus, random.Random(3))
+        b = burst(sc, orders, args.skus, workers, args.limit, **settings)
     if workers == 1:
         figure("throughput_orders_per_s", b.rate, partial_note(b))
         for part in ("worker", "postgres", "kafka"):
             figure(f"cpu_us_per_order_{part}", b.cpu_us(part))
         figure("cpu_us_per_order_total", sum(b.cpu_us(p) for p in ("worker", "postgres", "kafka")))
     else:
-        figure("two_workers_orders_per_s", b.rate, partial_note(b))
-        figure("two_workers_cpu_us_per_order_total", sum(b.cpu_us(p) for p in ("worker", "postgres", "kafka")))
+        figure(f"{name}_orders_per_s", b.rate, partial_note(b))
+        figure(f"{name}_cpu_us_per_order_total", sum(b.cpu_us(p) for p in ("worker", "postgres", "kafka")))
     return b
 
 
@@ -1095,7 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "latency":
                     run_latency(stack, args)
                 elif name == "two_workers":
-                    run_throughput(stack, args, "two_workers", workers=2)
+                    run_throughput(stack, args, "two_workers", workers=2)  # the default: the classic protocol
+                    run_throughput(stack, args, "two_workers_kip848", workers=2, BACKORDER_GROUP_PROTOCOL="consumer")
                 elif name == "scrape":
                     run_scrape(stack, args)
                 elif name == "promise":

@@ -165,6 +165,16 @@ def kafka_classpath() -> str:
     return cached.read_text().strip()
 
 
+# Groups of the KIP-848 protocol (BACKORDER_GROUP_PROTOCOL=consumer) take their session and heartbeat from the broker:
+# the worker's classic defaults (10 s, 1 s) instead of Kafka's (45 s, 5 s), whose minimums are raised to allow them.
+CONSUMER_GROUP_SETTINGS = {
+    "group.consumer.min.session.timeout.ms": "6000",
+    "group.consumer.session.timeout.ms": "10000",
+    "group.consumer.min.heartbeat.interval.ms": "1000",
+    "group.consumer.heartbeat.interval.ms": "1000",
+}
+
+
 class KafkaBroker(_ChildServer):
     """One Kafka node in KRaft mode (broker and controller in one JVM) on 127.0.0.1."""
 
@@ -202,6 +212,7 @@ class KafkaBroker(_ChildServer):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **CONSUMER_GROUP_SETTINGS,
             "auto.create.topics.enable": "false",
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
@@ -590,7 +601,10 @@ def _containers(need_kafka: bool, need_postgres: bool) -> Iterator[tuple[str | N
     with contextlib.ExitStack() as stack:
         bootstrap = url = None
         if need_kafka:
-            kafka = stack.enter_context(KafkaContainer("apache/kafka:4.1.1").with_kraft())
+            container = KafkaContainer("apache/kafka:4.1.1").with_kraft()
+            for key, value in CONSUMER_GROUP_SETTINGS.items():
+                container.with_env(f"KAFKA_{key.upper().replace('.', '_')}", value)
+            kafka = stack.enter_context(container)
             bootstrap = kafka.get_bootstrap_server()
         if need_postgres:
             pg = stack.enter_context(PostgresContainer("postgres:15", dbname=DATABASE_NAME, driver=None))

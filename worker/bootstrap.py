@@ -15,12 +15,13 @@ from types import FrameType
 import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from worker.adapters.avro import AvroCodec, EventSerializer
 from worker.adapters.http import HttpEndpoints
-from worker.adapters.kafka import consumer_config, producer_config
+from worker.adapters.kafka import admin_config, consumer_config, producer_config, set_group_session
 from worker.adapters.metrics import Metrics, StateRefresher
 from worker.adapters.postgres.common import open_pool, transaction
 from worker.adapters.postgres.migrations import Migration, migrate, pending_migrations
@@ -124,6 +125,18 @@ def what_if(settings: Settings) -> Iterator[tuple[UnitOfWork, ReadModel]]:
     with _operator_pool(settings) as pool, transaction(pool, rollback=True) as conn:
         serializer = event_serializer(settings, avro_codec(settings))
         yield Book(PostgresStore(conn, serializer, settings.topic_dead_letter)), PostgresReadModel(conn)
+
+
+def _set_group_session(settings: Settings) -> None:
+    """The KIP-848 protocol's session and heartbeat are the group's configuration on the broker: set from the
+    settings at every start; the broker's values stay (with a warning) when it refuses them."""
+    admin = AdminClient(admin_config(settings))
+    refused = set_group_session(settings, admin)
+    wanted = {"session_s": settings.session_timeout_seconds, "heartbeat_s": settings.heartbeat_interval_seconds}
+    if refused is None:
+        log.info("group_session_set", group=settings.group_id, **wanted)
+    else:
+        log.warning("group_session_not_set", group=settings.group_id, error=refused, **wanted)
 
 
 def _kafka_error(err: KafkaError) -> None:
@@ -247,6 +260,8 @@ def run_worker(settings: Settings) -> None:
 
             resources.callback(stop_sweeper)
 
+        if settings.group_protocol == "consumer":
+            _set_group_session(settings)
         consumer = Consumer(
             {
                 **consumer_config(settings),

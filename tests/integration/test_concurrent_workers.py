@@ -1,4 +1,7 @@
-"""Two workers in one group share SKUs across partitions; one is killed midway. Stock is never over-allocated."""
+"""Two workers in one group share SKUs across partitions; one is killed midway. Stock is never over-allocated.
+
+The group uses the KIP-848 protocol (the broker's range assignment): each worker gets a share of every topic.
+The classic protocol's cooperative rebalances are measured by test_rebalance_recovery and the fault run."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import random
 from collections import Counter
 
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from tests import factories
 from tests.integration.conftest import Deployment, wait_for
@@ -14,8 +18,15 @@ SKUS = ["SKU-A", "SKU-B", "SKU-C", "SKU-D"]
 ORDERS = 80
 RECEIPTS = 24
 PARTITIONS = 4
-INBOUND_TOPICS = 6  # order-created, inventory-received, order-cancelled, product-policy, restock-expected,
-# shipment-dispatched
+INBOUND_KINDS = [
+    "order-created",
+    "inventory-received",
+    "order-cancelled",
+    "product-policy",
+    "restock-expected",
+    "shipment-dispatched",
+]
+INBOUND_TOPICS = len(INBOUND_KINDS)
 
 
 @pytest.mark.parametrize("deployment", [PARTITIONS], indirect=True)
@@ -37,25 +48,41 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
         events.append(("inventory-received", factories.receipt(f"R-{i:03d}", sku, quantity)))
     rng.shuffle(events)
 
-    first = deployment.start_worker(BACKORDER_BATCH_SIZE="7")
-    second = deployment.start_worker(BACKORDER_BATCH_SIZE="7")
+    # The test deployment's session, set as the group's on the broker (librdkafka refuses it as a client option).
+    group = {
+        "BACKORDER_BATCH_SIZE": "7",
+        "BACKORDER_GROUP_PROTOCOL": "consumer",
+        "BACKORDER_KAFKA_CONSUMER_CONFIG": "{}",
+        "BACKORDER_SESSION_TIMEOUT_SECONDS": "6",
+        "BACKORDER_HEARTBEAT_INTERVAL_SECONDS": "1",
+    }
+    first = deployment.start_worker(**group)
+    second = deployment.start_worker(**group)
     wait_for(
-        "both workers to share every inbound partition",
+        "the two workers to hold every inbound partition, half each",
         lambda: (
-            first.assignment()
-            and second.assignment()
+            len(first.assignment()) == len(second.assignment()) == INBOUND_TOPICS * PARTITIONS // 2
             and len(set(first.assignment()) | set(second.assignment())) == INBOUND_TOPICS * PARTITIONS
         ),
     )
+    for worker in (first, second):  # a share of each topic, the orders' and the receipts' among them
+        held = Counter(p.rsplit("[", 1)[0] for p in worker.assignment())
+        assert held == {deployment.topics[kind]: PARTITIONS // 2 for kind in INBOUND_KINDS}, held
+    admin = AdminClient({"bootstrap.servers": deployment.bootstrap})
+    [described] = admin.describe_configs([ConfigResource(ResourceType.GROUP, deployment.group_id)]).values()
+    configs = described.result()
+    assert (configs["consumer.session.timeout.ms"].value, configs["consumer.heartbeat.interval.ms"].value) == (
+        "6000",
+        "1000",
+    )
     for kind, record in events[: len(events) // 2]:
         deployment.produce(kind, record)
-    # Incremental (cooperative-sticky) assignment may leave a worker without order or receipt partitions.
     busy = wait_for(
         "a worker to have handled something",
         lambda: next((w for w in (first, second) if w.metric("backorder_events_consumed_total") > 0), None),
     )
     busy.kill()
-    deployment.start_worker(BACKORDER_BATCH_SIZE="7")
+    deployment.start_worker(**group)
     for kind, record in events[len(events) // 2 :]:
         deployment.produce(kind, record)
 

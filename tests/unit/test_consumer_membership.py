@@ -1,11 +1,17 @@
-"""The consumer's group membership: incremental rebalancing, a short session, optional static membership."""
+"""The consumer's group membership: incremental rebalancing, a short session, optional static membership, and the
+KIP-848 protocol as an option."""
 
 from __future__ import annotations
 
+import concurrent.futures
+from typing import Any
+
 import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka.admin import ConfigResource, ResourceType
 from pydantic import ValidationError
 
-from worker.adapters.kafka import consumer_config, producer_config
+from worker.adapters.kafka import consumer_config, producer_config, set_group_session
 from worker.settings import Settings
 
 
@@ -41,6 +47,67 @@ def test_a_session_the_broker_refuses_or_a_heartbeat_not_below_it_is_refused(
 ) -> None:
     monkeypatch.setenv("BACKORDER_SESSION_TIMEOUT_SECONDS", session)
     monkeypatch.setenv("BACKORDER_HEARTBEAT_INTERVAL_SECONDS", heartbeat)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_the_kip_848_protocol_leaves_the_assignment_and_the_session_to_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKORDER_GROUP_PROTOCOL", "consumer")
+    monkeypatch.setenv("BACKORDER_GROUP_INSTANCE_ID", "backorder-worker-0")
+    config = consumer_config(Settings(kafka_bootstrap_servers="127.0.0.1:9"))
+    assert config["group.protocol"] == "consumer"
+    assert config["group.remote.assignor"] == "range"  # every worker a share of every topic
+    assert config["group.instance.id"] == "backorder-worker-0"
+    for classic in ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"):
+        assert classic not in config
+    Consumer(config).close()  # librdkafka refuses a classic option with this protocol when the consumer is made
+
+
+class GroupAdmin:
+    """An AdminClient's incremental_alter_configs that keeps what it was asked and answers `error` (None: done)."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        self.error = error
+        self.asked: list[tuple[ConfigResource, dict[str, str | None]]] = []
+
+    def incremental_alter_configs(
+        self, resources: list[ConfigResource], **kwargs: Any
+    ) -> dict[ConfigResource, concurrent.futures.Future[Any]]:
+        answers: dict[ConfigResource, concurrent.futures.Future[Any]] = {}
+        for resource in resources:
+            self.asked.append((resource, {e.name: e.value for e in resource.incremental_configs}))
+            answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            if self.error is None:
+                answer.set_result(None)
+            else:
+                answer.set_exception(KafkaException(self.error))
+            answers[resource] = answer
+        return answers
+
+
+def test_the_kip_848_groups_session_and_heartbeat_are_set_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKORDER_GROUP_PROTOCOL", "consumer")
+    monkeypatch.setenv("BACKORDER_GROUP_ID", "backorder-eu")
+    monkeypatch.setenv("BACKORDER_SESSION_TIMEOUT_SECONDS", "12")
+    admin = GroupAdmin()
+    assert set_group_session(Settings(), admin) is None
+    [(group, values)] = admin.asked
+    assert (group.restype, group.name) == (ResourceType.GROUP, "backorder-eu")
+    assert values == {"consumer.session.timeout.ms": "12000", "consumer.heartbeat.interval.ms": "1000"}
+
+
+def test_a_session_the_broker_refuses_is_reported_not_raised() -> None:
+    refusal = KafkaError(
+        KafkaError.INVALID_CONFIG,
+        "consumer.session.timeout.ms must be greater than or equal to group.consumer.min.session.timeout.ms",
+    )
+    assert "group.consumer.min.session.timeout.ms" in (set_group_session(Settings(), GroupAdmin(refusal)) or "")
+
+
+def test_an_unknown_group_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKORDER_GROUP_PROTOCOL", "eager")
     with pytest.raises(ValidationError):
         Settings()
 

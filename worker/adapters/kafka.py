@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, Message
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from worker.service.messages import InboundMessage
@@ -20,14 +21,23 @@ PRODUCER_QUEUE_MAX_KBYTES = 64 * 1024
 
 
 def consumer_config(settings: Settings) -> KafkaConfig:
-    membership: KafkaConfig = {
-        # Incremental rebalancing: a member that joins or dies moves only the partitions that must move;
-        # the others keep consuming meanwhile (the eager protocol stops every member).
-        "partition.assignment.strategy": "cooperative-sticky",
-        # How long a member that died (SIGKILL, lost node) keeps its partitions before the group moves them.
-        "session.timeout.ms": int(settings.session_timeout_seconds * 1000),
-        "heartbeat.interval.ms": int(settings.heartbeat_interval_seconds * 1000),
-    }
+    membership: KafkaConfig
+    if settings.group_protocol == "consumer":
+        membership = {
+            # KIP-848: the broker assigns, incrementally, and `range` gives every worker a share of every topic
+            # (its partitions i..j of each, so an order's events on the several topics meet in one worker).
+            "group.protocol": "consumer",
+            "group.remote.assignor": "range",
+        }
+    else:
+        membership = {
+            # Incremental rebalancing: a member that joins or dies moves only the partitions that must move;
+            # the others keep consuming meanwhile (the eager protocol stops every member).
+            "partition.assignment.strategy": "cooperative-sticky",
+            # How long a member that died (SIGKILL, lost node) keeps its partitions before the group moves them.
+            "session.timeout.ms": int(settings.session_timeout_seconds * 1000),
+            "heartbeat.interval.ms": int(settings.heartbeat_interval_seconds * 1000),
+        }
     if settings.group_instance_id is not None:
         membership["group.instance.id"] = settings.group_instance_id
     return {
@@ -100,6 +110,40 @@ def create_topics(
             future.result()
             result[name] = "created"
     return result
+
+
+class GroupConfigs(Protocol):
+    """What `set_group_session` uses of confluent_kafka's AdminClient."""
+
+    def incremental_alter_configs(
+        self, resources: list[ConfigResource], **kwargs: Any
+    ) -> dict[ConfigResource, concurrent.futures.Future[Any]]: ...
+
+
+def set_group_session(settings: Settings, admin: GroupConfigs, timeout_s: float = 10.0) -> str | None:
+    """With the KIP-848 protocol the broker keeps the session and the heartbeat of a group: this sets them, as the
+    group's own configuration (`consumer.session.timeout.ms`, `consumer.heartbeat.interval.ms`), to the worker's
+    settings. None when the broker took them; else why not (outside the broker's `group.consumer.min.*` and
+    `max.*` bounds, no ALTER_CONFIGS right on the group, no answer), and the values the group had stay."""
+    values = {
+        "consumer.session.timeout.ms": int(settings.session_timeout_seconds * 1000),
+        "consumer.heartbeat.interval.ms": int(settings.heartbeat_interval_seconds * 1000),
+    }
+    group = ConfigResource(
+        ResourceType.GROUP,
+        settings.group_id,
+        incremental_configs=[
+            ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET) for name, value in values.items()
+        ],
+    )
+    try:
+        for future in admin.incremental_alter_configs([group], request_timeout=timeout_s).values():
+            future.result(timeout=timeout_s + 5)
+    except KafkaException as exc:
+        return str(exc.args[0]) if exc.args else repr(exc)
+    except concurrent.futures.TimeoutError:
+        return f"no answer within {timeout_s + 5:g} s"
+    return None
 
 
 def to_inbound(message: Message) -> InboundMessage:

@@ -4,11 +4,11 @@ Offsets are stored only after the batch's transaction committed; librdkafka's ba
 then sends them, and a final synchronous commit happens on revocation and on shutdown. If the
 process dies in between, the batch is delivered again and the handlers recognise it.
 
-The group rebalances incrementally (cooperative-sticky): `on_assign` and `on_revoke` receive only the
-partitions that move, and the others keep being consumed. Partitions *lost* (the session expired, so
-another member may own them already) are dropped without a commit. Closing is bounded: with the
-broker unreachable librdkafka's close can block for minutes, so it runs in a thread of its own that
-shutdown stops waiting for.
+The group rebalances incrementally (cooperative-sticky, or KIP-848's protocol): `on_assign` and
+`on_revoke` receive only the partitions that move, and the others keep being consumed. Partitions
+*lost* (the session expired, so another member may own them already) are dropped without a commit.
+Closing is bounded: with the broker unreachable librdkafka's close can block for minutes, so it runs
+in a thread of its own that shutdown stops waiting for.
 
 While a batch is applied, the cycle collector is paused (see `collector_paused`).
 """
