@@ -12,21 +12,13 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from tests import factories
-from tests.integration.conftest import Deployment, wait_for
+from tests.integration.conftest import RECORD_OF, Deployment, wait_for
 
 SKUS = ["SKU-A", "SKU-B", "SKU-C", "SKU-D"]
 ORDERS = 80
 RECEIPTS = 24
 PARTITIONS = 4
-INBOUND_KINDS = [
-    "order-created",
-    "inventory-received",
-    "order-cancelled",
-    "product-policy",
-    "restock-expected",
-    "shipment-dispatched",
-]
-INBOUND_TOPICS = len(INBOUND_KINDS)
+INBOUND_TOPICS = len(RECORD_OF)  # the inbound kinds, each with its record
 
 
 @pytest.mark.parametrize("deployment", [PARTITIONS], indirect=True)
@@ -67,7 +59,7 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
     )
     for worker in (first, second):  # a share of each topic, the orders' and the receipts' among them
         held = Counter(p.rsplit("[", 1)[0] for p in worker.assignment())
-        assert held == {deployment.topics[kind]: PARTITIONS // 2 for kind in INBOUND_KINDS}, held
+        assert held == {deployment.topics[kind]: PARTITIONS // 2 for kind in RECORD_OF}, held
     admin = AdminClient({"bootstrap.servers": deployment.bootstrap})
     [described] = admin.describe_configs([ConfigResource(ResourceType.GROUP, deployment.group_id)]).values()
     configs = described.result()

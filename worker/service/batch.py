@@ -105,7 +105,7 @@ def _isolating(
     shop: ShopPolicy,
     now: dt.datetime,
     on_progress: Callable[[], None] | None = None,
-    fills_per_step: int | None = None,
+    fills_per_step: int,
 ) -> list[MessageResult]:
     results: list[MessageResult] = []
     while len(results) < len(batch):
@@ -189,7 +189,7 @@ def _in_one_transaction(
     unit_of_work: UnitOfWorkFactory,
     shop: ShopPolicy,
     now: dt.datetime,
-    fills_per_step: int | None = None,
+    fills_per_step: int,
 ) -> tuple[list[MessageResult], handlers.FillsLeft | None]:
     """The batch's messages in one transaction, up to its end or to a receipt that leaves fills to give in
     transactions of their own (the messages after it come after those); their results, and what is left."""

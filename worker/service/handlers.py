@@ -859,22 +859,24 @@ def _steps(fills: Sequence[Fill], size: int) -> list[list[Fill]]:
     settled: list[Fill | list[Fill]] = []
     waiting: list[Fill | list[Fill]] = []
     for order in orders.values():
-        complete = all(f.completes for f in order) if isinstance(order, list) else order.completes
-        (settled if complete else waiting).append(order)
+        (settled if all(f.completes for f in _fills(order)) else waiting).append(order)
     del orders
     steps: list[list[Fill]] = []
     step: list[Fill] = []
     for order in chain(settled, waiting):
-        if step and len(step) + (len(order) if isinstance(order, list) else 1) > size:
+        group = _fills(order)
+        if step and len(step) + len(group) > size:
             steps.append(step)
             step = []
-        if isinstance(order, list):
-            step += order
-        else:
-            step.append(order)
+        step += group
     if step:
         steps.append(step)
     return [sorted(step, key=lambda f: f.backorder.order_id) for step in steps]
+
+
+def _fills(order: Fill | list[Fill]) -> Sequence[Fill]:
+    """An order's fills as `_steps` holds them: the fill itself while it has one."""
+    return order if isinstance(order, list) else (order,)
 
 
 def _on_hand(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime) -> int:
