@@ -223,6 +223,7 @@ class Deployment:
                 "BACKORDER_DB_RETRY_INITIAL_SECONDS": "0.2",
                 "BACKORDER_DB_RETRY_MAX_SECONDS": "2",
                 "BACKORDER_KAFKA_CONSUMER_CONFIG": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}',
+                "BACKORDER_STATE_REFRESH_SECONDS": "1",  # the backlog's gauges and totals a test waits for
             }
         )
         env.update({f"BACKORDER_TOPIC_{suffix}": self.topics[kind] for kind, suffix in TOPIC_KINDS.items()})
