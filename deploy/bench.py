@@ -1098,8 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif name == "latency":
                     run_latency(stack, args)
                 elif name == "two_workers":
-                    run_throughput(stack, args, "two_workers", workers=2)  # the default: the classic protocol
-                    run_throughput(stack, args, "two_workers_kip848", workers=2, BACKORDER_GROUP_PROTOCOL="consumer")
+                    run_throughput(stack, args, "two_workers", workers=2)  # the default, `auto`: KIP-848 here
+                    run_throughput(stack, args, "two_workers_classic", workers=2, BACKORDER_GROUP_PROTOCOL="classic")
                 elif name == "scrape":
                     run_scrape(stack, args)
                 elif name == "promise":

@@ -21,7 +21,14 @@ from psycopg_pool import ConnectionPool
 
 from worker.adapters.avro import AvroCodec, EventSerializer
 from worker.adapters.http import HttpEndpoints
-from worker.adapters.kafka import admin_config, consumer_config, producer_config, set_group_session
+from worker.adapters.kafka import (
+    GroupProtocol,
+    admin_config,
+    choose_group_protocol,
+    consumer_config,
+    producer_config,
+    set_group_session,
+)
 from worker.adapters.metrics import Metrics, StateRefresher
 from worker.adapters.postgres.common import open_pool, transaction
 from worker.adapters.postgres.migrations import Migration, migrate, pending_migrations
@@ -127,10 +134,22 @@ def what_if(settings: Settings) -> Iterator[tuple[UnitOfWork, ReadModel]]:
         yield Book(PostgresStore(conn, serializer, settings.topic_dead_letter)), PostgresReadModel(conn)
 
 
-def _set_group_session(settings: Settings) -> None:
+def _group_protocol(settings: Settings) -> GroupProtocol:
+    """The protocol to consume with: BACKORDER_GROUP_PROTOCOL's, or for `auto` the one the brokers allow."""
+    if settings.group_protocol == "classic":
+        return "classic"
+    admin = AdminClient(admin_config(settings))
+    if settings.group_protocol == "consumer":
+        _set_group_session(settings, admin)
+        return "consumer"
+    protocol, why = choose_group_protocol(settings, admin)
+    log.info("group_protocol_chosen", group=settings.group_id, protocol=protocol, why=why)
+    return protocol
+
+
+def _set_group_session(settings: Settings, admin: AdminClient) -> None:
     """The KIP-848 protocol's session and heartbeat are the group's configuration on the broker: set from the
     settings at every start; the broker's values stay (with a warning) when it refuses them."""
-    admin = AdminClient(admin_config(settings))
     refused = set_group_session(settings, admin)
     wanted = {"session_s": settings.session_timeout_seconds, "heartbeat_s": settings.heartbeat_interval_seconds}
     if refused is None:
@@ -260,11 +279,10 @@ def run_worker(settings: Settings) -> None:
 
             resources.callback(stop_sweeper)
 
-        if settings.group_protocol == "consumer":
-            _set_group_session(settings)
+        protocol = _group_protocol(settings)
         consumer = Consumer(
             {
-                **consumer_config(settings),
+                **consumer_config(settings, protocol),
                 "error_cb": _kafka_error,
                 "logger": KAFKA_LOG,
                 "stats_cb": metrics.consumer_statistics,

@@ -208,10 +208,11 @@ class Settings(BaseSettings):
     # A background loop (relay, sweep) that has not come round for this long is stuck: /healthz fails, the worker exits.
     loop_stall_seconds: PositiveFloat = 120.0
 
-    # The consumer group protocol: `classic` (the client-side cooperative-sticky assignor, any broker) or `consumer`
+    # The consumer group protocol: `classic` (the client-side cooperative-sticky assignor, any broker), `consumer`
     # (KIP-848, Kafka 4.0 and later: the broker assigns every topic's partitions in ranges across the workers,
-    # incrementally, and keeps the session and the heartbeat below as the group's configuration).
-    group_protocol: Literal["classic", "consumer"] = "classic"
+    # incrementally, and keeps the session and the heartbeat below as the group's configuration), or `auto`:
+    # `consumer` where the brokers run KIP-848 groups and take the session below, else `classic`.
+    group_protocol: Literal["auto", "classic", "consumer"] = "auto"
     # Consumer group membership: how fast the group notices a member that died (librdkafka defaults: 45 s, 3 s).
     session_timeout_seconds: float = Field(default=10.0, ge=6.0, le=1800.0)  # the broker's default bounds
     # The survivors learn of a rebalance at their next heartbeat: 1 s rather than 3 s saves up to 2 s of recovery.

@@ -1,10 +1,12 @@
 """Two workers in one group share SKUs across partitions; one is killed midway. Stock is never over-allocated.
 
-The group uses the KIP-848 protocol (the broker's range assignment): each worker gets a share of every topic.
-The classic protocol's cooperative rebalances are measured by test_rebalance_recovery and the fault run."""
+The group uses the KIP-848 protocol (the broker's range assignment), which the workers choose by default (`auto`)
+on this broker: each worker gets a share of every topic. The classic protocol's cooperative rebalances are
+measured by test_rebalance_recovery."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -40,10 +42,10 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
         events.append(("inventory-received", factories.receipt(f"R-{i:03d}", sku, quantity)))
     rng.shuffle(events)
 
-    # The test deployment's session, set as the group's on the broker (librdkafka refuses it as a client option).
+    # The protocol is the default's choice (`auto`), the test deployment's classic session options left out; the
+    # session is set as the group's on the broker (librdkafka refuses it as a client option with KIP-848).
     group = {
         "BACKORDER_BATCH_SIZE": "7",
-        "BACKORDER_GROUP_PROTOCOL": "consumer",
         "BACKORDER_KAFKA_CONSUMER_CONFIG": "{}",
         "BACKORDER_SESSION_TIMEOUT_SECONDS": "6",
         "BACKORDER_HEARTBEAT_INTERVAL_SECONDS": "1",
@@ -57,6 +59,9 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
             and len(set(first.assignment()) | set(second.assignment())) == INBOUND_TOPICS * PARTITIONS
         ),
     )
+    for worker in (first, second):  # KIP-848, chosen because this broker runs it and took the session
+        [chosen] = [e for e in map(_json, worker.log().splitlines()) if e.get("event") == "group_protocol_chosen"]
+        assert chosen["protocol"] == "consumer", chosen
     for worker in (first, second):  # a share of each topic, the orders' and the receipts' among them
         held = Counter(p.rsplit("[", 1)[0] for p in worker.assignment())
         assert held == {deployment.topics[kind]: PARTITIONS // 2 for kind in RECORD_OF}, held
@@ -121,3 +126,11 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
         for line in shipment["lines"]:
             shipped[line["sku"]] += line["quantity"]
     assert {sku: shipped[sku] for sku in SKUS} == {sku: stock[sku][2] for sku in SKUS}
+
+
+def _json(line: str) -> dict[str, object]:
+    try:
+        entry = json.loads(line)
+    except ValueError:  # librdkafka's own lines
+        return {}
+    return entry if isinstance(entry, dict) else {}

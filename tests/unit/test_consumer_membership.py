@@ -1,17 +1,18 @@
 """The consumer's group membership: incremental rebalancing, a short session, optional static membership, and the
-KIP-848 protocol as an option."""
+KIP-848 protocol where the brokers allow it."""
 
 from __future__ import annotations
 
 import concurrent.futures
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka.admin import ConfigEntry, ConfigResource, ResourceType
 from pydantic import ValidationError
 
-from worker.adapters.kafka import consumer_config, producer_config, set_group_session
+from worker.adapters.kafka import choose_group_protocol, consumer_config, producer_config, set_group_session
 from worker.settings import Settings
 
 
@@ -104,6 +105,97 @@ def test_a_session_the_broker_refuses_is_reported_not_raised() -> None:
         "consumer.session.timeout.ms must be greater than or equal to group.consumer.min.session.timeout.ms",
     )
     assert "group.consumer.min.session.timeout.ms" in (set_group_session(Settings(), GroupAdmin(refusal)) or "")
+
+
+class Cluster(GroupAdmin):
+    """A one-broker cluster as an AdminClient sees it: the group protocols its coordinator runs, and whether it takes
+    a group's session (`error`) or cannot be reached at all."""
+
+    def __init__(
+        self,
+        protocols: str | None = "classic,consumer,streams",
+        error: KafkaError | None = None,
+        reachable: bool = True,
+    ) -> None:
+        super().__init__(error)
+        self.protocols = protocols
+        self.reachable = reachable
+        self.described: list[ConfigResource] = []
+
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.reachable:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/bootstrap: Connection refused"))
+        return SimpleNamespace(brokers={3: SimpleNamespace(id=3), 1: SimpleNamespace(id=1)})
+
+    def describe_configs(
+        self, resources: list[ConfigResource], **kwargs: Any
+    ) -> dict[ConfigResource, concurrent.futures.Future[Any]]:
+        answers: dict[ConfigResource, concurrent.futures.Future[Any]] = {}
+        for resource in resources:
+            self.described.append(resource)
+            answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            name = "group.coordinator.rebalance.protocols"
+            answer.set_result({} if self.protocols is None else {name: ConfigEntry(name, self.protocols)})
+            answers[resource] = answer
+        return answers
+
+
+def test_auto_is_the_default_and_takes_kip_848_where_the_broker_runs_it_and_takes_the_groups_session() -> None:
+    cluster = Cluster()
+    protocol, why = choose_group_protocol(Settings(), cluster)
+    assert (protocol, why) == ("consumer", "the broker runs KIP-848 groups and took the group's session and heartbeat")
+    [broker] = cluster.described
+    assert (broker.restype, broker.name) == (ResourceType.BROKER, "1")
+    [(group, values)] = cluster.asked
+    assert (group.restype, values["consumer.session.timeout.ms"]) == (ResourceType.GROUP, "10000")
+
+
+@pytest.mark.parametrize(("protocols", "named"), [("classic", "is classic"), (None, "is unset")])
+def test_auto_keeps_the_classic_protocol_on_a_broker_without_kip_848_groups(protocols: str | None, named: str) -> None:
+    cluster = Cluster(protocols)
+    protocol, why = choose_group_protocol(Settings(), cluster)
+    assert protocol == "classic"
+    assert why == f"the broker's group.coordinator.rebalance.protocols {named}"
+    assert cluster.asked == []  # the group's configuration is not touched
+
+
+def test_auto_keeps_the_classic_protocol_where_the_broker_refuses_the_groups_session() -> None:
+    refusal = KafkaError(
+        KafkaError.INVALID_CONFIG,
+        "consumer.session.timeout.ms must be greater than or equal to group.consumer.min.session.timeout.ms",
+    )
+    protocol, why = choose_group_protocol(Settings(), Cluster(error=refusal))
+    assert protocol == "classic"  # a dead worker is noticed after 10 s, not after the broker's 45
+    assert "refused the group's session" in why and "group.consumer.min.session.timeout.ms" in why
+
+
+def test_auto_keeps_the_classic_protocol_when_the_broker_cannot_be_asked() -> None:
+    protocol, why = choose_group_protocol(Settings(), Cluster(reachable=False), timeout_s=0.1)
+    assert protocol == "classic"
+    assert "could not be read" in why and "Connection refused" in why
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ('{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}', "classic"),
+        ('{"partition.assignment.strategy": "range"}', "classic"),
+        ('{"group.protocol": "consumer"}', "consumer"),
+    ],
+)
+def test_auto_follows_the_protocol_the_kafka_consumer_config_implies(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: str
+) -> None:
+    monkeypatch.setenv("BACKORDER_KAFKA_CONSUMER_CONFIG", given)
+    cluster = Cluster()
+    assert choose_group_protocol(Settings(), cluster)[0] == expected
+    assert cluster.described == [] and cluster.asked == []  # nothing asked of the broker
+
+
+def test_auto_consumes_with_the_classic_options_until_the_broker_is_asked() -> None:
+    assert Settings().group_protocol == "auto"
+    assert consumer_config(Settings())["partition.assignment.strategy"] == "cooperative-sticky"
+    assert consumer_config(Settings(), "consumer")["group.protocol"] == "consumer"
 
 
 def test_an_unknown_group_protocol_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

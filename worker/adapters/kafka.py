@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, Message
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
@@ -20,9 +20,17 @@ CONSUMER_QUEUED_MAX_KBYTES = 16 * 1024
 PRODUCER_QUEUE_MAX_KBYTES = 64 * 1024
 
 
-def consumer_config(settings: Settings) -> KafkaConfig:
+GroupProtocol = Literal["classic", "consumer"]
+# Options of the classic protocol only: librdkafka refuses them with `group.protocol=consumer`. One of them given in
+# BACKORDER_KAFKA_CONSUMER_CONFIG makes `auto` take the classic protocol.
+CLASSIC_ONLY_OPTIONS = frozenset({"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"})
+
+
+def consumer_config(settings: Settings, protocol: GroupProtocol | None = None) -> KafkaConfig:
+    """The consumer's configuration with `protocol` (by default the one the settings name; `auto` is classic until
+    `choose_group_protocol` has asked the broker)."""
     membership: KafkaConfig
-    if settings.group_protocol == "consumer":
+    if (protocol or settings.group_protocol) == "consumer":
         membership = {
             # KIP-848: the broker assigns, incrementally, and `range` gives every worker a share of every topic
             # (its partitions i..j of each, so an order's events on the several topics meet in one worker).
@@ -120,6 +128,16 @@ class GroupConfigs(Protocol):
     ) -> dict[ConfigResource, concurrent.futures.Future[Any]]: ...
 
 
+class ClusterConfigs(GroupConfigs, Protocol):
+    """What `choose_group_protocol` uses of confluent_kafka's AdminClient."""
+
+    def describe_configs(
+        self, resources: list[ConfigResource], **kwargs: Any
+    ) -> dict[ConfigResource, concurrent.futures.Future[Any]]: ...
+
+    def list_topics(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 def set_group_session(settings: Settings, admin: GroupConfigs, timeout_s: float = 10.0) -> str | None:
     """With the KIP-848 protocol the broker keeps the session and the heartbeat of a group: this sets them, as the
     group's own configuration (`consumer.session.timeout.ms`, `consumer.heartbeat.interval.ms`), to the worker's
@@ -144,6 +162,37 @@ def set_group_session(settings: Settings, admin: GroupConfigs, timeout_s: float 
     except concurrent.futures.TimeoutError:
         return f"no answer within {timeout_s + 5:g} s"
     return None
+
+
+def choose_group_protocol(
+    settings: Settings, admin: ClusterConfigs, timeout_s: float = 10.0
+) -> tuple[GroupProtocol, str]:
+    """The protocol BACKORDER_GROUP_PROTOCOL=auto consumes with, and why. KIP-848 (`consumer`) gives every worker
+    a share of every topic, but its session is the broker's: it is taken only when the brokers run KIP-848 groups
+    (`group.coordinator.rebalance.protocols` has `consumer`: Kafka 4.0 and later by default) and take the group's
+    session and heartbeat from the settings (`set_group_session`, within their `group.consumer.min/max.*`
+    bounds), so that a worker that dies is noticed as soon as with the classic protocol. Otherwise, or when
+    BACKORDER_KAFKA_CONSUMER_CONFIG names a classic option, the classic protocol."""
+    given = settings.kafka_consumer_config
+    if "group.protocol" in given:
+        chosen: GroupProtocol = "consumer" if given["group.protocol"] == "consumer" else "classic"
+        return chosen, "group.protocol is set in BACKORDER_KAFKA_CONSUMER_CONFIG"
+    if classic := sorted(CLASSIC_ONLY_OPTIONS & given.keys()):
+        return "classic", f"BACKORDER_KAFKA_CONSUMER_CONFIG sets {', '.join(classic)}, options of the classic protocol"
+    try:
+        brokers = admin.list_topics(timeout=timeout_s).brokers
+        broker = ConfigResource(ResourceType.BROKER, str(min(brokers)))
+        [answer] = admin.describe_configs([broker], request_timeout=timeout_s).values()
+        entry = answer.result(timeout=timeout_s + 5).get("group.coordinator.rebalance.protocols")
+    except (KafkaException, ValueError, concurrent.futures.TimeoutError) as exc:
+        return "classic", f"the broker's group protocols could not be read: {exc}"
+    protocols = [] if entry is None or entry.value is None else entry.value.split(",")
+    if "consumer" not in protocols:
+        return "classic", f"the broker's group.coordinator.rebalance.protocols is {','.join(protocols) or 'unset'}"
+    refused = set_group_session(settings, admin, timeout_s)
+    if refused is not None:
+        return "classic", f"the broker refused the group's session and heartbeat: {refused}"
+    return "consumer", "the broker runs KIP-848 groups and took the group's session and heartbeat"
 
 
 def to_inbound(message: Message) -> InboundMessage:
