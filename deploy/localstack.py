@@ -165,8 +165,9 @@ def kafka_classpath() -> str:
     return cached.read_text().strip()
 
 
-# Groups of the KIP-848 protocol (BACKORDER_GROUP_PROTOCOL=consumer) take their session and heartbeat from the broker:
-# the worker's classic defaults (10 s, 1 s) instead of Kafka's (45 s, 5 s), whose minimums are raised to allow them.
+# Groups of the KIP-848 protocol (which the worker's default, BACKORDER_GROUP_PROTOCOL=auto, takes on this broker) have
+# their session and heartbeat from the broker: the worker's (10 s, 1 s) instead of Kafka's (45 s, 5 s), whose
+# minimums are lowered to allow them.
 CONSUMER_GROUP_SETTINGS = {
     "group.consumer.min.session.timeout.ms": "6000",
     "group.consumer.session.timeout.ms": "10000",
