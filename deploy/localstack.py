@@ -181,9 +181,11 @@ class KafkaBroker(_ChildServer):
 
     _stop_timeout_s = 30.0
 
-    def __init__(self, workdir: Path, heap: str = "1g") -> None:
+    def __init__(self, workdir: Path, heap: str = "1g", *, group_settings: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.heap = heap
+        # KIP-848 groups' session bounds: the worker's (CONSUMER_GROUP_SETTINGS) unless given ({}: Kafka's own)
+        self.group_settings = CONSUMER_GROUP_SETTINGS if group_settings is None else group_settings
         self.port = free_port()
         self.controller_port = free_port()
         self.log_path = workdir / "kafka.log"
@@ -213,7 +215,7 @@ class KafkaBroker(_ChildServer):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            **CONSUMER_GROUP_SETTINGS,
+            **self.group_settings,
             "auto.create.topics.enable": "false",
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
