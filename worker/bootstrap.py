@@ -142,9 +142,10 @@ def _group_protocol(settings: Settings) -> GroupProtocol:
     if settings.group_protocol == "consumer":
         _set_group_session(settings, admin)
         return "consumer"
-    protocol, why = choose_group_protocol(settings, admin)
-    log.info("group_protocol_chosen", group=settings.group_id, protocol=protocol, why=why)
-    return protocol
+    choice = choose_group_protocol(settings, admin)
+    report = log.warning if choice.trouble else log.info
+    report("group_protocol_chosen", group=settings.group_id, protocol=choice.protocol, why=choice.why)
+    return choice.protocol
 
 
 def _set_group_session(settings: Settings, admin: AdminClient) -> None:

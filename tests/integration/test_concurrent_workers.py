@@ -6,7 +6,6 @@ measured by test_rebalance_recovery."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 
@@ -60,7 +59,7 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
         ),
     )
     for worker in (first, second):  # KIP-848, chosen because this broker runs it and took the session
-        [chosen] = [e for e in map(_json, worker.log().splitlines()) if e.get("event") == "group_protocol_chosen"]
+        [chosen] = worker.logged("group_protocol_chosen")
         assert chosen["protocol"] == "consumer", chosen
     for worker in (first, second):  # a share of each topic, the orders' and the receipts' among them
         held = Counter(p.rsplit("[", 1)[0] for p in worker.assignment())
@@ -126,11 +125,3 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
         for line in shipment["lines"]:
             shipped[line["sku"]] += line["quantity"]
     assert {sku: shipped[sku] for sku in SKUS} == {sku: stock[sku][2] for sku in SKUS}
-
-
-def _json(line: str) -> dict[str, object]:
-    try:
-        entry = json.loads(line)
-    except ValueError:  # librdkafka's own lines
-        return {}
-    return entry if isinstance(entry, dict) else {}

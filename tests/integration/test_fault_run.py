@@ -255,6 +255,8 @@ def test_fault_run(
         with Sampler(progress.sample, every_s=0.25):
             sender.start()
             time.sleep(8.0)  # the group settles and traffic flows before the first fault
+            for w in workers:  # the default, `auto`, takes KIP-848 on this broker
+                assert [e["protocol"] for e in w.logged("group_protocol_chosen")] == ["consumer"], w.log_path.name
             # Each kind at least once, early; then SIGKILLs until the traffic is all sent (bounded count).
             schedule = [
                 "sigkill",

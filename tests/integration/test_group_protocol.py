@@ -39,9 +39,9 @@ def test_auto_keeps_the_classic_protocol_where_the_broker_refuses_the_workers_se
     stock_broker: localstack.KafkaBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(stock_broker, monkeypatch)  # the defaults: a 10 s session, 1 s heartbeats
-    protocol, why = choose_group_protocol(settings, AdminClient(admin_config(settings)))
-    assert protocol == "classic"
-    assert "refused the group's session and heartbeat" in why and "group.consumer.min." in why
+    choice = choose_group_protocol(settings, AdminClient(admin_config(settings)))
+    assert choice.protocol == "classic"
+    assert "refused the group's session and heartbeat" in choice.why and "group.consumer.min." in choice.why
 
 
 def test_auto_takes_kip_848_where_the_broker_takes_the_session(
@@ -53,4 +53,4 @@ def test_auto_takes_kip_848_where_the_broker_takes_the_session(
         BACKORDER_SESSION_TIMEOUT_SECONDS="45",
         BACKORDER_HEARTBEAT_INTERVAL_SECONDS="5",
     )
-    assert choose_group_protocol(settings, AdminClient(admin_config(settings)))[0] == "consumer"
+    assert choose_group_protocol(settings, AdminClient(admin_config(settings))).protocol == "consumer"

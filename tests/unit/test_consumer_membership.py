@@ -4,6 +4,7 @@ KIP-848 protocol where the brokers allow it."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -116,16 +117,20 @@ class Cluster(GroupAdmin):
         protocols: str | None = "classic,consumer,streams",
         error: KafkaError | None = None,
         reachable: bool = True,
+        brokers: tuple[int, ...] = (3, 1),
+        describe_error: KafkaError | None = None,
     ) -> None:
         super().__init__(error)
         self.protocols = protocols
         self.reachable = reachable
+        self.brokers = brokers
+        self.describe_error = describe_error
         self.described: list[ConfigResource] = []
 
     def list_topics(self, *args: Any, **kwargs: Any) -> Any:
         if not self.reachable:
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/bootstrap: Connection refused"))
-        return SimpleNamespace(brokers={3: SimpleNamespace(id=3), 1: SimpleNamespace(id=1)})
+        return SimpleNamespace(brokers={i: SimpleNamespace(id=i) for i in self.brokers})
 
     def describe_configs(
         self, resources: list[ConfigResource], **kwargs: Any
@@ -135,15 +140,21 @@ class Cluster(GroupAdmin):
             self.described.append(resource)
             answer: concurrent.futures.Future[Any] = concurrent.futures.Future()
             name = "group.coordinator.rebalance.protocols"
-            answer.set_result({} if self.protocols is None else {name: ConfigEntry(name, self.protocols)})
+            if self.describe_error is not None:
+                answer.set_exception(KafkaException(self.describe_error))
+            else:
+                answer.set_result({} if self.protocols is None else {name: ConfigEntry(name, self.protocols)})
             answers[resource] = answer
         return answers
 
 
 def test_auto_is_the_default_and_takes_kip_848_where_the_broker_runs_it_and_takes_the_groups_session() -> None:
-    cluster = Cluster()
-    protocol, why = choose_group_protocol(Settings(), cluster)
-    assert (protocol, why) == ("consumer", "the broker runs KIP-848 groups and took the group's session and heartbeat")
+    cluster = Cluster(protocols="classic, consumer")
+    assert choose_group_protocol(Settings(), cluster) == (
+        "consumer",
+        "the broker runs KIP-848 groups and took the group's session and heartbeat",
+        False,
+    )
     [broker] = cluster.described
     assert (broker.restype, broker.name) == (ResourceType.BROKER, "1")
     [(group, values)] = cluster.asked
@@ -153,9 +164,9 @@ def test_auto_is_the_default_and_takes_kip_848_where_the_broker_runs_it_and_take
 @pytest.mark.parametrize(("protocols", "named"), [("classic", "is classic"), (None, "is unset")])
 def test_auto_keeps_the_classic_protocol_on_a_broker_without_kip_848_groups(protocols: str | None, named: str) -> None:
     cluster = Cluster(protocols)
-    protocol, why = choose_group_protocol(Settings(), cluster)
-    assert protocol == "classic"
-    assert why == f"the broker's group.coordinator.rebalance.protocols {named}"
+    choice = choose_group_protocol(Settings(), cluster)
+    assert (choice.protocol, choice.trouble) == ("classic", False)  # as the brokers are configured
+    assert choice.why == f"the broker's group.coordinator.rebalance.protocols {named}"
     assert cluster.asked == []  # the group's configuration is not touched
 
 
@@ -164,32 +175,61 @@ def test_auto_keeps_the_classic_protocol_where_the_broker_refuses_the_groups_ses
         KafkaError.INVALID_CONFIG,
         "consumer.session.timeout.ms must be greater than or equal to group.consumer.min.session.timeout.ms",
     )
-    protocol, why = choose_group_protocol(Settings(), Cluster(error=refusal))
-    assert protocol == "classic"  # a dead worker is noticed after 10 s, not after the broker's 45
-    assert "refused the group's session" in why and "group.consumer.min.session.timeout.ms" in why
-
-
-def test_auto_keeps_the_classic_protocol_when_the_broker_cannot_be_asked() -> None:
-    protocol, why = choose_group_protocol(Settings(), Cluster(reachable=False), timeout_s=0.1)
-    assert protocol == "classic"
-    assert "could not be read" in why and "Connection refused" in why
+    choice = choose_group_protocol(Settings(), Cluster(error=refusal))
+    assert choice.protocol == "classic"  # a dead worker is noticed after 10 s, not after the broker's 45
+    assert "refused the group's session" in choice.why and "group.consumer.min.session.timeout.ms" in choice.why
 
 
 @pytest.mark.parametrize(
-    ("given", "expected"),
+    ("cluster", "named"),
     [
-        ('{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}', "classic"),
-        ('{"partition.assignment.strategy": "range"}', "classic"),
-        ('{"group.protocol": "consumer"}', "consumer"),
+        (Cluster(reachable=False), "Connection refused"),
+        (Cluster(brokers=()), "could not be read"),  # a metadata answer that lists no broker
+        (Cluster(describe_error=KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED, "no DESCRIBE_CONFIGS")), "no DE"),
     ],
 )
-def test_auto_follows_the_protocol_the_kafka_consumer_config_implies(
-    monkeypatch: pytest.MonkeyPatch, given: str, expected: str
+def test_auto_keeps_the_classic_protocol_when_the_broker_cannot_be_asked_and_says_so(
+    cluster: Cluster, named: str
 ) -> None:
-    monkeypatch.setenv("BACKORDER_KAFKA_CONSUMER_CONFIG", given)
+    choice = choose_group_protocol(Settings(), cluster, timeout_s=0.1)
+    assert (choice.protocol, choice.trouble) == ("classic", True)  # logged as a warning
+    assert "could not be read" in choice.why and named in choice.why
+    assert cluster.asked == []
+
+
+@pytest.mark.parametrize("setting", ["BACKORDER_KAFKA_CONSUMER_CONFIG", "BACKORDER_KAFKA_CONFIG"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}',
+        '{"partition.assignment.strategy": "range"}',
+        '{"group.protocol": "classic"}',
+    ],
+)
+def test_auto_keeps_the_classic_protocol_the_kafka_options_name(
+    monkeypatch: pytest.MonkeyPatch, setting: str, given: str
+) -> None:
+    monkeypatch.setenv(setting, given)
     cluster = Cluster()
-    assert choose_group_protocol(Settings(), cluster)[0] == expected
+    assert choose_group_protocol(Settings(), cluster).protocol == "classic"
     assert cluster.described == [] and cluster.asked == []  # nothing asked of the broker
+
+
+@pytest.mark.parametrize("named", ["consumer", "Consumer"])
+def test_auto_follows_a_group_protocol_consumer_in_the_options_and_sets_the_groups_session(
+    monkeypatch: pytest.MonkeyPatch, named: str
+) -> None:
+    monkeypatch.setenv("BACKORDER_KAFKA_CONSUMER_CONFIG", json.dumps({"group.protocol": named}))
+    cluster = Cluster()
+    assert choose_group_protocol(Settings(), cluster)[:2] == (
+        "consumer",
+        "group.protocol is set in the Kafka options; the group's session set",
+    )
+    [(_, values)] = cluster.asked  # as BACKORDER_GROUP_PROTOCOL=consumer does: the worker's session, not 45 s
+    assert values["consumer.session.timeout.ms"] == "10000"
+    refused = KafkaError(KafkaError.INVALID_CONFIG, "must be greater than or equal to group.consumer.min")
+    choice = choose_group_protocol(Settings(), Cluster(error=refused))
+    assert (choice.protocol, choice.trouble) == ("consumer", True)
 
 
 def test_auto_consumes_with_the_classic_options_until_the_broker_is_asked() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException, Message
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
@@ -164,35 +164,51 @@ def set_group_session(settings: Settings, admin: GroupConfigs, timeout_s: float 
     return None
 
 
-def choose_group_protocol(
-    settings: Settings, admin: ClusterConfigs, timeout_s: float = 10.0
-) -> tuple[GroupProtocol, str]:
-    """The protocol BACKORDER_GROUP_PROTOCOL=auto consumes with, and why. KIP-848 (`consumer`) gives every worker
-    a share of every topic, but its session is the broker's: it is taken only when the brokers run KIP-848 groups
+class ProtocolChoice(NamedTuple):
+    """The group protocol `auto` took, why, and whether the reason is a failure an operator should look at (the
+    broker could not be asked; a KIP-848 group left with the broker's session) rather than how the brokers are
+    configured."""
+
+    protocol: GroupProtocol
+    why: str
+    trouble: bool = False
+
+
+def choose_group_protocol(settings: Settings, admin: ClusterConfigs, timeout_s: float = 10.0) -> ProtocolChoice:
+    """The protocol BACKORDER_GROUP_PROTOCOL=auto consumes with. KIP-848 (`consumer`) gives every worker a share of
+    every topic, but its session is the broker's: it is taken only when the brokers run KIP-848 groups
     (`group.coordinator.rebalance.protocols` has `consumer`: Kafka 4.0 and later by default) and take the group's
     session and heartbeat from the settings (`set_group_session`, within their `group.consumer.min/max.*`
-    bounds), so that a worker that dies is noticed as soon as with the classic protocol. Otherwise, or when
-    BACKORDER_KAFKA_CONSUMER_CONFIG names a classic option, the classic protocol."""
-    given = settings.kafka_consumer_config
+    bounds), so that a worker that dies is noticed as soon as with the classic protocol. Otherwise the classic
+    protocol. The Kafka options given (BACKORDER_KAFKA_CONFIG, BACKORDER_KAFKA_CONSUMER_CONFIG) decide first: a
+    `group.protocol` is followed, a classic-only option means classic."""
+    given = {**settings.kafka_client_config(), **settings.kafka_consumer_config}
     if "group.protocol" in given:
-        chosen: GroupProtocol = "consumer" if given["group.protocol"] == "consumer" else "classic"
-        return chosen, "group.protocol is set in BACKORDER_KAFKA_CONSUMER_CONFIG"
+        if str(given["group.protocol"]).strip().lower() != "consumer":
+            return ProtocolChoice("classic", "group.protocol is set in the Kafka options")
+        refused = set_group_session(settings, admin, timeout_s)
+        if refused is None:
+            return ProtocolChoice("consumer", "group.protocol is set in the Kafka options; the group's session set")
+        why = f"group.protocol is set in the Kafka options; the broker refused the group's session: {refused}"
+        return ProtocolChoice("consumer", why, trouble=True)
     if classic := sorted(CLASSIC_ONLY_OPTIONS & given.keys()):
-        return "classic", f"BACKORDER_KAFKA_CONSUMER_CONFIG sets {', '.join(classic)}, options of the classic protocol"
+        return ProtocolChoice("classic", f"the Kafka options set {', '.join(classic)}, options of the classic protocol")
     try:
         brokers = admin.list_topics(timeout=timeout_s).brokers
-        broker = ConfigResource(ResourceType.BROKER, str(min(brokers)))
+        broker = ConfigResource(ResourceType.BROKER, str(min(brokers)))  # one asked: the setting is the cluster's
         [answer] = admin.describe_configs([broker], request_timeout=timeout_s).values()
         entry = answer.result(timeout=timeout_s + 5).get("group.coordinator.rebalance.protocols")
-    except (KafkaException, ValueError, concurrent.futures.TimeoutError) as exc:
-        return "classic", f"the broker's group protocols could not be read: {exc}"
-    protocols = [] if entry is None or entry.value is None else entry.value.split(",")
+    except (KafkaException, ValueError, concurrent.futures.TimeoutError) as exc:  # ValueError: no broker listed
+        return ProtocolChoice("classic", f"the broker's group protocols could not be read: {exc}", trouble=True)
+    protocols = [] if entry is None or entry.value is None else [p.strip() for p in entry.value.split(",")]
     if "consumer" not in protocols:
-        return "classic", f"the broker's group.coordinator.rebalance.protocols is {','.join(protocols) or 'unset'}"
+        listed = ",".join(protocols) or "unset"
+        return ProtocolChoice("classic", f"the broker's group.coordinator.rebalance.protocols is {listed}")
     refused = set_group_session(settings, admin, timeout_s)
     if refused is not None:
-        return "classic", f"the broker refused the group's session and heartbeat: {refused}"
-    return "consumer", "the broker runs KIP-848 groups and took the group's session and heartbeat"
+        # As configured (Kafka's own bounds refuse a 10 s session) or not allowed (no ALTER_CONFIGS on the group).
+        return ProtocolChoice("classic", f"the broker refused the group's session and heartbeat: {refused}")
+    return ProtocolChoice("consumer", "the broker runs KIP-848 groups and took the group's session and heartbeat")
 
 
 def to_inbound(message: Message) -> InboundMessage:
