@@ -281,6 +281,7 @@ def run_worker(settings: Settings) -> None:
             resources.callback(stop_sweeper)
 
         protocol = _group_protocol(settings)
+        metrics.group_protocol(protocol)
         consumer = Consumer(
             {
                 **consumer_config(settings, protocol),

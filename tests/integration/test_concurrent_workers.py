@@ -61,6 +61,7 @@ def test_two_workers_never_allocate_more_than_received(deployment: Deployment) -
     for worker in (first, second):  # KIP-848, chosen because this broker runs it and took the session
         [chosen] = worker.logged("group_protocol_chosen")
         assert chosen["protocol"] == "consumer", chosen
+        assert worker.metric("backorder_group_info", protocol="consumer") == 1
     for worker in (first, second):  # a share of each topic, the orders' and the receipts' among them
         held = Counter(p.rsplit("[", 1)[0] for p in worker.assignment())
         assert held == {deployment.topics[kind]: PARTITIONS // 2 for kind in RECORD_OF}, held

@@ -1,4 +1,4 @@
-"""The relay's round histograms: a round's values at once, the same figures as one by one."""
+"""The relay's round histograms: a round's values at once, the same figures as one by one; the group protocol."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from tests import examples
-from worker.adapters.metrics import _BATCH_BUCKETS, RoundHistogram
+from worker.adapters.metrics import _BATCH_BUCKETS, Metrics, RoundHistogram
 
 BOUNDS = (*_BATCH_BUCKETS, math.inf)
 values = st.lists(
@@ -37,3 +37,11 @@ def test_a_round_at_once_counts_what_its_values_one_by_one_count(rounds: list[li
     total, expected = at_once.get_sample_value("delay_seconds_sum"), one_by_one.get_sample_value("delay_seconds_sum")
     assert total is not None and expected is not None
     assert total == expected or math.isclose(total, expected, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_the_group_protocol_a_worker_consumes_with_is_served_as_an_info_series() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.group_protocol("consumer")
+    served = generate_latest(metrics.registry).decode()
+    assert "# TYPE backorder_group_info gauge" in served
+    assert 'backorder_group_info{protocol="consumer"} 1.0' in served

@@ -21,6 +21,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -279,6 +280,13 @@ class Metrics:
         self.rebalances = Counter(
             "backorder_rebalances", "Partition assignments and revocations", ["kind"], registry=self.registry
         )
+        self.group = Info(
+            "backorder_group", "The consumer group protocol this worker consumes with", registry=self.registry
+        )
+
+    def group_protocol(self, protocol: str) -> None:
+        """The protocol the worker consumes with (for `auto`, the one it chose at start)."""
+        self.group.info({"protocol": protocol})
 
     def consumer_statistics(self, stats_json: str) -> None:
         """librdkafka's statistics callback: the consumer lag of each assigned partition."""
