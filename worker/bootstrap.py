@@ -27,7 +27,6 @@ from worker.adapters.kafka import (
     choose_group_protocol,
     consumer_config,
     producer_config,
-    set_group_session,
 )
 from worker.adapters.metrics import Metrics, StateRefresher
 from worker.adapters.postgres.common import open_pool, transaction
@@ -135,28 +134,14 @@ def what_if(settings: Settings) -> Iterator[tuple[UnitOfWork, ReadModel]]:
 
 
 def _group_protocol(settings: Settings) -> GroupProtocol:
-    """The protocol to consume with: BACKORDER_GROUP_PROTOCOL's, or for `auto` the one the brokers allow."""
+    """The protocol to consume with: BACKORDER_GROUP_PROTOCOL's, or for `auto` the one the brokers allow (logged,
+    as a warning when the broker could not be asked or refused a KIP-848 group's session)."""
     if settings.group_protocol == "classic":
         return "classic"
-    admin = AdminClient(admin_config(settings))
-    if settings.group_protocol == "consumer":
-        _set_group_session(settings, admin)
-        return "consumer"
-    choice = choose_group_protocol(settings, admin)
+    choice = choose_group_protocol(settings, AdminClient(admin_config(settings)))
     report = log.warning if choice.trouble else log.info
     report("group_protocol_chosen", group=settings.group_id, protocol=choice.protocol, why=choice.why)
     return choice.protocol
-
-
-def _set_group_session(settings: Settings, admin: AdminClient) -> None:
-    """The KIP-848 protocol's session and heartbeat are the group's configuration on the broker: set from the
-    settings at every start; the broker's values stay (with a warning) when it refuses them."""
-    refused = set_group_session(settings, admin)
-    wanted = {"session_s": settings.session_timeout_seconds, "heartbeat_s": settings.heartbeat_interval_seconds}
-    if refused is None:
-        log.info("group_session_set", group=settings.group_id, **wanted)
-    else:
-        log.warning("group_session_not_set", group=settings.group_id, error=refused, **wanted)
 
 
 def _kafka_error(err: KafkaError) -> None:

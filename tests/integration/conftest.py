@@ -7,7 +7,6 @@ group, and worker processes started as a user would start them (`python -m worke
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import re
@@ -174,16 +173,8 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def logged(self, event: str) -> list[dict[str, Any]]:
-        """The worker's JSON log entries of `event` (librdkafka's own lines are not JSON)."""
-        entries: list[dict[str, Any]] = []
-        for line in self.log().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("event") == event:
-                entries.append(entry)
-        return entries
+        """The worker's JSON log entries of `event`."""
+        return [entry for entry in json_lines(self.log()) if entry.get("event") == event]
 
     def terminate(self, timeout_s: float = 60) -> int:
         if self.proc.poll() is None:

@@ -232,6 +232,19 @@ def test_auto_follows_a_group_protocol_consumer_in_the_options_and_sets_the_grou
     assert (choice.protocol, choice.trouble) == ("consumer", True)
 
 
+def test_the_kip_848_protocol_named_by_the_setting_sets_the_groups_session_without_asking_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKORDER_GROUP_PROTOCOL", "consumer")
+    cluster = Cluster(protocols="classic")  # not asked: the setting names the protocol
+    assert choose_group_protocol(Settings(), cluster) == (
+        "consumer",
+        "BACKORDER_GROUP_PROTOCOL is consumer; the group's session set",
+        False,
+    )
+    assert cluster.described == [] and len(cluster.asked) == 1
+
+
 def test_auto_consumes_with_the_classic_options_until_the_broker_is_asked() -> None:
     assert Settings().group_protocol == "auto"
     assert consumer_config(Settings())["partition.assignment.strategy"] == "cooperative-sticky"

@@ -22,7 +22,7 @@ PRODUCER_QUEUE_MAX_KBYTES = 64 * 1024
 
 GroupProtocol = Literal["classic", "consumer"]
 # Options of the classic protocol only: librdkafka refuses them with `group.protocol=consumer`. One of them given in
-# BACKORDER_KAFKA_CONSUMER_CONFIG makes `auto` take the classic protocol.
+# BACKORDER_KAFKA_CONFIG or BACKORDER_KAFKA_CONSUMER_CONFIG makes `auto` take the classic protocol.
 CLASSIC_ONLY_OPTIONS = frozenset({"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"})
 
 
@@ -175,22 +175,25 @@ class ProtocolChoice(NamedTuple):
 
 
 def choose_group_protocol(settings: Settings, admin: ClusterConfigs, timeout_s: float = 10.0) -> ProtocolChoice:
-    """The protocol BACKORDER_GROUP_PROTOCOL=auto consumes with. KIP-848 (`consumer`) gives every worker a share of
-    every topic, but its session is the broker's: it is taken only when the brokers run KIP-848 groups
-    (`group.coordinator.rebalance.protocols` has `consumer`: Kafka 4.0 and later by default) and take the group's
-    session and heartbeat from the settings (`set_group_session`, within their `group.consumer.min/max.*`
-    bounds), so that a worker that dies is noticed as soon as with the classic protocol. Otherwise the classic
-    protocol. The Kafka options given (BACKORDER_KAFKA_CONFIG, BACKORDER_KAFKA_CONSUMER_CONFIG) decide first: a
-    `group.protocol` is followed, a classic-only option means classic."""
+    """The protocol a worker whose BACKORDER_GROUP_PROTOCOL is `consumer` or `auto` consumes with. KIP-848 named
+    (that setting, or a `group.protocol` in the Kafka options BACKORDER_KAFKA_CONFIG and
+    BACKORDER_KAFKA_CONSUMER_CONFIG) is taken, and the group's session and heartbeat set from the settings (the
+    broker keeps them: `set_group_session`). For `auto`, the Kafka options decide first (a `group.protocol` is
+    followed, a classic-only option means classic); then KIP-848, which gives every worker a share of every topic,
+    is taken only when the brokers run KIP-848 groups (`group.coordinator.rebalance.protocols` has `consumer`:
+    Kafka 4.0 and later by default) and take the group's session (within their `group.consumer.min/max.*`
+    bounds), so that a worker that dies is noticed as soon as with the classic protocol. Otherwise classic."""
     given = {**settings.kafka_client_config(), **settings.kafka_consumer_config}
-    if "group.protocol" in given:
+    named = "BACKORDER_GROUP_PROTOCOL is consumer" if settings.group_protocol == "consumer" else None
+    if named is None and "group.protocol" in given:
         if str(given["group.protocol"]).strip().lower() != "consumer":
             return ProtocolChoice("classic", "group.protocol is set in the Kafka options")
+        named = "group.protocol is set in the Kafka options"
+    if named is not None:
         refused = set_group_session(settings, admin, timeout_s)
         if refused is None:
-            return ProtocolChoice("consumer", "group.protocol is set in the Kafka options; the group's session set")
-        why = f"group.protocol is set in the Kafka options; the broker refused the group's session: {refused}"
-        return ProtocolChoice("consumer", why, trouble=True)
+            return ProtocolChoice("consumer", f"{named}; the group's session set")
+        return ProtocolChoice("consumer", f"{named}; the broker refused the group's session: {refused}", trouble=True)
     if classic := sorted(CLASSIC_ONLY_OPTIONS & given.keys()):
         return ProtocolChoice("classic", f"the Kafka options set {', '.join(classic)}, options of the classic protocol")
     try:
