@@ -633,6 +633,11 @@ def write_waiting(
     )
 
 
+_HAS_PLANS = (
+    "SELECT count(*) FROM information_schema.columns WHERE table_name = 'stock_level' AND column_name = 'promised'"
+)
+
+
 def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
     """A queue of N waiting lines on one SKU written straight into the database (one line per order,
     each wanting one unit), then one receipt of N units through Kafka."""
@@ -651,7 +656,8 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
         deep = receipt(sc.tag, 1, sku, n)
         started = time.monotonic()
         send_receipts(sc, prod, [deep])
-        # Its first step commits with the receipt itself; the rest of its units are on hand until given.
+        # Its first step commits with the receipt itself, and the plan of the rest: their units promised to their
+        # lines, none left on hand. Each further step then writes its lines, allocations and events.
         begun = wait_until(
             lambda: sc.count(f"SELECT count(*) FROM stock_receipt WHERE receipt_id = '{deep['receipt_id']}'") == 1,
             args.limit,
@@ -662,12 +668,21 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
             lambda: sc.count(f"SELECT available FROM stock_level WHERE sku = '{sku}'") == 0, args.limit, 0.02
         )
         commit_s = time.monotonic() - started
+        # (A worker from before plans, measured against, wrote every line before its units left the shelf.)
+        planned = "promised" if sc.count(_HAS_PLANS) else "0"
+        written = committed and wait_until(
+            lambda: sc.count(f"SELECT available + {planned} FROM stock_level WHERE sku = '{sku}'") == 0,
+            args.limit,
+            0.02,
+        )
+        written_s = time.monotonic() - started
         published = wait_until(lambda: fulfillments() >= n, args.limit, 0.1)
         last_s = time.monotonic() - started
         sent = fulfillments()
         rss = peak_rss_mb(worker.pid) if worker.poll() is None else float("nan")
     figure("deep_receipt_first_step_seconds", first_s if begun else f">{first_s:.0f}")
     figure("deep_receipt_commit_seconds", commit_s if committed else f">{commit_s:.0f}")
+    figure("deep_receipt_lines_written_seconds", written_s if written else f">{written_s:.0f}")
     figure(
         "deep_receipt_last_event_seconds",
         last_s if published else f">{last_s:.0f}",

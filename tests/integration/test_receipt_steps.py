@@ -1,6 +1,7 @@
-"""A receipt that fills more lines than one transaction gives, on PostgreSQL: each step commits on its own (what
-another connection sees between them), and the steps decided once are given while the SKU's queue version read
-back after each is the one the next transaction finds."""
+"""A receipt that fills more lines than one transaction gives, on PostgreSQL: its decisions commit with its first
+step, as a plan (the units of the further steps promised to their lines, off the shelf), then each step commits on
+its own (what another connection sees between them), and the steps decided once are given while the SKU's queue
+version read back after each is the one the next transaction finds."""
 
 from __future__ import annotations
 
@@ -30,22 +31,24 @@ def serialize(event: OutboundEvent) -> tuple[str, bytes, bytes]:
 
 class Watched(PostgresUnitOfWorkFactory):
     """Before each transaction begins, what another connection sees committed: (lines allocated, units on hand of
-    SKU-A, outbox rows)."""
+    SKU-A, units promised, steps planned, outbox rows)."""
 
     def __init__(self, pool: ConnectionPool, database_url: str) -> None:
         super().__init__(pool, serialize, "dlq")
         self._url = database_url
-        self.seen: list[tuple[int, int, int]] = []
+        self.seen: list[tuple[int, ...]] = []
 
-    def look(self) -> tuple[int, int, int]:
+    def look(self) -> tuple[int, ...]:
         with psycopg.connect(self._url, autocommit=True) as conn:
             row = conn.execute(
                 """SELECT (SELECT count(*) FROM order_line WHERE status = 'ALLOCATED'),
                           (SELECT coalesce(sum(available), 0) FROM stock_level WHERE sku = 'SKU-A'),
+                          (SELECT coalesce(sum(promised), 0) FROM stock_level WHERE sku = 'SKU-A'),
+                          (SELECT count(*) FROM receipt_plan),
                           (SELECT count(*) FROM outbox)"""
             ).fetchone()
             assert row is not None
-            return int(row[0]), int(row[1]), int(row[2])
+            return tuple(int(value) for value in row)
 
     @contextmanager
     def __call__(self, *, rollback: bool = False) -> Iterator[Book]:
@@ -83,12 +86,13 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
         factory.seen.append(factory.look())
 
     # Before the receipt; after its own transaction (the first five served, with their events: a fulfillment
-    # request, a status and a notification an order); after each further step.
-    queued = factory.seen[0][2]  # the orders' own events
-    assert [(lines, units, events - queued) for lines, units, events in factory.seen] == [
-        (0, 0, 0),
-        (5, 7, 15),
-        (10, 2, 30),
-        (12, 0, 36),
+    # request, a status and a notification an order; the other seven units promised in two steps); after each
+    # further step.
+    queued = factory.seen[0][-1]  # the orders' own events
+    assert [(*seen[:-1], seen[-1] - queued) for seen in factory.seen] == [
+        (0, 0, 0, 0, 0),
+        (5, 0, 7, 2, 15),
+        (10, 0, 2, 1, 30),
+        (12, 0, 0, 0, 36),
     ]
     assert decisions == [12]  # the steps decided once: each transaction found the version the one before left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from worker.service.ports import (
     Loaded,
     NewOrder,
     PendingCancellation,
+    PlanStep,
     SkuBacklog,
     StateFigures,
     StoreUnavailable,
@@ -56,6 +58,8 @@ class FakeState:
     outbox: list[OutboundEvent] = field(default_factory=list)
     dead: list[tuple[InboundMessage, RejectedMessage]] = field(default_factory=list)
     queue_versions: dict[str, int] = field(default_factory=dict)
+    promised: dict[str, int] = field(default_factory=dict)
+    plans: dict[tuple[str, int], PlanStep] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -81,6 +85,14 @@ class MemoryStore:
 
     def orders_given(self, cause: str) -> set[str]:
         return {decision.order_id for decision, _ in self.state.shipments if decision.cause == cause}
+
+    def plan(self, cause: str) -> list[PlanStep]:
+        found = [step for (of, _), step in sorted(self.state.plans.items()) if of == cause]
+        return [dataclasses.replace(step, lines=None) for step in found]  # as the database gives them
+
+    def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
+        kept = self.state.plans.get((cause, step))
+        return () if kept is None or kept.lines is None else kept.lines
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self.lines(orders=order_ids)
@@ -182,10 +194,20 @@ class MemoryStore:
         for line in changes.new_lines + changes.changed_lines:
             assert 0 <= line.allocated + line.reserved + line.rejected + line.cancelled <= line.ordered
             state.lines[(line.order_id, line.line_id)] = line
-        for sku, (available, received) in changes.stock.items():
+        for sku, (available, received, promised) in changes.stock.items():
             assert available >= 0
             state.available[sku] = available
             state.received[sku] = state.received.get(sku, 0) + received
+            if promised:
+                state.promised[sku] = state.promised.get(sku, 0) + promised
+                assert state.promised[sku] >= 0
+                if not state.promised[sku]:
+                    del state.promised[sku]
+        for step in changes.plans_added:
+            assert (step.cause, step.step) not in state.plans, "a step is planned once"
+            state.plans[(step.cause, step.step)] = step
+        for taken in changes.plans_taken:
+            del state.plans[taken]
         state.shipments += changes.allocations
         for policy in changes.policies:
             state.policies[policy.sku] = policy

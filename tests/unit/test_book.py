@@ -61,7 +61,7 @@ def test_a_new_order_is_saved_once_in_its_final_state() -> None:
     assert (line.allocated, line.status, line.backordered) == (3, LineStatus.PARTIALLY_ALLOCATED, True)
     assert saved.changed_lines == []
     assert [n.order.order_id for n in saved.new_orders] == ["1"]
-    assert saved.stock == {"SKU": (0, 3)}
+    assert saved.stock == {"SKU": (0, 3, 0)}
 
 
 def test_a_failed_event_leaves_no_trace_and_gives_its_fact_back() -> None:

@@ -8,6 +8,7 @@ that nothing stops or changes between its steps."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import examples, factories
+from tests.unit import test_handlers
 from tests.unit.fakes import FakeState, FakeUnitOfWork, FakeUnitOfWorkFactory, MemoryStore, handle_record
 from tests.unit.test_allocation import backorder
 from tests.unit.test_batch import NOW, message, run
@@ -183,8 +185,9 @@ def allocated(state: FakeState) -> list[str]:
 
 def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """40 waiting orders, a receipt for all of them in steps of 15, and an order for the SKU after it in the same
-    batch: the receipt and the first 15 served commit first, then each step alone with its events, and the
-    order after the receipt is handled once every step is given (no units left for it)."""
+    batch: the receipt, the first 15 served and the plan of the rest (its units promised to their lines, none left
+    on hand) commit first, then each step alone with its events, and the order after the receipt is handled once
+    every step is given (no units left for it)."""
     factory = Committing()
     placed(factory, 40)
     before = len(factory.commits)
@@ -197,7 +200,13 @@ def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatc
 
     assert [r.outcome for r in results] == [Outcome.PROCESSED, Outcome.PROCESSED]
     steps = factory.commits[before:]
-    assert [s.available["SKU-A"] for s in steps] == [25, 10, 0, 0]
+    assert [(s.available["SKU-A"], s.promised.get("SKU-A", 0), len(s.plans)) for s in steps] == [
+        (0, 25, 2),
+        (0, 10, 1),
+        (0, 0, 0),
+        (0, 0, 0),
+    ]
+    assert [len(step.lines or ()) for step in steps[0].plans.values()] == [15, 10]
     assert [len(allocated(s)) for s in steps] == [15, 30, 40, 40]
     assert allocated(steps[0]) == [f"O-{i:02d}" for i in range(15)]  # the first served first
     # Each step's events with it: a fulfillment request, a status and a notification an order.
@@ -208,9 +217,9 @@ def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatc
 
 
 def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The database lost before a receipt's third step: the batch fails, what the first two committed stays, and
-    the same batch again (the receipt a duplicate now) gives the rest: the same state, decisions and events as a
-    receipt never stopped."""
+    """The database lost before a receipt's third step: the batch fails, what the first two committed stays (the
+    last step's units promised in its plan), and the same batch again (the receipt a duplicate now) gives the rest
+    as planned: the same state, decisions and events as a receipt never stopped."""
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
     never_stopped = Committing()
     placed(never_stopped, 10)
@@ -221,17 +230,18 @@ def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monk
     stopped.lost_at = stopped.transactions + 3
     with pytest.raises(StoreUnavailable):
         run(stopped, receipt, lines_per_transaction=4)
-    assert len(allocated(stopped.state)) == 8 and stopped.state.available["SKU-A"] == 2
+    assert len(allocated(stopped.state)) == 8 and stopped.state.available["SKU-A"] == 0
+    assert stopped.state.promised == {"SKU-A": 2} and list(stopped.state.plans) == [("inventory-received/R-1", 3)]
 
     assert [r.outcome for r in run(stopped, receipt, lines_per_transaction=4)] == [Outcome.DUPLICATE]
     assert comparable(stopped.state) == comparable(never_stopped.state)
     assert len({e.event_id for e in stopped.state.outbox}) == len(stopped.state.outbox)
 
 
-def test_a_change_between_two_steps_has_the_rest_decided_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monkeypatch: pytest.MonkeyPatch) -> None:
     """Between a receipt's first and second step a restock is expected for its SKU (its queue changes, nothing is
-    allocated): the steps decided before are not trusted, what is on hand is decided anew, and every unit ends on
-    a line once."""
+    allocated): the steps decided before are not trusted, each is given from the plan to its lines as they are
+    now (nothing decided anew: the plan holds), and every unit ends on a line once."""
     factory = Committing()
     placed(factory, 10)
     decisions = decisions_counted(monkeypatch)
@@ -246,16 +256,75 @@ def test_a_change_between_two_steps_has_the_rest_decided_again(monkeypatch: pyte
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
-    assert decisions == [10, 6]  # the receipt's, then again over what the first step left on hand
+    assert decisions == [10]  # the receipt's, once
     assert len(allocated(factory.state)) == 10 and factory.state.available["SKU-A"] == 0
+    assert factory.state.promised == {} and factory.state.plans == {}
     given = [d for d, _ in factory.state.shipments if d.cause == "inventory-received/R-1"]
     assert sorted(d.order_id for d in given) == [f"O-{i:02d}" for i in range(10)]
     assert len({e.event_id for e in factory.state.outbox}) == len(factory.state.outbox)
 
 
+def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_the_plan() -> None:
+    """12 waiting orders, a receipt of 10 in steps of 4: O-04 to O-09 are promised their units in the plan. O-06 is
+    cancelled before the second step: that step gives O-04, O-05 and O-07 their units, and O-06's goes to the first
+    order the plan left waiting (O-10), not to one the plan gives later nor a second time to one given already."""
+    factory = Committing()
+    placed(factory, 12)
+
+    def cancel(transaction: int) -> None:
+        if transaction == first_step + 1:
+            assert factory.state.promised == {"SKU-A": 6}
+            with FakeUnitOfWorkFactory.__call__(factory) as uow:
+                handle_record(uow, factories.cancellation("O-06"), ShopPolicy(), NOW)
+            assert factory.state.promised == {"SKU-A": 6}  # promised until its step is given
+
+    first_step = factory.transactions + 1
+    factory.between = cancel
+    receipt = [message(12, "receipts", factories.receipt("R-1", "SKU-A", 10))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    assert allocated(state) == [f"O-{i:02d}" for i in (0, 1, 2, 3, 4, 5, 7, 8, 9, 10)]
+    assert state.lines[("O-06", "L1")].status.value == "CANCELLED"
+    assert state.lines[("O-11", "L1")].status.value == "BACKORDERED"
+    assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
+    given = sorted(d.order_id for d, _ in state.shipments if d.cause == "inventory-received/R-1")
+    assert given == allocated(state)
+    assert len({e.event_id for e in state.outbox}) == len(state.outbox)
+
+
+def test_a_step_given_by_another_transaction_is_not_given_again() -> None:
+    """The receipt comes again (another worker handed its partition) while its first worker is between two steps:
+    the second gives the plan's next step and is stopped there (the database lost), and the first goes on from the
+    step after it: every line once, one fulfillment request an order."""
+    factory = Committing()
+    placed(factory, 10)
+    receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
+
+    def again(transaction: int) -> None:
+        if transaction == first_step + 1:
+            factory.between = lambda n: None
+            factory.lost_at = factory.transactions + 2  # its first transaction gives a step, then it stops
+            with pytest.raises(StoreUnavailable):
+                run(factory, receipt, lines_per_transaction=4)
+            factory.lost_at = None
+            assert list(factory.state.plans) == [("inventory-received/R-1", 3)]
+
+    first_step = factory.transactions + 1
+    factory.between = again
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    assert allocated(state) == [f"O-{i:02d}" for i in range(10)]
+    assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
+    requests = [e for e in state.outbox if type(e).__name__ == "FulfillmentRequested"]
+    assert sorted(e.order_id for e in requests) == [f"O-{i:02d}" for i in range(10)]
+
+
 def test_a_step_that_fails_stops_the_steps_and_leaves_the_rest_on_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     """A step that fails (a defect) after the receipt's first committed: the receipt and the message beside it
-    stand, the units not given wait on hand, and the next order for the SKU gives them to the lines ahead of it."""
+    stand, the units its plan still promised are given back and wait on hand, and the next order for the SKU gives
+    them to the lines ahead of it."""
     factory = Committing()
     placed(factory, 10)
     announce = handlers._announce_fills
@@ -277,6 +346,7 @@ def test_a_step_that_fails_stops_the_steps_and_leaves_the_rest_on_hand(monkeypat
     after = factory.state
     assert allocated(after) == ["O-00", "O-01", "O-02", "O-03"]
     assert after.available["SKU-A"] == 6 and after.received["SKU-A"] == 10
+    assert (after.promised, after.plans) == ({}, {})
     assert ("O-B", "L1") in after.lines
 
     later = [message(12, "orders", factories.order("O-C", "2026-01-20T11:00", [("SKU-A", 1)]))]
@@ -333,3 +403,64 @@ def test_an_order_left_waiting_goes_in_the_last_step() -> None:
         [("A", "L1"), ("A", "L2")],
     ]
     assert handlers._steps(fills, 4) == [fills]  # one step: as decided
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(
+    waiting=st.lists(st.tuples(st.sampled_from(["A", "B"]), st.integers(1, 3)), min_size=2, max_size=8),
+    ops=test_handlers.operations,
+    mode=st.sampled_from(ShipCompleteMode),
+    scope=st.sampled_from(ShipCompleteScope),
+    data=st.data(),
+)
+def test_units_are_never_lost_or_created_while_receipts_wait_between_their_steps(
+    waiting: list[tuple[str, int]],
+    ops: list[tuple[Any, ...]],
+    mode: ShipCompleteMode,
+    scope: ShipCompleteScope,
+    data: st.DataObject,
+) -> None:
+    """Some orders waiting, then the generated stories of test_handlers, each receipt given in steps of one order:
+    its plan's steps wait while the next events come (orders, cancellations, policies, sweeps, other receipts),
+    given one at a time when the test draws it. After every event and step, every unit received is in one place
+    (on hand, promised in a plan, reserved or allocated), a SKU's promised units are its plans', and at the end no
+    plan is left."""
+    shop = dataclasses.replace(test_handlers.SHOP, ship_complete_mode=mode, ship_complete_scope=scope)
+    uow = test_handlers.world(*test_handlers.SKUS)
+    placed: list[str] = []
+    pending: list[handlers.FillsLeft] = []
+
+    def held_in_place() -> None:
+        state = uow.state
+        for sku in test_handlers.SKUS:
+            held = sum(ln.allocated + ln.reserved for ln in state.lines.values() if ln.sku == sku)
+            promised = state.promised.get(sku, 0)
+            assert state.received.get(sku, 0) == state.available.get(sku, 0) + promised + held
+            assert promised == sum(step.units for step in state.plans.values() if step.sku == sku)
+
+    def step(left: handlers.FillsLeft, now: dt.datetime) -> handlers.FillsLeft | None:
+        done = handlers.give_more(left, uow, shop, now)
+        held_in_place()
+        return done if isinstance(done, handlers.FillsLeft) else None
+
+    first = [("order", [line], None, "STANDARD", 10, f"C{n % 3 + 1}") for n, line in enumerate(waiting)]
+    for i, op in enumerate(first + ops):
+        now = NOW + dt.timedelta(hours=6 * i)
+        if op[0] == "receipt":
+            po = {"purchase_order_id": op[3], "supplier_id": test_handlers.POS[op[3]]} if op[3] else {}
+            command = factories.command({**factories.receipt(f"R{i}", op[1], op[2], **po), "event_id": f"event-{i}"})
+            uow.lock_stock(command.skus)
+            done = handlers.handle(command, uow, shop, now, fills_per_step=1)
+            if isinstance(done, handlers.FillsLeft):
+                pending.append(done)
+        else:
+            test_handlers.apply(uow, i, op, shop, now, placed)
+        held_in_place()
+        pending = [
+            more
+            for left in pending
+            if (more := step(left, now) if data.draw(st.booleans(), label="step now") else left) is not None
+        ]
+    while pending:
+        pending = [more for left in pending if (more := step(left, NOW + dt.timedelta(days=10))) is not None]
+    assert (uow.state.promised, uow.state.plans) == ({}, {})

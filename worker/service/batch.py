@@ -153,9 +153,9 @@ def _give_more(
     on_progress: Callable[[], None] | None,
 ) -> None:
     """A receipt's further steps, each in a transaction of its own, before the messages after it. The database
-    lost stops them with the batch (which is handled again: the receipt, a duplicate then, gives what is still on
-    hand). A step that fails for a reason of its own (a defect) stops them too: the units not given stay on hand,
-    where the next event that allocates the SKU's stock, or the receipt again, gives them."""
+    lost stops them with the batch (which is handled again: the receipt, a duplicate then, gives the steps its plan
+    still holds). A step that fails for a reason of its own (a defect) stops them too: the units its plan still
+    promises are given back, on hand, where the next event that allocates the SKU's stock gives them."""
     more: handlers.FillsLeft | None = left
     while more is not None:
         try:
@@ -173,6 +173,9 @@ def _give_more(
                 partition=message.partition,
                 offset=message.offset,
             )
+            with unit_of_work() as uow:
+                units = handlers.give_back(left.command, uow)
+            log.warning("receipt_plan_given_back", receipt_id=left.command.receipt.receipt_id, units=units)
             return
         more = done if isinstance(done, handlers.FillsLeft) else None
         if on_progress is not None:

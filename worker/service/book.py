@@ -55,6 +55,7 @@ from worker.service.ports import (
     KeptRestock,
     NewOrder,
     PendingCancellation,
+    PlanStep,
     Seen,
     Store,
     StoreRefused,
@@ -110,6 +111,7 @@ class Book:
         self._orders_loaded: set[str] = set()
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
+        self._plans: dict[str, dict[int, PlanStep]] = {}  # a cause's plan: its steps not taken, by number
         self._facts: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (hash, claimed by this batch and not used yet)
         self._policies: dict[str, KeptPolicy | None] = {}
         self._restocks: dict[str, dict[str, KeptRestock]] = {}  # sku: purchase order: line
@@ -125,6 +127,7 @@ class Book:
         self._new_lines: dict[LineKey, None] = {}
         self._changed_lines: dict[LineKey, None] = {}
         self._received: dict[str, int] = {}
+        self._promised: dict[str, int] = {}  # units a SKU's plans gained (or lost, taken)
         self._stock_changed: dict[str, None] = {}
         self._receipts: dict[int, tuple[StockReceipt, str]] = {}
         self._allocations: dict[int, tuple[Decision, str | None]] = {}
@@ -135,6 +138,8 @@ class Book:
         self._pending_applied: dict[str, None] = {}
         self._dispatches: dict[int, Dispatch] = {}
         self._events: dict[int, tuple[OutboundEvent, dt.datetime | None]] = {}
+        self._plans_added: dict[tuple[str, int], PlanStep] = {}
+        self._plans_taken: dict[tuple[str, int], None] = {}
 
     # ------------------------------------------------------------------------- transaction plumbing
 
@@ -142,6 +147,11 @@ class Book:
         if self._undo is not None:
             self._undo.append((mapping, key, mapping.get(key, _MISSING)))
         mapping[key] = value
+
+    def _pop(self, mapping: MutableMapping[Any, Any], key: Any) -> None:
+        if self._undo is not None:
+            self._undo.append((mapping, key, mapping.get(key, _MISSING)))
+        mapping.pop(key, None)
 
     def _append(self, mapping: dict[int, Any], value: Any) -> None:
         self._put(mapping, len(mapping), value)
@@ -193,7 +203,10 @@ class Book:
             new_lines=[self._lines[key] for key in self._new_lines if key in self._lines],
             changed_lines=[self._lines[key] for key in changed],
             lines_before={key: self._loaded[key] for key in changed},
-            stock={sku: (self._available[sku], self._received.get(sku, 0)) for sku in self._stock_changed},
+            stock={
+                sku: (self._available[sku], self._received.get(sku, 0), self._promised.get(sku, 0))
+                for sku in self._stock_changed
+            },
             receipts=list(self._receipts.values()),
             allocations=list(self._allocations.values()),
             policies=[p for sku in self._policy_changed if (p := self._policies.get(sku)) is not None],
@@ -205,6 +218,8 @@ class Book:
             dispatches=list(self._dispatches.values()),
             facts_unclaimed=[key for key, (_, unused) in self._facts.items() if unused],
             events=list(self._events.values()),
+            plans_added=list(self._plans_added.values()),
+            plans_taken=list(self._plans_taken),
         )
 
     def save(self) -> None:
@@ -546,6 +561,44 @@ class Book:
 
     def orders_given(self, cause: str) -> set[str]:
         return self._store.orders_given(cause)
+
+    def promise(self, steps: Sequence[PlanStep]) -> None:
+        for step in steps:
+            self._add_available(step.sku, -step.units)
+            self._put(self._promised, step.sku, self._promised.get(step.sku, 0) + step.units)
+            plan = dict(self.plan_steps(step.cause))
+            plan[step.step] = step
+            self._put(self._plans, step.cause, plan)
+            self._put(self._plans_added, (step.cause, step.step), step)
+
+    def plan(self, cause: str) -> list[PlanStep]:
+        return [step for _, step in sorted(self.plan_steps(cause).items())]
+
+    def plan_steps(self, cause: str) -> Mapping[int, PlanStep]:
+        if cause not in self._plans:
+            self._plans[cause] = {step.step: step for step in self._store.plan(cause)}
+        return self._plans[cause]
+
+    def step_lines(self, step: PlanStep) -> tuple[tuple[str, str, int], ...]:
+        if step.lines is not None:
+            return step.lines
+        added = self._plans_added.get((step.cause, step.step))
+        if added is not None and added.lines is not None:
+            return added.lines
+        return self._store.step_lines(step.cause, step.step)
+
+    def take_step(self, step: PlanStep) -> None:
+        plan = dict(self.plan_steps(step.cause))
+        if plan.pop(step.step, None) is None:
+            raise RuntimeError(f"step {step.step} of {step.cause} is not in its plan")
+        self._put(self._plans, step.cause, plan)
+        key = (step.cause, step.step)
+        if key in self._plans_added:  # promised by this transaction: never written
+            self._pop(self._plans_added, key)
+        else:
+            self._put(self._plans_taken, key, None)
+        self._put(self._promised, step.sku, self._promised.get(step.sku, 0) - step.units)
+        self._add_available(step.sku, step.units)
 
     def available(self, sku: str) -> int:
         self._require_locked(sku)

@@ -40,6 +40,7 @@ from worker.domain.events import (
     event_id,
 )
 from worker.domain.model import (
+    WAITING,
     Backorder,
     Cancellation,
     CancelReason,
@@ -72,7 +73,7 @@ from worker.service.commands import (
     SetProductPolicy,
 )
 from worker.service.messages import ConflictingDuplicate, InvalidEvent
-from worker.service.ports import Seen, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
+from worker.service.ports import PlanStep, Seen, StoreUnavailable, UnitOfWork, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -206,11 +207,12 @@ FILLS_PER_SAVE = 5_000
 @dataclasses.dataclass(frozen=True, slots=True)
 class FillsLeft:
     """A receipt's fills not given when its transaction ends: `give_more` gives the next step of them in a
-    transaction of its own, until none is left. Between two steps the units not given yet are on hand, in the
-    stock of the SKU, as the receipt left them."""
+    transaction of its own, until none is left. They are the receipt's plan, committed with its first step: each
+    further step's units promised to its lines (`UnitOfWork.promise`), off the SKU's shelf until it is given."""
 
     command: ReceiveStock
-    steps: tuple[list[Fill], ...]
+    steps: tuple[list[Fill], ...] | None  # as decided; None once a step had to be given as its lines are now
+    number: int  # the plan's number of the first step left
     size: int  # fills a step, about
     version: int | None  # the SKU's queue version its last step left: any other means the queue changed since
     outcome: Outcome  # what the receipt's message came to: PROCESSED, or DUPLICATE for one resumed
@@ -227,32 +229,55 @@ def receive_stock(
     if receipt.purchase_order_id is not None:
         uow.consume_restock(receipt)
     decided = _decide_fills(uow, [receipt.sku], _receipt_cause(command), shop, now)
-    return _give_in_steps(command, _steps(decided, size), size, uow, shop, now, Outcome.PROCESSED)
+    return _give_in_steps(command, _steps(decided, size), (), 1, size, uow, shop, now, Outcome.PROCESSED)
 
 
 def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
-    """The next step of a receipt's fills, in a unit of work of its own (the SKU is locked again here). The
-    steps decided before are given while the SKU's queue version is the one the last step left; if anything else
-    changed the queue or the stock since (an order, a cancellation, another worker), what is on hand is decided
-    anew."""
-    sku = left.command.receipt.sku
+    """The next step of a receipt's plan, in a unit of work of its own (the SKU is locked again here). It is given
+    as decided while the SKU's queue version is the one the last step left; if anything else changed the queue
+    since (an order, a cancellation, another worker giving steps of the same plan: the receipt again), each line
+    is given what it was promised as it is now (`_as_planned`). Steps no longer in the plan were given, or given
+    back, by another transaction."""
+    cause, sku = _receipt_cause(left.command), left.command.receipt.sku
     uow.lock_stock([sku])
-    if uow.queue_version(sku) == left.version:
-        steps = left.steps
-    else:
-        steps = tuple(_steps(_decided_again(left.command, uow, shop, now, "receipt_decided_again"), left.size))
-    return _give_in_steps(left.command, steps, left.size, uow, shop, now, left.outcome)
+    plan = uow.plan(cause)
+    if not plan:
+        return left.outcome
+    trusted = (
+        left.steps is not None
+        and (plan[0].step, len(plan)) == (left.number, len(left.steps))
+        and uow.queue_version(sku) == left.version
+    )
+    if not trusted:
+        log.info("receipt_plan_given_as_lines_are", sku=sku, cause=cause, step=plan[0].step, steps=len(plan))
+    decided = left.steps if trusted else None
+    return _give_in_steps(left.command, decided, plan, plan[0].step, left.size, uow, shop, now, left.outcome)
 
 
 def _resume(
     command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, size: int
 ) -> Outcome | FillsLeft:
     """A receipt seen before. Its steps may have stopped between two transactions (the worker stopped, the
-    database was lost): what it left on hand goes to its queue now, as it would have gone."""
+    database was lost): the steps its plan still holds are given now, and what is on hand goes to its queue, as
+    it would have gone."""
+    plan = uow.plan(_receipt_cause(command))
+    if plan:
+        log.info("receipt_resumed", sku=command.receipt.sku, cause=plan[0].cause, steps=len(plan))
+        return _give_in_steps(command, None, plan, plan[0].step, size, uow, shop, now, Outcome.DUPLICATE)
     decided = _decided_again(command, uow, shop, now, "receipt_resumed")
     if not decided:
         return Outcome.DUPLICATE
-    return _give_in_steps(command, _steps(decided, size), size, uow, shop, now, Outcome.DUPLICATE)
+    return _give_in_steps(command, _steps(decided, size), (), 1, size, uow, shop, now, Outcome.DUPLICATE)
+
+
+def give_back(command: ReceiveStock, uow: UnitOfWork) -> int:
+    """The receipt's steps stopped for good (a defect): what its plan still promises is on hand again, for the next
+    event that allocates the SKU's stock. The units given back."""
+    uow.lock_stock([command.receipt.sku])
+    plan = uow.plan(_receipt_cause(command))
+    for step in plan:
+        uow.take_step(step)
+    return sum(step.units for step in plan)
 
 
 def _decided_again(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, why: str) -> list[Fill]:
@@ -273,24 +298,39 @@ def _receipt_cause(command: ReceiveStock) -> str:
 
 def _give_in_steps(
     command: ReceiveStock,
-    steps: Sequence[list[Fill]],
+    decided: Sequence[list[Fill]] | None,
+    plan: Sequence[PlanStep],
+    number: int,
     size: int,
     uow: UnitOfWork,
     shop: ShopPolicy,
     now: dt.datetime,
     outcome: Outcome,
 ) -> Outcome | FillsLeft:
-    """Give the first of `steps` and announce it; the rest is left to transactions of their own. An order whose
-    line got units and still waits is announced once that line's date is settled, with the queue's after the
-    receipt: from the step that gives one, every step is given in this transaction, then the queue is dated."""
+    """Give the first step and announce it; the rest is left to transactions of their own. The steps are `plan`'s,
+    each taken as it is given (as `decided`, if given, else as its lines are now); without a plan, `decided`'s,
+    numbered from `number`, and those left after the first are promised to their lines before it commits. An
+    order whose line got units and still waits is announced once that line's date is settled, with the queue's
+    after the receipt: from the step that gives one, every step is given in this transaction, then the queue is
+    dated."""
     cause, sku = _receipt_cause(command), command.receipt.sku
-    if len(steps) <= 1:
-        unannounced = _give(uow, steps[0] if steps else [], cause, shop, now)
+    count = len(plan) if plan else len(decided or ())
+    if count <= 1 and not plan:
+        unannounced = _give(uow, decided[0] if decided else [], cause, shop, now)
     else:
         uow.flush()  # what came before (the receipt itself) is written before the first step
         unannounced = []
-        for number, step in enumerate(steps, start=1):
-            fills = _give(uow, step, cause, shop, now)
+        for index in range(count):
+            if plan:
+                uow.take_step(plan[index])
+                if decided is not None:
+                    fills = _give(uow, decided[index], cause, shop, now)
+                else:
+                    fills = _give(uow, _as_planned(plan[index], uow, shop, now), cause, shop, now)
+                    fills += _give(uow, _to_queue(plan[index:], uow, shop, now), cause, shop, now)
+            else:
+                assert decided is not None
+                fills = _give(uow, decided[index], cause, shop, now)
             states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
             filled = {(f.backorder.order_id, f.backorder.line_id) for f in fills}
             dating = {
@@ -302,13 +342,52 @@ def _give_in_steps(
             unannounced += [f for f in fills if f.backorder.order_id in dating]
             settled = [f for f in fills if f.backorder.order_id not in dating]
             uow.emit(_announce_fills(cause, command.event_id, settled, states, uow, shop, now))
+            if not unannounced and index + 1 < count:
+                if not plan:
+                    assert decided is not None
+                    uow.promise(
+                        [_planned(cause, number + later, sku, decided[later]) for later in range(index + 1, count)]
+                    )
+                uow.flush()
+                rest = tuple(decided[index + 1 :]) if decided is not None else None
+                return FillsLeft(command, rest, number + index + 1, size, uow.queue_version(sku), outcome)
             uow.flush()
-            if not unannounced and number < len(steps):
-                return FillsLeft(command, tuple(steps[number:]), size, uow.queue_version(sku), outcome)
     eta_news = _refresh_etas(uow, [sku], cause, shop, now)
     states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced}))
     uow.emit(_announce_fills(cause, command.event_id, unannounced, states, uow, shop, now) + eta_news)
     return outcome
+
+
+def _planned(cause: str, number: int, sku: str, fills: Sequence[Fill]) -> PlanStep:
+    lines = tuple((f.backorder.order_id, f.backorder.line_id, f.quantity) for f in fills)
+    return PlanStep(cause, number, sku, sum(units for _, _, units in lines), lines)
+
+
+def _as_planned(step: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
+    """A step of a plan (taken: its units on hand) given to its lines as they are now: each line what it was
+    promised, or what of it the rules give it now (a line cancelled since takes nothing)."""
+    policy = _policy(uow, shop, step.sku)
+    promised = uow.step_lines(step)
+    lines = {(line.order_id, line.line_id): line for line in uow.order_lines({o for o, _, _ in promised})}
+    fills: list[Fill] = []
+    for order_id, line_id, units in promised:
+        line = lines.get((order_id, line_id))
+        if line is None or line.status not in WAITING:
+            continue
+        backorder = _waiting_as_ranked(policy, line.as_backorder())
+        fills += allocate([backorder], units, rules=shop.priority, mode=shop.ship_complete_mode, now=now).fills
+    return sorted(fills, key=lambda f: f.backorder.order_id)
+
+
+def _to_queue(left: Sequence[PlanStep], uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
+    """What the first of a plan's steps `left` left on hand (its lines took less than they were promised) goes to
+    the SKU's queue by the rules, but not to an order the receipt gave units to already, nor to one of these
+    steps."""
+    sku, cause = left[0].sku, left[0].cause
+    if _on_hand(uow, shop, sku, now) == 0:
+        return []
+    planned = {order_id for step in left for order_id, _, _ in uow.step_lines(step)}
+    return _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause) | planned)
 
 
 def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:

@@ -50,6 +50,18 @@ class Decision:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    """A step of a receipt's plan (`UnitOfWork.promise`): units promised to named lines of one SKU, off its shelf,
+    until the step is taken and given (or given back)."""
+
+    cause: str
+    step: int
+    sku: str
+    units: int
+    lines: tuple[tuple[str, str, int], ...] | None = None  # (order id, line id, units); None: not read yet
+
+
 @dataclass(frozen=True)
 class Histogram:
     """Cumulative counts at each bucket's upper bound (seconds), the sum and the count."""
@@ -249,6 +261,23 @@ class UnitOfWork(Protocol):
         """The orders given units under this cause, as saved so far."""
         ...
 
+    def promise(self, steps: Sequence[PlanStep]) -> None:
+        """Keep these steps of a receipt's plan: their units leave the SKU's available stock, promised to their
+        lines until each step is taken (`take_step`)."""
+        ...
+
+    def plan(self, cause: str) -> list[PlanStep]:
+        """The steps of the cause's plan not taken yet, in step order (the SKU is locked); their lines not read."""
+        ...
+
+    def step_lines(self, step: PlanStep) -> tuple[tuple[str, str, int], ...]:
+        """The lines of a step of a plan, and the units promised to each."""
+        ...
+
+    def take_step(self, step: PlanStep) -> None:
+        """Take a step of a plan (one `plan` returned): its units are available again, to be given now."""
+        ...
+
     # ---- expected supply, dates, timeline, shipments
 
     def expect_restock(self, sku: str, restock: ExpectedReceipt, decided_at: dt.datetime, event_id: str) -> bool:
@@ -419,7 +448,8 @@ class Changes:
     new_lines: list[OrderLineState] = field(default_factory=list)
     changed_lines: list[OrderLineState] = field(default_factory=list)
     lines_before: dict[tuple[str, str], OrderLineState] = field(default_factory=dict)  # the changed, as loaded
-    stock: dict[str, tuple[int, int]] = field(default_factory=dict)  # sku: (available now, units received)
+    # sku: (available now, units received, units promised: more in plans, or fewer)
+    stock: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     receipts: list[tuple[StockReceipt, str]] = field(default_factory=list)
     allocations: list[tuple[Decision, str | None]] = field(default_factory=list)  # with the shipment id
     policies: list[KeptPolicy] = field(default_factory=list)
@@ -431,6 +461,8 @@ class Changes:
     dispatches: list[Dispatch] = field(default_factory=list)
     facts_unclaimed: list[tuple[str, str]] = field(default_factory=list)  # claimed, then rolled back
     events: list[tuple[OutboundEvent, dt.datetime | None]] = field(default_factory=list)  # with the cause's time
+    plans_added: list[PlanStep] = field(default_factory=list)
+    plans_taken: list[tuple[str, int]] = field(default_factory=list)  # (cause, step) of steps added before
 
     def __bool__(self) -> bool:
         return any(bool(value) for value in vars(self).values())
@@ -471,6 +503,14 @@ class Store(Protocol):
 
     def orders_given(self, cause: str) -> set[str]:
         """The orders given units under this cause."""
+        ...
+
+    def plan(self, cause: str) -> list[PlanStep]:
+        """The steps of the cause's plan not taken yet, in step order; their lines not read."""
+        ...
+
+    def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
+        """The lines of a step of the cause's plan, and the units promised to each."""
         ...
 
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:

@@ -49,6 +49,7 @@ from worker.service.ports import (
     KeptRestock,
     Loaded,
     PendingCancellation,
+    PlanStep,
     Store,
     Wanted,
     load_each,
@@ -370,6 +371,12 @@ class Snapshot:
 
     def orders_given(self, cause: str) -> set[str]:
         return self._store.orders_given(cause)
+
+    def plan(self, cause: str) -> list[PlanStep]:
+        return self._store.plan(cause)
+
+    def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
+        return self._store.step_lines(cause, step)
 
     def lock_sweep(self, wait: bool) -> bool:
         return False

@@ -50,6 +50,7 @@ from worker.service.ports import (
     KeptRestock,
     Loaded,
     PendingCancellation,
+    PlanStep,
     StoreRefused,
     Wanted,
 )
@@ -126,6 +127,22 @@ class PostgresStore:
     def orders_given(self, cause: str) -> set[str]:
         rows = self._conn.execute("SELECT DISTINCT order_id FROM allocation WHERE cause = %s", (cause,))
         return {order_id for (order_id,) in rows}
+
+    @_judged
+    def plan(self, cause: str) -> list[PlanStep]:
+        # Without the lines: a step reads its own (reading every step's again at each step read 950,000 lines for a
+        # plan of 19 steps of 5,000, 2.6 ms a step's).
+        rows = self._conn.execute(
+            "SELECT step, sku, units_total FROM receipt_plan WHERE cause = %s ORDER BY step", (cause,)
+        )
+        return [PlanStep(cause, step, sku, units) for step, sku, units in rows]
+
+    @_judged
+    def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
+        row = self._conn.execute(
+            "SELECT order_ids, line_ids, units FROM receipt_plan WHERE cause = %s AND step = %s", (cause, step)
+        ).fetchone()
+        return () if row is None else tuple(zip(*row, strict=True))
 
     @_judged
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
@@ -709,10 +726,31 @@ def _statements(c: Changes, new_ids: set[str]) -> Iterator[tuple[str, tuple[Any,
         skus = sorted(c.stock)
         yield (
             """UPDATE stock_level s SET available = f.available, received_total = s.received_total + f.received,
-                   updated_at = now()
-               FROM unnest(%b::text[], %b::int[], %b::bigint[]) AS f(sku, available, received)
+                   promised = s.promised + f.promised, updated_at = now()
+               FROM unnest(%b::text[], %b::int[], %b::bigint[], %b::int[]) AS f(sku, available, received, promised)
                WHERE s.sku = f.sku""",
-            (skus, [c.stock[s][0] for s in skus], [c.stock[s][1] for s in skus]),
+            (skus, [c.stock[s][0] for s in skus], [c.stock[s][1] for s in skus], [c.stock[s][2] for s in skus]),
+        )
+    for step in c.plans_added:  # a deep receipt's: one row a step of some thousand lines
+        assert step.lines is not None, "a step is planned with its lines"
+        yield (
+            """INSERT INTO receipt_plan (cause, step, sku, units_total, order_ids, line_ids, units)
+               VALUES (%s, %s, %s, %s, %b::text[], %b::text[], %b::int[])""",
+            (
+                step.cause,
+                step.step,
+                step.sku,
+                step.units,
+                [order_id for order_id, _, _ in step.lines],
+                [line_id for _, line_id, _ in step.lines],
+                [units for _, _, units in step.lines],
+            ),
+        )
+    if c.plans_taken:
+        yield (
+            """DELETE FROM receipt_plan p USING unnest(%b::text[], %b::int[]) AS f(cause, step)
+               WHERE p.cause = f.cause AND p.step = f.step""",
+            ([cause for cause, _ in c.plans_taken], [step for _, step in c.plans_taken]),
         )
     for p in c.policies:  # a few a day: one statement each
         yield (
