@@ -168,7 +168,7 @@ def test_make_run_plays_the_demo_and_stops_everything_on_ctrl_c(tmp_path: Path) 
     assert {e["units"] for e in allocations if e["sku"] == "WIDGET-PRO-BLUE"} == {50, 10}
     # The report, as printed: the VIP story leaves the older standard order waiting for the expected restock.
     assert "current backorders: 1 orders, 1 lines, 3 units" in text
-    assert re.search(r"^LAMP-ARC +1 +1 +3 +149\.97 USD +3d +0 +6 on \d{4}-\d\d-\d\d$", text, re.MULTILINE), text
+    assert re.search(r"^LAMP-ARC +1 +1 +3 +149\.97 USD +3d +0 +0 +6 on \d{4}-\d\d-\d\d$", text, re.MULTILINE), text
     # Where to look.
     assert f"http://127.0.0.1:{port}/metrics" in text
     assert "backorder-worker queue --sku LAMP-ARC" in text and "backorder-worker decisions --order demo-" in text

@@ -16,6 +16,7 @@ from tests import factories
 from tests.integration.conftest import Deployment
 from tests.unit.test_batch import CODEC, NOW, TOPICS, message
 from tests.unit.test_deep_receipt import decisions_counted
+from worker.adapters.postgres.read import PostgresReadModel
 from worker.adapters.postgres.unit_of_work import PostgresUnitOfWorkFactory
 from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
@@ -31,12 +32,14 @@ def serialize(event: OutboundEvent) -> tuple[str, bytes, bytes]:
 
 class Watched(PostgresUnitOfWorkFactory):
     """Before each transaction begins, what another connection sees committed: (lines allocated, units on hand of
-    SKU-A, units promised, steps planned, outbox rows)."""
+    SKU-A, units promised, steps planned, outbox rows); and SKU-A's row of the backlog report (lines waiting, on
+    hand, promised)."""
 
     def __init__(self, pool: ConnectionPool, database_url: str) -> None:
         super().__init__(pool, serialize, "dlq")
         self._url = database_url
         self.seen: list[tuple[int, ...]] = []
+        self.reported: list[tuple[int, int, int]] = []
 
     def look(self) -> tuple[int, ...]:
         with psycopg.connect(self._url, autocommit=True) as conn:
@@ -48,6 +51,7 @@ class Watched(PostgresUnitOfWorkFactory):
                           (SELECT count(*) FROM outbox)"""
             ).fetchone()
             assert row is not None
+            self.reported += [(s.lines, s.available, s.promised) for s in PostgresReadModel(conn).sku_backlog()]
             return tuple(int(value) for value in row)
 
     @contextmanager
@@ -95,4 +99,5 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
         (10, 0, 2, 1, 30),
         (12, 0, 0, 0, 36),
     ]
+    assert factory.reported[-3:] == [(12, 0, 0), (7, 0, 7), (2, 0, 2)]  # the waiting lines, while they wait
     assert decisions == [12]  # the steps decided once: each transaction found the version the one before left

@@ -194,7 +194,7 @@ def _report(settings: Settings, _args: argparse.Namespace) -> int:
         print(line)
     print()
     _table(
-        ["sku", "orders", "lines", "units", "value", "oldest", "on hand", "next restock"],
+        ["sku", "orders", "lines", "units", "value", "oldest", "on hand", "promised", "next restock"],
         [
             (
                 s.sku,
@@ -204,6 +204,7 @@ def _report(settings: Settings, _args: argparse.Namespace) -> int:
                 f"{s.value_minor / 100:,.2f} {s.currency}",
                 f"{s.oldest_days}d",
                 str(s.available),
+                str(s.promised),
                 f"{s.next_restock_units} on {s.next_restock.isoformat()}" if s.next_restock else "none expected",
             )
             for s in skus

@@ -107,6 +107,7 @@ class SkuBacklog:
     currency: str
     oldest_days: int
     available: int
+    promised: int  # units of the SKU promised to lines by a receipt's plan, not given yet
     next_restock: dt.date | None
     next_restock_units: int
 

@@ -128,7 +128,7 @@ def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
                   sum((l.quantity - l.quantity_allocated - l.quantity_reserved - l.quantity_rejected
                        - l.quantity_cancelled)::numeric * l.unit_price_minor),
                   o.currency, extract(day FROM now() - min(l.placed_at))::int,
-                  coalesce(max(s.available), 0),
+                  coalesce(max(s.available), 0), coalesce(max(s.promised), 0),
                   (SELECT min(expected_date) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0),
                   (SELECT coalesce(sum(quantity), 0) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0)
            FROM order_line l JOIN customer_order o USING (order_id) LEFT JOIN stock_level s ON s.sku = l.sku
@@ -137,7 +137,9 @@ def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
         (WAITING_STATUSES,),
     ).fetchall()
     return [
-        SkuBacklog(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), r[8], int(r[9]))
+        SkuBacklog(
+            r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), int(r[7]), int(r[8]), r[9], int(r[10])
+        )
         for r in rows
     ]
 
