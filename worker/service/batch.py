@@ -173,8 +173,14 @@ def _give_more(
                 partition=message.partition,
                 offset=message.offset,
             )
-            with unit_of_work() as uow:
-                units = handlers.give_back(left.command, uow)
+            try:
+                with unit_of_work() as uow:
+                    units = handlers.give_back(left.command, uow)
+            except StoreUnavailable:
+                raise  # the batch is handled again: the receipt, a duplicate then, gives the plan's steps
+            except Exception:
+                log.exception("receipt_plan_not_given_back", receipt_id=left.command.receipt.receipt_id)
+                return
             log.warning("receipt_plan_given_back", receipt_id=left.command.receipt.receipt_id, units=units)
             return
         more = done if isinstance(done, handlers.FillsLeft) else None

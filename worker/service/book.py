@@ -566,15 +566,15 @@ class Book:
         for step in steps:
             self._add_available(step.sku, -step.units)
             self._put(self._promised, step.sku, self._promised.get(step.sku, 0) + step.units)
-            plan = dict(self.plan_steps(step.cause))
+            plan = dict(self._plan_steps(step.cause))
             plan[step.step] = step
             self._put(self._plans, step.cause, plan)
             self._put(self._plans_added, (step.cause, step.step), step)
 
     def plan(self, cause: str) -> list[PlanStep]:
-        return [step for _, step in sorted(self.plan_steps(cause).items())]
+        return [step for _, step in sorted(self._plan_steps(cause).items())]
 
-    def plan_steps(self, cause: str) -> Mapping[int, PlanStep]:
+    def _plan_steps(self, cause: str) -> Mapping[int, PlanStep]:
         if cause not in self._plans:
             self._plans[cause] = {step.step: step for step in self._store.plan(cause)}
         return self._plans[cause]
@@ -588,7 +588,7 @@ class Book:
         return self._store.step_lines(step.cause, step.step)
 
     def take_step(self, step: PlanStep) -> None:
-        plan = dict(self.plan_steps(step.cause))
+        plan = dict(self._plan_steps(step.cause))
         if plan.pop(step.step, None) is None:
             raise RuntimeError(f"step {step.step} of {step.cause} is not in its plan")
         self._put(self._plans, step.cause, plan)
