@@ -656,26 +656,33 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
         deep = receipt(sc.tag, 1, sku, n)
         started = time.monotonic()
         send_receipts(sc, prod, [deep])
-        # Its first step commits with the receipt itself, and the plan of the rest: their units promised to their
-        # lines, none left on hand. Each further step then writes its lines, allocations and events.
-        begun = wait_until(
-            lambda: sc.count(f"SELECT count(*) FROM stock_receipt WHERE receipt_id = '{deep['receipt_id']}'") == 1,
-            args.limit,
-            0.02,
-        )
-        first_s = time.monotonic() - started
-        committed = begun and wait_until(
-            lambda: sc.count(f"SELECT available FROM stock_level WHERE sku = '{sku}'") == 0, args.limit, 0.02
-        )
-        commit_s = time.monotonic() - started
-        # (A worker from before plans, measured against, wrote every line before its units left the shelf.)
+        # The receipt commits with its plan (every unit promised to its line, none left on hand); then each step
+        # writes its lines, allocations and events. (A worker from before plans, measured against, committed the
+        # receipt with its first step, and its units left the shelf step by step.)
         planned = "promised" if sc.count(_HAS_PLANS) else "0"
-        written = committed and wait_until(
-            lambda: sc.count(f"SELECT available + {planned} FROM stock_level WHERE sku = '{sku}'") == 0,
-            args.limit,
-            0.02,
-        )
-        written_s = time.monotonic() - started
+        state = f"""SELECT (SELECT count(*) FROM stock_receipt WHERE receipt_id = '{deep["receipt_id"]}'),
+                           EXISTS (SELECT 1 FROM allocation WHERE sku = '{sku}'),
+                           (SELECT available FROM stock_level WHERE sku = '{sku}'),
+                           (SELECT {planned} FROM stock_level WHERE sku = '{sku}')"""
+        seen: dict[str, float] = {}
+
+        def look() -> bool:
+            row = sc.conn.execute(state).fetchone()
+            assert row is not None
+            receipt_in, given, available, promised = row
+            at = time.monotonic() - started
+            if given:
+                seen.setdefault("first", at)
+            if receipt_in and available == 0:
+                seen.setdefault("commit", at)
+                if promised == 0:
+                    seen.setdefault("written", at)
+            return {"first", "commit", "written"} <= seen.keys()
+
+        wait_until(look, args.limit, 0.02)
+        waited = time.monotonic() - started
+        first_s, commit_s, written_s = (seen.get(mark, waited) for mark in ("first", "commit", "written"))
+        begun, committed, written = ("first" in seen, "commit" in seen, "written" in seen)
         published = wait_until(lambda: fulfillments() >= n, args.limit, 0.1)
         last_s = time.monotonic() - started
         sent = fulfillments()

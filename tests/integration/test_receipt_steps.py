@@ -1,7 +1,7 @@
-"""A receipt that fills more lines than one transaction gives, on PostgreSQL: its decisions commit with its first
-step, as a plan (the units of the further steps promised to their lines, off the shelf), then each step commits on
-its own (what another connection sees between them), and the steps decided once are given while the SKU's queue
-version read back after each is the one the next transaction finds."""
+"""A receipt that fills more lines than one transaction gives, on PostgreSQL: its decisions commit with the receipt,
+as a plan (the units of its steps promised to their lines, off the shelf), then each step commits on its own (what
+another connection sees between them), and the steps decided once are given while the SKU's queue version read
+back after each is the one the next transaction finds."""
 
 from __future__ import annotations
 
@@ -89,15 +89,16 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
         assert run(factory, [message(12, "receipts", factories.receipt("R-1", "SKU-A", 12))]) == [Outcome.PROCESSED]
         factory.seen.append(factory.look())
 
-    # Before the receipt; after its own transaction (the first five served, with their events: a fulfillment
-    # request, a status and a notification an order; the other seven units promised in two steps); after each
-    # further step.
+    # Before the receipt; after its own transaction (the receipt and its plan: every unit promised, in three steps);
+    # after each step (five orders served, with their events: a fulfillment request, a status and a notification an
+    # order).
     queued = factory.seen[0][-1]  # the orders' own events
     assert [(*seen[:-1], seen[-1] - queued) for seen in factory.seen] == [
         (0, 0, 0, 0, 0),
+        (0, 0, 12, 3, 0),
         (5, 0, 7, 2, 15),
         (10, 0, 2, 1, 30),
         (12, 0, 0, 0, 36),
     ]
-    assert factory.reported[-3:] == [(12, 0, 0), (7, 0, 7), (2, 0, 2)]  # the waiting lines, while they wait
+    assert factory.reported[-4:] == [(12, 0, 0), (12, 0, 12), (7, 0, 7), (2, 0, 2)]  # the lines while they wait
     assert decisions == [12]  # the steps decided once: each transaction found the version the one before left

@@ -185,9 +185,9 @@ def allocated(state: FakeState) -> list[str]:
 
 def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     """40 waiting orders, a receipt for all of them in steps of 15, and an order for the SKU after it in the same
-    batch: the receipt, the first 15 served and the plan of the rest (its units promised to their lines, none left
-    on hand) commit first, then each step alone with its events, and the order after the receipt is handled once
-    every step is given (no units left for it)."""
+    batch: the receipt and its plan (every unit promised to its line, none left on hand) commit first, then each
+    step alone with its events, the first served first, and the order after the receipt is handled once every step
+    is given (no units left for it)."""
     factory = Committing()
     placed(factory, 40)
     before = len(factory.commits)
@@ -201,19 +201,20 @@ def test_a_deep_receipt_commits_each_step_in_a_transaction_of_its_own(monkeypatc
     assert [r.outcome for r in results] == [Outcome.PROCESSED, Outcome.PROCESSED]
     steps = factory.commits[before:]
     assert [(s.available["SKU-A"], s.promised.get("SKU-A", 0), len(s.plans)) for s in steps] == [
+        (0, 40, 3),
         (0, 25, 2),
         (0, 10, 1),
         (0, 0, 0),
         (0, 0, 0),
     ]
-    assert [len(step.lines or ()) for step in steps[0].plans.values()] == [15, 10]
-    assert [len(allocated(s)) for s in steps] == [15, 30, 40, 40]
-    assert allocated(steps[0]) == [f"O-{i:02d}" for i in range(15)]  # the first served first
+    assert [len(step.lines or ()) for step in steps[0].plans.values()] == [15, 15, 10]
+    assert [len(allocated(s)) for s in steps] == [0, 15, 30, 40, 40]
+    assert allocated(steps[1]) == [f"O-{i:02d}" for i in range(15)]  # the first served first
     # Each step's events with it: a fulfillment request, a status and a notification an order.
-    assert [len(s.outbox) - len(factory.commits[before - 1].outbox) for s in steps[:3]] == [45, 90, 120]
-    assert all(("O-LATE", "L1") not in s.lines for s in steps[:3])
-    assert steps[3].lines[("O-LATE", "L1")].status.value == "BACKORDERED"
-    assert len({e.event_id for e in steps[3].outbox}) == len(steps[3].outbox)
+    assert [len(s.outbox) - len(factory.commits[before - 1].outbox) for s in steps[:4]] == [0, 45, 90, 120]
+    assert all(("O-LATE", "L1") not in s.lines for s in steps[:4])
+    assert steps[4].lines[("O-LATE", "L1")].status.value == "BACKORDERED"
+    assert len({e.event_id for e in steps[4].outbox}) == len(steps[4].outbox)
 
 
 def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +228,7 @@ def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monk
 
     stopped = Committing()
     placed(stopped, 10)
-    stopped.lost_at = stopped.transactions + 3
+    stopped.lost_at = stopped.transactions + 4  # the receipt and its plan, two steps, then the database is gone
     with pytest.raises(StoreUnavailable):
         run(stopped, receipt, lines_per_transaction=4)
     assert len(allocated(stopped.state)) == 8 and stopped.state.available["SKU-A"] == 0
@@ -247,7 +248,7 @@ def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monk
     decisions = decisions_counted(monkeypatch)
 
     def restock(transaction: int) -> None:
-        if transaction == first_step + 1:
+        if transaction == first_step + 2:  # after the receipt's plan and its first step
             with FakeUnitOfWorkFactory.__call__(factory) as uow:
                 handle_record(uow, factories.restock("SKU-A", "PO-1", 5, "2026-02-10"), ShopPolicy(), NOW)
 
@@ -272,7 +273,7 @@ def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_th
     placed(factory, 12)
 
     def cancel(transaction: int) -> None:
-        if transaction == first_step + 1:
+        if transaction == first_step + 2:  # after the receipt's plan and its first step
             assert factory.state.promised == {"SKU-A": 6}
             with FakeUnitOfWorkFactory.__call__(factory) as uow:
                 handle_record(uow, factories.cancellation("O-06"), ShopPolicy(), NOW)
@@ -302,7 +303,7 @@ def test_a_step_given_by_another_transaction_is_not_given_again() -> None:
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
 
     def again(transaction: int) -> None:
-        if transaction == first_step + 1:
+        if transaction == first_step + 2:  # after the receipt's plan and its first step
             factory.between = lambda n: None
             factory.lost_at = factory.transactions + 2  # its first transaction gives a step, then it stops
             with pytest.raises(StoreUnavailable):

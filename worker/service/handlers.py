@@ -207,8 +207,8 @@ FILLS_PER_SAVE = 5_000
 @dataclasses.dataclass(frozen=True, slots=True)
 class FillsLeft:
     """A receipt's fills not given when its transaction ends: `give_more` gives the next step of them in a
-    transaction of its own, until none is left. They are the receipt's plan, committed with its first step: each
-    further step's units promised to its lines (`UnitOfWork.promise`), off the SKU's shelf until it is given."""
+    transaction of its own, until none is left. They are the receipt's plan, committed with the receipt: each step's
+    units promised to its lines (`UnitOfWork.promise`), off the SKU's shelf until it is given."""
 
     command: ReceiveStock
     steps: tuple[list[Fill], ...] | None  # as decided; None once a step had to be given as its lines are now
@@ -307,30 +307,29 @@ def _give_in_steps(
     now: dt.datetime,
     outcome: Outcome,
 ) -> Outcome | FillsLeft:
-    """Give the first step and announce it; the rest is left to transactions of their own. The steps are `plan`'s,
-    each taken as it is given (as `decided`, if given, else as its lines are now); without a plan, `decided`'s,
-    numbered from `number`, and those left after the first are promised to their lines before it commits. An
-    order whose line got units and still waits is announced once that line's date is settled, with the queue's
+    """Give a receipt's steps. Steps just `decided` (no `plan` yet), more than one, are promised to their lines as
+    the receipt's plan, numbered from `number`, and committed before any is given: every step is then left to a
+    transaction of its own. Otherwise the first step is given and announced here, the rest left to transactions of
+    their own: `plan`'s steps are each taken as they are given (as `decided`, if given, else as their lines are now).
+    An order whose line got units and still waits is announced once that line's date is settled, with the queue's
     after the receipt: from the step that gives one, every step is given in this transaction, then the queue is
     dated."""
     cause, sku = _receipt_cause(command), command.receipt.sku
-    count = len(plan) if plan else len(decided or ())
-    if count <= 1 and not plan:
+    if not plan and decided is not None and len(decided) > 1:
+        uow.promise([_planned(cause, number + index, sku, step) for index, step in enumerate(decided)])
+        uow.flush()
+        return FillsLeft(command, tuple(decided), number, size, uow.queue_version(sku), outcome)
+    if not plan:
         unannounced = _give(uow, decided[0] if decided else [], cause, shop, now)
     else:
-        uow.flush()  # what came before (the receipt itself) is written before the first step
         unannounced = []
-        for index in range(count):
-            if plan:
-                uow.take_step(plan[index])
-                if decided is not None:
-                    fills = _give(uow, decided[index], cause, shop, now)
-                else:
-                    fills = _give(uow, _as_planned(plan[index], uow, shop, now), cause, shop, now)
-                    fills += _give(uow, _to_queue(plan[index:], uow, shop, now), cause, shop, now)
-            else:
-                assert decided is not None
+        for index, step in enumerate(plan):
+            uow.take_step(step)
+            if decided is not None:
                 fills = _give(uow, decided[index], cause, shop, now)
+            else:
+                fills = _give(uow, _as_planned(step, uow, shop, now), cause, shop, now)
+                fills += _give(uow, _to_queue(plan[index:], uow, shop, now), cause, shop, now)
             states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
             filled = {(f.backorder.order_id, f.backorder.line_id) for f in fills}
             dating = {
@@ -342,16 +341,10 @@ def _give_in_steps(
             unannounced += [f for f in fills if f.backorder.order_id in dating]
             settled = [f for f in fills if f.backorder.order_id not in dating]
             uow.emit(_announce_fills(cause, command.event_id, settled, states, uow, shop, now))
-            if not unannounced and index + 1 < count:
-                if not plan:
-                    assert decided is not None
-                    uow.promise(
-                        [_planned(cause, number + later, sku, decided[later]) for later in range(index + 1, count)]
-                    )
-                uow.flush()
-                rest = tuple(decided[index + 1 :]) if decided is not None else None
-                return FillsLeft(command, rest, number + index + 1, size, uow.queue_version(sku), outcome)
             uow.flush()
+            if not unannounced and index + 1 < len(plan):
+                rest = tuple(decided[index + 1 :]) if decided is not None else None
+                return FillsLeft(command, rest, plan[index + 1].step, size, uow.queue_version(sku), outcome)
     eta_news = _refresh_etas(uow, [sku], cause, shop, now)
     states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced}))
     uow.emit(_announce_fills(cause, command.event_id, unannounced, states, uow, shop, now) + eta_news)
