@@ -186,11 +186,14 @@ def test_fault_run(
     tag = uuid.uuid4().hex[:6]
     plan = make_plan(rng, tag)
     world = Deployment(localstack.Endpoints(broker.bootstrap_servers, postgres.url), codec, tmp_path, PARTITIONS)
-    # The worker's own consumer settings, not the fixture's 6 s session: recovery is measured as shipped.
-    worker_env = {"BACKORDER_KAFKA_CONSUMER_CONFIG": "{}"}
+    # The worker's own consumer settings, not the fixture's 6 s session: recovery is measured as shipped. Receipts
+    # that fill more than 6 lines (most: 5-40 units for lines of 1-4) are given in steps, through their plans, so
+    # that the faults meet plans between their steps.
+    worker_env = {"BACKORDER_KAFKA_CONSUMER_CONFIG": "{}", "BACKORDER_TRANSACTION_MAX_LINES": "6"}
     producer = TrackingProducer(broker.bootstrap_servers)
     progress = Progress(world.database_url, producer, world.topics["order-created"])
     workers: list[WorkerProcess] = []
+    every_worker: list[WorkerProcess] = []
     exits: list[str] = []
     faults: list[Fault] = []
     sending_done = threading.Event()
@@ -207,6 +210,11 @@ def test_fault_run(
         producer.flush(timeout_s=300)
         sending_done.set()
 
+    def start_worker() -> WorkerProcess:
+        worker = world.start_worker(**worker_env)
+        every_worker.append(worker)
+        return worker
+
     def live() -> list[WorkerProcess]:
         for w in list(workers):
             if w.proc.poll() is not None:
@@ -222,7 +230,7 @@ def test_fault_run(
             victim = rng.choice(live())
             victim.kill()
             workers.remove(victim)
-            workers.append(world.start_worker(**worker_env))
+            workers.append(start_worker())
         elif kind == "postgres_immediate_restart":
             postgres.stop("immediate")
             time.sleep(1.0)
@@ -232,7 +240,7 @@ def test_fault_run(
             time.sleep(2.0)
             broker.start()
         elif kind == "add_worker":
-            workers.append(world.start_worker(**worker_env))
+            workers.append(start_worker())
         elif kind == "remove_worker":
             leaving = rng.choice(live())
             workers.remove(leaving)
@@ -251,7 +259,7 @@ def test_fault_run(
 
     sender = threading.Thread(target=produce_all, daemon=True)
     try:
-        workers.extend(world.start_worker(**worker_env) for _ in range(2))
+        workers.extend(start_worker() for _ in range(2))
         with Sampler(progress.sample, every_s=0.25):
             sender.start()
             time.sleep(8.0)  # the group settles and traffic flows before the first fault
@@ -287,6 +295,11 @@ def test_fault_run(
         assert not exits, f"workers exited on their own: {exits}"
 
         outcome = check_outcomes(world, plan, codec)
+        # Receipts given in steps through their plans, some resumed by another worker; none left.
+        planned = sum(len(w.logged("receipt_planned")) for w in every_worker)
+        resumed = sum(len(w.logged("receipt_resumed")) for w in every_worker)
+        assert planned > 0, "no receipt was given in steps"
+        assert world.query("SELECT count(*) FROM receipt_plan") == [(0,)], "a receipt's plan left behind"
     finally:
         world.close()
 
@@ -308,6 +321,7 @@ def test_fault_run(
             f"({outcome['conflicts']} with different content); units received {outcome['received']}, "
             f"allocated {outcome['allocated']}, reserved {outcome['reserved']}, available {outcome['available']}"
         )
+        print(f"receipts given in steps through a plan: {planned} (resumed by the receipt again: {resumed})")
 
     assert all(f.recovery_s is not None for f in faults), "a fault after which a partition never moved again"
     assert kills, "no SIGKILL recovery measured"

@@ -316,7 +316,9 @@ def _give_in_steps(
     dated."""
     cause, sku = _receipt_cause(command), command.receipt.sku
     if not plan and decided is not None and len(decided) > 1:
-        uow.promise([_planned(cause, number + index, sku, step) for index, step in enumerate(decided)])
+        steps = [_planned(cause, number + index, sku, step) for index, step in enumerate(decided)]
+        uow.promise(steps)
+        log.info("receipt_planned", sku=sku, cause=cause, steps=len(steps), units=sum(step.units for step in steps))
         uow.flush()
         return FillsLeft(command, tuple(decided), number, size, uow.queue_version(sku), outcome)
     if not plan:
