@@ -200,7 +200,8 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
 # holds at once is the queue as decided, not also every line it changed, every decision and every event (a
 # receipt that filled 100,000 lines peaked at 564 MB holding them all, at 267 MB in steps, at 186 MB once its
 # queue was also read in chunks, `PostgresStore._waiting_in_chunks`; at 192 MB since its steps are transactions
-# of their own, the peak at the end of the first, where the steps are cut from the decisions).
+# of their own, the peak in the receipt's own transaction, where the steps are cut from the decisions and kept as
+# its plan).
 FILLS_PER_SAVE = 5_000
 
 
