@@ -359,8 +359,10 @@ def check_outcomes(world: Deployment, plan: Plan, codec: AvroCodec) -> dict[str,
 
     # Per SKU: no unit given twice; nothing received lost.
     stock = {
-        sku: (available, received)
-        for sku, available, received in world.query("SELECT sku, available, received_total FROM stock_level")
+        sku: (available, received, promised)  # promised: by a receipt's plan, none once drained
+        for sku, available, promised, received in world.query(
+            "SELECT sku, available, promised, received_total FROM stock_level"
+        )
     }
     allocated: Counter[str] = Counter()
     reserved: Counter[str] = Counter()
@@ -375,9 +377,10 @@ def check_outcomes(world: Deployment, plan: Plan, codec: AvroCodec) -> dict[str,
         if sku in plan.oversupplied and status != "CANCELLED":
             assert alloc == qty, f"{order_id}/{line_id} of oversupplied {sku} not filled: {status} {alloc}/{qty}"
     for sku, received in plan.received.items():
-        available, received_total = stock[sku]
+        available, received_total, promised = stock[sku]
         assert received_total == received, f"{sku}: {received_total} received recorded, {received} sent"
         assert allocated[sku] + reserved[sku] <= received, f"{sku} oversold"
+        assert promised == 0, f"{sku}: {promised} units still promised by a receipt's plan"
         assert available + allocated[sku] + reserved[sku] == received, f"{sku}: units appeared or vanished"
         assert not (available > 0 and waiting_now[sku] > 0), f"{sku}: {available} available, {waiting_now[sku]} wait"
 

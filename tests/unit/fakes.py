@@ -90,6 +90,13 @@ class MemoryStore:
         found = [step for (of, _), step in sorted(self.state.plans.items()) if of == cause]
         return [dataclasses.replace(step, lines=None) for step in found]  # as the database gives them
 
+    def promised(self, skus: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
+        found: dict[str, set[tuple[str, str]]] = {}
+        for step in self.state.plans.values():
+            if step.sku in skus:
+                found.setdefault(step.sku, set()).update((o, line) for o, line, _ in step.lines or ())
+        return {sku: frozenset(keys) for sku, keys in found.items()}
+
     def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
         kept = self.state.plans.get((cause, step))
         return () if kept is None or kept.lines is None else kept.lines

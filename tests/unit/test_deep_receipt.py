@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from tests.unit.test_allocation import backorder
 from tests.unit.test_batch import NOW, message, run
 from worker.domain.allocation import ShipCompleteMode, allocate
 from worker.domain.eta import EtaRules
+from worker.domain.events import FulfillmentRequested
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.priority import PriorityRules
 from worker.service import handlers
@@ -246,11 +248,22 @@ def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monk
     factory = Committing()
     placed(factory, 10)
     decisions = decisions_counted(monkeypatch)
+    as_planned = handlers._as_planned
+    rebuilt: list[int] = []
+
+    def counted(step: Any, *args: Any) -> Any:
+        rebuilt.append(step.step)
+        return as_planned(step, *args)
+
+    monkeypatch.setattr(handlers, "_as_planned", counted)
 
     def restock(transaction: int) -> None:
         if transaction == first_step + 2:  # after the receipt's plan and its first step
             with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                handle_record(uow, factories.restock("SKU-A", "PO-1", 5, "2026-02-10"), ShopPolicy(), NOW)
+                assert (
+                    handle_record(uow, factories.restock("SKU-A", "PO-1", 5, "2026-02-10"), ShopPolicy(), NOW)
+                    is Outcome.PROCESSED
+                )
 
     first_step = factory.transactions + 1
     factory.between = restock
@@ -258,6 +271,7 @@ def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monk
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
     assert decisions == [10]  # the receipt's, once
+    assert rebuilt == [2, 3]  # the steps after the change, from the plan
     assert len(allocated(factory.state)) == 10 and factory.state.available["SKU-A"] == 0
     assert factory.state.promised == {} and factory.state.plans == {}
     given = [d for d, _ in factory.state.shipments if d.cause == "inventory-received/R-1"]
@@ -276,7 +290,7 @@ def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_th
         if transaction == first_step + 2:  # after the receipt's plan and its first step
             assert factory.state.promised == {"SKU-A": 6}
             with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                handle_record(uow, factories.cancellation("O-06"), ShopPolicy(), NOW)
+                assert handle_record(uow, factories.cancellation("O-06"), ShopPolicy(), NOW) is Outcome.PROCESSED
             assert factory.state.promised == {"SKU-A": 6}  # promised until its step is given
 
     first_step = factory.transactions + 1
@@ -305,7 +319,7 @@ def test_a_step_given_by_another_transaction_is_not_given_again() -> None:
     def again(transaction: int) -> None:
         if transaction == first_step + 2:  # after the receipt's plan and its first step
             factory.between = lambda n: None
-            factory.lost_at = factory.transactions + 2  # its first transaction gives a step, then it stops
+            factory.lost_at = factory.transactions + 3  # it resumes the plan, gives a step, then it stops
             with pytest.raises(StoreUnavailable):
                 run(factory, receipt, lines_per_transaction=4)
             factory.lost_at = None
@@ -320,6 +334,100 @@ def test_a_step_given_by_another_transaction_is_not_given_again() -> None:
     assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
     requests = [e for e in state.outbox if type(e).__name__ == "FulfillmentRequested"]
     assert sorted(e.order_id for e in requests) == [f"O-{i:02d}" for i in range(10)]
+
+
+def test_units_beyond_the_plan_go_to_an_order_placed_between_its_steps() -> None:
+    """A receipt of 13 units for 10 waiting one-unit orders of a product that takes no backorders: the plan
+    promises 10 and 3 stay on hand. An order for 3 placed between two steps gets those 3 at once: the lines the
+    plan promises units to are not in the queue it meets (else the 3 would go to them, older, and the order be
+    refused for want of stock)."""
+    factory = Committing()
+    placed(factory, 10)
+    with FakeUnitOfWorkFactory.__call__(factory) as uow:
+        handle_record(uow, factories.policy("SKU-A", backorders_allowed=False), ShopPolicy(), NOW)
+
+    def order(transaction: int) -> None:
+        if transaction == first_step + 2:  # after the receipt's plan and its first step
+            assert factory.state.available["SKU-A"] == 3
+            late = factories.order("O-NEW", "2026-01-20T11:00", [("SKU-A", 3)])
+            with FakeUnitOfWorkFactory.__call__(factory) as uow:
+                assert handle_record(uow, late, ShopPolicy(), NOW) is Outcome.PROCESSED
+
+    first_step = factory.transactions + 1
+    factory.between = order
+    receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 13))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    assert state.lines[("O-NEW", "L1")].status.value == "ALLOCATED"
+    assert allocated(state) == sorted([*(f"O-{i:02d}" for i in range(10)), "O-NEW"])
+    assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
+    given = [d for d, _ in state.shipments if d.cause == "inventory-received/R-1"]
+    assert sorted(d.order_id for d in given) == [f"O-{i:02d}" for i in range(10)]
+
+
+def test_units_a_step_no_longer_gives_wait_for_the_last_step() -> None:
+    """Two-unit orders O-00 to O-07 and a receipt of 16 for them in steps of two orders; O-LATE wants 3 after them.
+    O-03 is cancelled before its step: that step gives O-02 its units and keeps O-03's on hand, and the steps
+    after it still commit one by one (given to O-LATE there, 2 of its 3 would have had every step left given in
+    that one transaction); the last step gives them to O-LATE."""
+    factory = Committing()
+    batch = [
+        message(
+            i,
+            "orders",
+            factories.order(f"O-{i:02d}", f"2026-01-10T10:{i:02d}", [("SKU-A", 2)], event_id=f"event-O-{i:02d}"),
+        )
+        for i in range(8)
+    ]
+    batch.append(message(8, "orders", factories.order("O-LATE", "2026-01-10T11:00", [("SKU-A", 3)])))
+    assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
+
+    def cancel(transaction: int) -> None:
+        if transaction == first_step + 2:  # after the receipt's plan and its first step
+            with FakeUnitOfWorkFactory.__call__(factory) as uow:
+                assert handle_record(uow, factories.cancellation("O-03"), ShopPolicy(), NOW) is Outcome.PROCESSED
+
+    first_step = factory.transactions + 1
+    factory.between = cancel
+    receipt = [message(9, "receipts", factories.receipt("R-1", "SKU-A", 16))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=2)] == [Outcome.PROCESSED]
+
+    after = factory.commits[first_step - 1 :]
+    # the plan; its first step; then (after the cancellation) each step alone, O-03's units on hand until the last
+    assert [(len(allocated(s)), s.available["SKU-A"], s.promised.get("SKU-A", 0)) for s in after] == [
+        (0, 0, 16),
+        (2, 0, 12),
+        (3, 2, 8),
+        (5, 2, 4),
+        (7, 0, 0),
+    ]
+    state = factory.state
+    assert state.lines[("O-LATE", "L1")].allocated == 2 and state.lines[("O-03", "L1")].status.value == "CANCELLED"
+    assert len({e.event_id for e in state.outbox}) == len(state.outbox)
+
+
+def test_a_product_held_again_between_two_steps_keeps_their_units_on_hand() -> None:
+    """A policy puts the product back before its release between two steps: the steps left give nothing, their
+    units wait on hand (held, as units received before a release are), and no plan is left behind."""
+    factory = Committing()
+    placed(factory, 10)
+
+    def hold(transaction: int) -> None:
+        if transaction == first_step + 2:  # after the receipt's plan and its first step
+            held = factories.policy("SKU-A", available_from=(NOW + dt.timedelta(days=30)).date())
+            with FakeUnitOfWorkFactory.__call__(factory) as uow:
+                assert handle_record(uow, held, ShopPolicy(), NOW) is Outcome.PROCESSED
+
+    first_step = factory.transactions + 1
+    factory.between = hold
+    receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    assert state.policies["SKU-A"].policy.available_from == (NOW + dt.timedelta(days=30)).date()
+    assert allocated(state) == [f"O-{i:02d}" for i in range(4)]
+    assert (state.available["SKU-A"], state.promised, state.plans) == (6, {}, {})
 
 
 def test_a_step_that_fails_stops_the_steps_and_leaves_the_rest_on_hand(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -464,4 +572,9 @@ def test_units_are_never_lost_or_created_while_receipts_wait_between_their_steps
         ]
     while pending:
         pending = [more for left in pending if (more := step(left, NOW + dt.timedelta(days=10))) is not None]
-    assert (uow.state.promised, uow.state.plans) == ({}, {})
+    state = uow.state
+    assert (state.promised, state.plans) == ({}, {})
+    # Every event once; one fulfillment request an order of a receipt.
+    assert len({e.event_id for e in state.outbox}) == len(state.outbox)
+    requests = Counter((e.caused_by_event_id, e.order_id) for e in state.outbox if isinstance(e, FulfillmentRequested))
+    assert [key for key, count in requests.items() if count > 1] == []

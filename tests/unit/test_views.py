@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from tests import factories
 from tests.unit.fakes import FakeReadModel, FakeState, FakeUnitOfWork
 from worker.domain.policy import ShopPolicy
-from worker.service import commands
+from worker.service import commands, handlers
 from worker.service.handlers import handle
 from worker.service.ports import ReadModel
 from worker.service.views import queue, simulate_receipt
@@ -40,3 +42,12 @@ def test_a_simulated_receipt_reads_back_the_decisions_of_its_own_transaction() -
     decisions = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 4, SHOP, NOW)
     assert [(d.order_id, d.quantity) for d in decisions] == [("early", 3), ("late", 1)]
     assert {d.cause for d in decisions} == {decisions[0].cause}  # only this receipt's decisions
+
+
+def test_a_simulated_deep_receipt_reads_back_every_step_of_its_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receipt that fills more lines than a step gives commits a plan first and gives nothing itself: the
+    simulation gives its steps in the same transaction, so that every decision is read back."""
+    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 2)
+    state = placed(*((f"O-{i}", f"2026-01-0{i + 1}", 1) for i in range(5)))
+    decisions = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 5, SHOP, NOW)
+    assert sorted(d.order_id for d in decisions) == [f"O-{i}" for i in range(5)]

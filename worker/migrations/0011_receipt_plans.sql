@@ -17,3 +17,5 @@ CREATE TABLE receipt_plan (
     PRIMARY KEY (cause, step),
     CHECK (cardinality(order_ids) = cardinality(line_ids) AND cardinality(line_ids) = cardinality(units))
 );
+-- Read by SKU with its queue: the lines other transactions must leave to the plan.
+CREATE INDEX receipt_plan_sku ON receipt_plan (sku);

@@ -112,6 +112,8 @@ class Book:
         self._queues_loaded: set[str] = set()
         self._available: dict[str, int] = {}
         self._plans: dict[str, dict[int, PlanStep]] = {}  # a cause's plan: its steps not taken, by number
+        # A loaded queue's lines that plans promise units to: left out of it, their units are on their way.
+        self._promised_keys: dict[str, frozenset[LineKey]] = {}
         self._facts: dict[tuple[str, str], tuple[bytes, bool]] = {}  # (hash, claimed by this batch and not used yet)
         self._policies: dict[str, KeptPolicy | None] = {}
         self._restocks: dict[str, dict[str, KeptRestock]] = {}  # sku: purchase order: line
@@ -271,7 +273,7 @@ class Book:
             self._keep_policies(wanted.policies, loaded.policies)
             self._keep_restocks(wanted.restocks, loaded.restocks)
             self._keep_pending(wanted.pending_cancellations, loaded.pending_cancellations)
-            self._keep_queues(wanted.queues, loaded.queues)
+            self._keep_queues(wanted.queues, loaded.queues, loaded.promised)
             self._keep_with_dates(wanted.skus_with_expected_dates, loaded.skus_with_expected_dates)
 
     def lock_orders(self, order_ids: Iterable[str]) -> None:
@@ -366,9 +368,17 @@ class Book:
 
     def _load_queues(self, skus: Iterable[str]) -> None:
         if missing := _missing(self._queues_loaded, skus):
-            self._keep_queues(missing, self._store.queues(missing))
+            loaded = self._store.load(Wanted(queues=missing))
+            self._keep_queues(missing, loaded.queues, loaded.promised)
 
-    def _keep_queues(self, skus: Sequence[str], queues: Mapping[str, Mapping[LineKey, OrderLineState]]) -> None:
+    def _keep_queues(
+        self,
+        skus: Sequence[str],
+        queues: Mapping[str, Mapping[LineKey, OrderLineState]],
+        promised: Mapping[str, frozenset[LineKey]],
+    ) -> None:
+        for sku in skus:
+            self._promised_keys[sku] = promised.get(sku, frozenset())
         for sku, queue in queues.items():
             if sku in self._serving or sku in self._backorders or not self._lines.keys().isdisjoint(queue.keys()):
                 self._merge(queue.values(), of_orders=False)
@@ -570,6 +580,7 @@ class Book:
             plan[step.step] = step
             self._put(self._plans, step.cause, plan)
             self._put(self._plans_added, (step.cause, step.step), step)
+            self._promised_changed(step, promised=True)
 
     def plan(self, cause: str) -> list[PlanStep]:
         return [step for _, step in sorted(self._plan_steps(cause).items())]
@@ -599,6 +610,20 @@ class Book:
             self._put(self._plans_taken, key, None)
         self._put(self._promised, step.sku, self._promised.get(step.sku, 0) - step.units)
         self._add_available(step.sku, step.units)
+        self._promised_changed(step, promised=False)
+
+    def _promised_changed(self, step: PlanStep, *, promised: bool) -> None:
+        """A step's lines promised units, or no longer: what was worked out of their queue, if it was loaded, no
+        longer holds."""
+        sku = step.sku
+        if sku not in self._promised_keys:
+            return
+        keys = {(order_id, line_id) for order_id, line_id, _ in self.step_lines(step)}
+        before = self._promised_keys[sku]
+        self._put(self._promised_keys, sku, before | keys if promised else before - keys)
+        self._backorders.pop(sku, None)
+        self._serving.pop(sku, None)
+        self._dated.pop(sku, None)
 
     def available(self, sku: str) -> int:
         self._require_locked(sku)
@@ -658,8 +683,12 @@ class Book:
         self._dated[sku] = dated
 
     def waiting_backorders(self, keys: Iterable[LineKey]) -> list[Backorder]:
-        found = (self._lines.get(key) for key in keys)
-        return [line.as_backorder() for line in found if line is not None and line.status in WAITING]
+        found = ((key, self._lines.get(key)) for key in keys)
+        return [
+            line.as_backorder()
+            for key, line in found
+            if line is not None and line.status in WAITING and key not in self._promised_keys.get(line.sku, ())
+        ]
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         queue = self._backorders.get(sku)
@@ -670,8 +699,13 @@ class Book:
     def _queue(self, sku: str) -> list[OrderLineState]:
         if sku not in self._queues_loaded:
             self._load_queues([sku])
-        found = (self._lines.get(key) for key in self._by_sku.get(sku, ()))
-        return [line for line in found if line is not None and line.sku == sku and line.status in WAITING]
+        promised = self._promised_keys.get(sku, frozenset())
+        found = ((key, self._lines.get(key)) for key in self._by_sku.get(sku, ()))
+        return [
+            line
+            for key, line in found
+            if line is not None and line.sku == sku and line.status in WAITING and key not in promised
+        ]
 
     def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
         taken: dict[str, int] = {}

@@ -259,12 +259,12 @@ def _resume(
     command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, size: int
 ) -> Outcome | FillsLeft:
     """A receipt seen before. Its steps may have stopped between two transactions (the worker stopped, the
-    database was lost): the steps its plan still holds are given now, and what is on hand goes to its queue, as
-    it would have gone."""
+    database was lost): the steps its plan still holds are given, each in a transaction of its own as before (none
+    in this one), or else what is on hand goes to its queue, as it would have gone."""
     plan = uow.plan(_receipt_cause(command))
     if plan:
         log.info("receipt_resumed", sku=command.receipt.sku, cause=plan[0].cause, steps=len(plan))
-        return _give_in_steps(command, None, plan, plan[0].step, size, uow, shop, now, Outcome.DUPLICATE)
+        return FillsLeft(command, None, plan[0].step, size, None, Outcome.DUPLICATE)
     decided = _decided_again(command, uow, shop, now, "receipt_resumed")
     if not decided:
         return Outcome.DUPLICATE
@@ -332,7 +332,8 @@ def _give_in_steps(
                 fills = _give(uow, decided[index], cause, shop, now)
             else:
                 fills = _give(uow, _as_planned(step, uow, shop, now), cause, shop, now)
-                fills += _give(uow, _to_queue(plan[index:], uow, shop, now), cause, shop, now)
+                if index + 1 == len(plan):  # what lines took less of than promised waits for the last step
+                    fills += _give(uow, _to_queue(step, uow, shop, now), cause, shop, now)
             states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
             filled = {(f.backorder.order_id, f.backorder.line_id) for f in fills}
             dating = {
@@ -361,8 +362,11 @@ def _planned(cause: str, number: int, sku: str, fills: Sequence[Fill]) -> PlanSt
 
 def _as_planned(step: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
     """A step of a plan (taken: its units on hand) given to its lines as they are now: each line what it was
-    promised, or what of it the rules give it now (a line cancelled since takes nothing)."""
+    promised, or what of it the rules give it now (a line cancelled since takes nothing; nothing while the product
+    is held for its release again)."""
     policy = _policy(uow, shop, step.sku)
+    if held_until(policy, now) is not None:
+        return []
     promised = uow.step_lines(step)
     lines = {(line.order_id, line.line_id): line for line in uow.order_lines({o for o, _, _ in promised})}
     fills: list[Fill] = []
@@ -375,15 +379,16 @@ def _as_planned(step: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datet
     return sorted(fills, key=lambda f: f.backorder.order_id)
 
 
-def _to_queue(left: Sequence[PlanStep], uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
-    """What the first of a plan's steps `left` left on hand (its lines took less than they were promised) goes to
-    the SKU's queue by the rules, but not to an order the receipt gave units to already, nor to one of these
-    steps."""
-    sku, cause = left[0].sku, left[0].cause
+def _to_queue(last: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
+    """What a plan's steps left on hand (their lines took less than they were promised), at its last step, goes to
+    the SKU's queue by the rules (lines other plans promise units to are not in it), but not to an order the receipt
+    gave units to already, nor to one of this step: one fulfillment request an order of a receipt. (Given in the
+    middle of a plan, a part of a line would have had every step left given at once: see `_give_in_steps`.)"""
+    sku, cause = last.sku, last.cause
     if _on_hand(uow, shop, sku, now) == 0:
         return []
-    planned = {order_id for step in left for order_id, _, _ in uow.step_lines(step)}
-    return _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause) | planned)
+    mine = {order_id for order_id, _, _ in uow.step_lines(last)}
+    return _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause) | mine)
 
 
 def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:

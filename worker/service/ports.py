@@ -404,6 +404,7 @@ class Loaded:
     pending_cancellations: list[PendingCancellation]
     queues: dict[str, Mapping[tuple[str, str], OrderLineState]]
     skus_with_expected_dates: set[str]
+    promised: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)  # read with the queues
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +509,10 @@ class Store(Protocol):
 
     def plan(self, cause: str) -> list[PlanStep]:
         """The steps of the cause's plan not taken yet, in step order; their lines not read."""
+        ...
+
+    def promised(self, skus: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
+        """The lines of each SKU promised units by a plan (only SKUs with such lines)."""
         ...
 
     def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
@@ -620,4 +625,5 @@ def load_each(store: Store, wanted: Wanted) -> Loaded:
         store.pending_cancellations(w.pending_cancellations) if w.pending_cancellations else [],
         store.queues(w.queues) if w.queues else {},
         store.skus_with_expected_dates(w.skus_with_expected_dates) if w.skus_with_expected_dates else set(),
+        store.promised(w.queues) if w.queues else {},
     )

@@ -378,6 +378,9 @@ class Snapshot:
     def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
         return self._store.step_lines(cause, step)
 
+    def promised(self, skus: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
+        return self._store.promised(skus)
+
     def lock_sweep(self, wait: bool) -> bool:
         return False
 

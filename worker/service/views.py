@@ -12,7 +12,7 @@ from worker.domain.model import SplitPreference, StockReceipt
 from worker.domain.policy import ShopPolicy
 from worker.domain.priority import in_priority_order
 from worker.service.commands import ReceiveStock
-from worker.service.handlers import receive_stock
+from worker.service.handlers import FillsLeft, give_more, receive_stock
 from worker.service.ports import Decision, ReadModel, StateFigures, UnitOfWork
 
 BACKORDER_RATE_TARGET = 0.05  # of orders placed, at most this share has a line that waits
@@ -69,7 +69,9 @@ def simulate_receipt(
         receipt_id=receipt_id, sku=sku, quantity=units, received_at=now, supplier_id=None, purchase_order_id=None
     )
     uow.lock_stock([sku])
-    receive_stock(ReceiveStock(event_id=receipt_id, receipt=receipt, content_hash=b""), uow, shop, now)
+    done = receive_stock(ReceiveStock(event_id=receipt_id, receipt=receipt, content_hash=b""), uow, shop, now)
+    while isinstance(done, FillsLeft):  # a deep receipt's steps, all in this transaction
+        done = give_more(done, uow, shop, now)
     uow.flush()
     return read.decisions(cause=f"inventory-received/{receipt_id}")
 
