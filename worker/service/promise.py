@@ -186,6 +186,7 @@ class _QueueCopy:
     policy: tuple[KeptPolicy | None] | None = None  # (the policy, or None for none kept)
     restocks: tuple[KeptRestock, ...] | None = None
     lines: Mapping[LineKey, OrderLineState] | None = None  # its waiting lines
+    promised: frozenset[LineKey] = frozenset()  # those a deep receipt's plan promises units to (read with them)
     serving: ServingOrder | None = None
     dated: DatedQueue | None = None  # `serving` dated, where `lines` hold those very dates
 
@@ -341,9 +342,15 @@ class Snapshot:
     def queues(self, skus: Sequence[str]) -> dict[str, Mapping[LineKey, OrderLineState]]:
         copies = self._copy_of(skus)
         if missing := [sku for sku, copy in copies.items() if copy.lines is None]:
-            for sku, queue in self._store.queues(missing).items():
+            loaded = self._store.load(Wanted(queues=missing))
+            for sku, queue in loaded.queues.items():
                 copies[sku].lines = queue
+                copies[sku].promised = loaded.promised.get(sku, frozenset())
         return {sku: copy.lines for sku, copy in copies.items() if copy.lines is not None}
+
+    def promised(self, skus: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
+        self.queues(skus)  # read with them
+        return {sku: copy.promised for sku, copy in self._copy_of(skus).items() if copy.promised}
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
         copies = self._copy_of(skus)
@@ -377,9 +384,6 @@ class Snapshot:
 
     def step_lines(self, cause: str, step: int) -> tuple[tuple[str, str, int], ...]:
         return self._store.step_lines(cause, step)
-
-    def promised(self, skus: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
-        return self._store.promised(skus)
 
     def lock_sweep(self, wait: bool) -> bool:
         return False
