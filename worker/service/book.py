@@ -680,12 +680,11 @@ class Book:
         self._dated[sku] = dated
 
     def waiting_backorders(self, keys: Iterable[LineKey]) -> list[Backorder]:
-        found = ((key, self._lines.get(key)) for key in keys)
-        return [
-            line.as_backorder()
-            for key, line in found
-            if line is not None and line.status in WAITING and key not in self._promised_keys.get(line.sku, ())
-        ]
+        found = (self._lines.get(key) for key in keys)
+        lines = [line for line in found if line is not None and line.status in WAITING]
+        if any(self._promised_keys.values()):
+            lines = [ln for ln in lines if (ln.order_id, ln.line_id) not in self._promised_keys.get(ln.sku, ())]
+        return [line.as_backorder() for line in lines]
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         queue = self._backorders.get(sku)
@@ -696,13 +695,11 @@ class Book:
     def _queue(self, sku: str) -> list[OrderLineState]:
         if sku not in self._queues_loaded:
             self._load_queues([sku])
-        promised = self._promised_keys.get(sku, frozenset())
-        found = ((key, self._lines.get(key)) for key in self._by_sku.get(sku, ()))
-        return [
-            line
-            for key, line in found
-            if line is not None and line.sku == sku and line.status in WAITING and key not in promised
-        ]
+        found = (self._lines.get(key) for key in self._by_sku.get(sku, ()))
+        queue = [line for line in found if line is not None and line.sku == sku and line.status in WAITING]
+        if promised := self._promised_keys.get(sku):  # rare: the loop above is on the way of every order
+            queue = [line for line in queue if (line.order_id, line.line_id) not in promised]
+        return queue
 
     def record_fills(self, fills: Sequence[Fill], shipment_ids: Mapping[str, str], cause: str, at: dt.datetime) -> None:
         taken: dict[str, int] = {}
