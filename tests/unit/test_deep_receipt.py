@@ -181,6 +181,21 @@ def decisions_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return decisions
 
 
+def between_first_steps(factory: Committing, record: dict[str, Any], check: Callable[[], None] = lambda: None) -> None:
+    """`record` handled, in a transaction of its own, once the next receipt has committed its plan and its first
+    step; `check` looks at the state before it and after it."""
+    at = factory.transactions + 3  # the receipt's own, its first step, then this one
+
+    def hook(transaction: int) -> None:
+        if transaction == at:
+            check()
+            with FakeUnitOfWorkFactory.__call__(factory) as uow:
+                assert handle_record(uow, record, ShopPolicy(), NOW) is Outcome.PROCESSED
+            check()
+
+    factory.between = hook
+
+
 def allocated(state: FakeState) -> list[str]:
     return sorted(order_id for (order_id, _), line in state.lines.items() if line.status.value == "ALLOCATED")
 
@@ -257,16 +272,7 @@ def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monk
 
     monkeypatch.setattr(handlers, "_as_planned", counted)
 
-    def restock(transaction: int) -> None:
-        if transaction == first_step + 2:  # after the receipt's plan and its first step
-            with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                assert (
-                    handle_record(uow, factories.restock("SKU-A", "PO-1", 5, "2026-02-10"), ShopPolicy(), NOW)
-                    is Outcome.PROCESSED
-                )
-
-    first_step = factory.transactions + 1
-    factory.between = restock
+    between_first_steps(factory, factories.restock("SKU-A", "PO-1", 5, "2026-02-10"))
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
@@ -286,15 +292,10 @@ def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_th
     factory = Committing()
     placed(factory, 12)
 
-    def cancel(transaction: int) -> None:
-        if transaction == first_step + 2:  # after the receipt's plan and its first step
-            assert factory.state.promised == {"SKU-A": 6}
-            with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                assert handle_record(uow, factories.cancellation("O-06"), ShopPolicy(), NOW) is Outcome.PROCESSED
-            assert factory.state.promised == {"SKU-A": 6}  # promised until its step is given
+    def promised_until_its_step() -> None:
+        assert factory.state.promised == {"SKU-A": 6}
 
-    first_step = factory.transactions + 1
-    factory.between = cancel
+    between_first_steps(factory, factories.cancellation("O-06"), promised_until_its_step)
     receipt = [message(12, "receipts", factories.receipt("R-1", "SKU-A", 10))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
@@ -346,15 +347,12 @@ def test_units_beyond_the_plan_go_to_an_order_placed_between_its_steps() -> None
     with FakeUnitOfWorkFactory.__call__(factory) as uow:
         handle_record(uow, factories.policy("SKU-A", backorders_allowed=False), ShopPolicy(), NOW)
 
-    def order(transaction: int) -> None:
-        if transaction == first_step + 2:  # after the receipt's plan and its first step
-            assert factory.state.available["SKU-A"] == 3
-            late = factories.order("O-NEW", "2026-01-20T11:00", [("SKU-A", 3)])
-            with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                assert handle_record(uow, late, ShopPolicy(), NOW) is Outcome.PROCESSED
+    def three_beyond_before_it() -> None:
+        state = factory.state
+        assert state.available["SKU-A"] == 3 or state.lines[("O-NEW", "L1")].allocated == 3
 
-    first_step = factory.transactions + 1
-    factory.between = order
+    late = factories.order("O-NEW", "2026-01-20T11:00", [("SKU-A", 3)])
+    between_first_steps(factory, late, three_beyond_before_it)
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 13))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
@@ -383,13 +381,8 @@ def test_units_a_step_no_longer_gives_wait_for_the_last_step() -> None:
     batch.append(message(8, "orders", factories.order("O-LATE", "2026-01-10T11:00", [("SKU-A", 3)])))
     assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
 
-    def cancel(transaction: int) -> None:
-        if transaction == first_step + 2:  # after the receipt's plan and its first step
-            with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                assert handle_record(uow, factories.cancellation("O-03"), ShopPolicy(), NOW) is Outcome.PROCESSED
-
     first_step = factory.transactions + 1
-    factory.between = cancel
+    between_first_steps(factory, factories.cancellation("O-03"))
     receipt = [message(9, "receipts", factories.receipt("R-1", "SKU-A", 16))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=2)] == [Outcome.PROCESSED]
 
@@ -413,14 +406,7 @@ def test_a_product_held_again_between_two_steps_keeps_their_units_on_hand() -> N
     factory = Committing()
     placed(factory, 10)
 
-    def hold(transaction: int) -> None:
-        if transaction == first_step + 2:  # after the receipt's plan and its first step
-            held = factories.policy("SKU-A", available_from=(NOW + dt.timedelta(days=30)).date())
-            with FakeUnitOfWorkFactory.__call__(factory) as uow:
-                assert handle_record(uow, held, ShopPolicy(), NOW) is Outcome.PROCESSED
-
-    first_step = factory.transactions + 1
-    factory.between = hold
+    between_first_steps(factory, factories.policy("SKU-A", available_from=(NOW + dt.timedelta(days=30)).date()))
     receipt = [message(10, "receipts", factories.receipt("R-1", "SKU-A", 10))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
 
