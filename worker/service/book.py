@@ -129,7 +129,6 @@ class Book:
         self._new_lines: dict[LineKey, None] = {}
         self._changed_lines: dict[LineKey, None] = {}
         self._received: dict[str, int] = {}
-        self._promised: dict[str, int] = {}  # units a SKU's plans gained (or lost, taken)
         self._stock_changed: dict[str, None] = {}
         self._receipts: dict[int, tuple[StockReceipt, str]] = {}
         self._allocations: dict[int, tuple[Decision, str | None]] = {}
@@ -141,7 +140,7 @@ class Book:
         self._dispatches: dict[int, Dispatch] = {}
         self._events: dict[int, tuple[OutboundEvent, dt.datetime | None]] = {}
         self._plans_added: dict[tuple[str, int], PlanStep] = {}
-        self._plans_taken: dict[tuple[str, int], None] = {}
+        self._plans_taken: dict[tuple[str, int], PlanStep] = {}
 
     # ------------------------------------------------------------------------- transaction plumbing
 
@@ -198,6 +197,11 @@ class Book:
         """What this transaction changed, in its final state."""
         new_orders = [self._new_orders[o] for o in self._new_orders]
         changed = [key for key in self._changed_lines if key not in self._new_lines and key in self._lines]
+        promised: dict[str, int] = {}  # units a SKU's plans gained, or lost (taken)
+        for step in self._plans_added.values():
+            promised[step.sku] = promised.get(step.sku, 0) + step.units
+        for step in self._plans_taken.values():
+            promised[step.sku] = promised.get(step.sku, 0) - step.units
         return Changes(
             new_orders=new_orders,
             outcomes=dict(self._outcomes),
@@ -206,7 +210,7 @@ class Book:
             changed_lines=[self._lines[key] for key in changed],
             lines_before={key: self._loaded[key] for key in changed},
             stock={
-                sku: (self._available[sku], self._received.get(sku, 0), self._promised.get(sku, 0))
+                sku: (self._available[sku], self._received.get(sku, 0), promised.get(sku, 0))
                 for sku in self._stock_changed
             },
             receipts=list(self._receipts.values()),
@@ -575,7 +579,6 @@ class Book:
     def promise(self, steps: Sequence[PlanStep]) -> None:
         for step in steps:
             self._add_available(step.sku, -step.units)
-            self._put(self._promised, step.sku, self._promised.get(step.sku, 0) + step.units)
             plan = dict(self._plan_steps(step.cause))
             plan[step.step] = step
             self._put(self._plans, step.cause, plan)
@@ -607,8 +610,7 @@ class Book:
         if key in self._plans_added:  # promised by this transaction: never written
             self._pop(self._plans_added, key)
         else:
-            self._put(self._plans_taken, key, None)
-        self._put(self._promised, step.sku, self._promised.get(step.sku, 0) - step.units)
+            self._put(self._plans_taken, key, step)
         self._add_available(step.sku, step.units)
         self._promised_changed(step.sku)
 
@@ -680,11 +682,12 @@ class Book:
         self._dated[sku] = dated
 
     def waiting_backorders(self, keys: Iterable[LineKey]) -> list[Backorder]:
-        found = (self._lines.get(key) for key in keys)
-        lines = [line for line in found if line is not None and line.status in WAITING]
-        if any(self._promised_keys.values()):
-            lines = [ln for ln in lines if (ln.order_id, ln.line_id) not in self._promised_keys.get(ln.sku, ())]
-        return [line.as_backorder() for line in lines]
+        found = ((key, self._lines.get(key)) for key in keys)
+        return [
+            line.as_backorder()
+            for key, line in found
+            if line is not None and line.status in WAITING and key not in self._promised_keys.get(line.sku, ())
+        ]
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         queue = self._backorders.get(sku)

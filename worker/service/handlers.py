@@ -230,7 +230,7 @@ def receive_stock(
     if receipt.purchase_order_id is not None:
         uow.consume_restock(receipt)
     decided = _decide_fills(uow, [receipt.sku], _receipt_cause(command), shop, now)
-    return _give_in_steps(command, _steps(decided, size), (), 1, size, uow, shop, now, Outcome.PROCESSED)
+    return _give_in_steps(command, _steps(decided, size), (), size, uow, shop, now, Outcome.PROCESSED)
 
 
 def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome | FillsLeft:
@@ -252,7 +252,7 @@ def give_more(left: FillsLeft, uow: UnitOfWork, shop: ShopPolicy, now: dt.dateti
     if not trusted:
         log.info("receipt_plan_given_as_lines_are", sku=sku, cause=cause, step=plan[0].step, steps=len(plan))
     decided = left.steps if trusted else None
-    return _give_in_steps(left.command, decided, plan, plan[0].step, left.size, uow, shop, now, left.outcome)
+    return _give_in_steps(left.command, decided, plan, left.size, uow, shop, now, left.outcome)
 
 
 def _resume(
@@ -265,10 +265,10 @@ def _resume(
     if plan:
         log.info("receipt_resumed", sku=command.receipt.sku, cause=plan[0].cause, steps=len(plan))
         return FillsLeft(command, None, plan[0].step, size, None, Outcome.DUPLICATE)
-    decided = _decided_again(command, uow, shop, now, "receipt_resumed")
+    decided = _decided_again(command, uow, shop, now)
     if not decided:
         return Outcome.DUPLICATE
-    return _give_in_steps(command, _steps(decided, size), (), 1, size, uow, shop, now, Outcome.DUPLICATE)
+    return _give_in_steps(command, _steps(decided, size), (), size, uow, shop, now, Outcome.DUPLICATE)
 
 
 def give_back(command: ReceiveStock, uow: UnitOfWork) -> int:
@@ -281,7 +281,7 @@ def give_back(command: ReceiveStock, uow: UnitOfWork) -> int:
     return sum(step.units for step in plan)
 
 
-def _decided_again(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime, why: str) -> list[Fill]:
+def _decided_again(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
     """What the receipt's SKU has on hand gives its queue now, but not to an order the receipt gave units to
     already (an order's events of a receipt are named by the receipt and the order: one each)."""
     sku, cause = command.receipt.sku, _receipt_cause(command)
@@ -289,7 +289,7 @@ def _decided_again(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now
         return []
     decided = _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause))
     if decided:
-        log.info(why, sku=sku, cause=cause, lines=len(decided))
+        log.info("receipt_resumed", sku=sku, cause=cause, lines=len(decided))
     return decided
 
 
@@ -301,7 +301,6 @@ def _give_in_steps(
     command: ReceiveStock,
     decided: Sequence[list[Fill]] | None,
     plan: Sequence[PlanStep],
-    number: int,
     size: int,
     uow: UnitOfWork,
     shop: ShopPolicy,
@@ -309,7 +308,7 @@ def _give_in_steps(
     outcome: Outcome,
 ) -> Outcome | FillsLeft:
     """Give a receipt's steps. Steps just `decided` (no `plan` yet), more than one, are promised to their lines as
-    the receipt's plan, numbered from `number`, and committed before any is given: every step is then left to a
+    the receipt's plan, numbered from 1, and committed before any is given: every step is then left to a
     transaction of its own. Otherwise the first step is given and announced here, the rest left to transactions of
     their own: `plan`'s steps are each taken as they are given (as `decided`, if given, else as their lines are now).
     An order whose line got units and still waits is announced once that line's date is settled, with the queue's
@@ -317,11 +316,11 @@ def _give_in_steps(
     dated."""
     cause, sku = _receipt_cause(command), command.receipt.sku
     if not plan and decided is not None and len(decided) > 1:
-        steps = [_planned(cause, number + index, sku, step) for index, step in enumerate(decided)]
+        steps = [_planned(cause, number, sku, step) for number, step in enumerate(decided, start=1)]
         uow.promise(steps)
         log.info("receipt_planned", sku=sku, cause=cause, steps=len(steps), units=sum(step.units for step in steps))
         uow.flush()
-        return FillsLeft(command, tuple(decided), number, size, uow.queue_version(sku), outcome)
+        return FillsLeft(command, tuple(decided), 1, size, uow.queue_version(sku), outcome)
     if not plan:
         unannounced = _give(uow, decided[0] if decided else [], cause, shop, now)
     else:

@@ -84,6 +84,9 @@ class PostgresStore:
         self._serialize = serialize
         self._dead_letter_topic = dead_letter_topic
         self._staged: set[str] = set()  # the stages this transaction has filled
+        # Locked SKUs whose units a plan promises (or may, once this transaction planned some): only theirs are
+        # looked up in receipt_plan. A SKU not locked here is looked up.
+        self._unplanned: set[str] = set()
 
     # ---- locks
 
@@ -102,10 +105,12 @@ class PostgresStore:
         rows = self._conn.execute(
             """INSERT INTO stock_level AS s (sku) SELECT unnest(%b::text[]) ORDER BY 1
                ON CONFLICT (sku) DO UPDATE SET updated_at = s.updated_at
-               RETURNING sku, available""",
+               RETURNING sku, available, promised""",
             (sorted(skus),),
         ).fetchall()
-        return dict(rows)
+        self._unplanned.update(sku for sku, _, promised in rows if promised == 0)
+        self._unplanned.difference_update(sku for sku, _, promised in rows if promised)
+        return {sku: available for sku, available, _ in rows}
 
     @_judged
     def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
@@ -214,7 +219,7 @@ class PostgresStore:
                     # planned at every call (see _QUEUES_QUERY)
                     (_QUEUES_AT_ONCE_QUERY, wanted.queues, (QUEUE_ROWS_AT_ONCE + 1,), False),
                     (_DATED_QUERY, wanted.skus_with_expected_dates, (), None),
-                    (_PROMISED_QUERY, wanted.queues, (), None),
+                    (_PROMISED_QUERY, self._maybe_planned(wanted.queues), (), None),
                 )
             ]
         rows = [cursor.fetchall() if cursor is not None else [] for cursor in read]
@@ -247,7 +252,14 @@ class PostgresStore:
 
     @_judged
     def promised(self, skus: Sequence[str]) -> dict[str, frozenset[tuple[str, str]]]:
-        return _promised(self._conn.execute(_PROMISED_QUERY, (list(skus),)).fetchall())
+        if not (maybe := self._maybe_planned(skus)):
+            return {}
+        return _promised(self._conn.execute(_PROMISED_QUERY, (maybe,)).fetchall())
+
+    def _maybe_planned(self, skus: Sequence[str]) -> list[str]:
+        """The SKUs whose lines a plan may promise units to: the locked ones found with promised units, and those
+        not locked here (a batch's queues are of locked SKUs, nearly all without: no statement for them)."""
+        return [sku for sku in skus if sku not in self._unplanned]
 
     def skus_with_expected_dates(self, skus: Sequence[str]) -> set[str]:
         return self.load(Wanted(skus_with_expected_dates=skus)).skus_with_expected_dates
@@ -339,6 +351,7 @@ class PostgresStore:
     @_judged
     def save(self, changes: Changes) -> None:
         c = changes
+        self._unplanned.difference_update(step.sku for step in c.plans_added)
         now = dt.datetime.now(dt.UTC)
         steps: list[_Step] = []
         if c.facts_unclaimed:
