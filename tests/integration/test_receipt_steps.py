@@ -24,6 +24,7 @@ from worker.service.batch import handle_batch
 from worker.service.book import Book
 from worker.service.handlers import Outcome
 from worker.service.messages import InboundMessage
+from worker.service.views import queue
 
 
 def serialize(event: OutboundEvent) -> tuple[str, bytes, bytes]:
@@ -32,14 +33,15 @@ def serialize(event: OutboundEvent) -> tuple[str, bytes, bytes]:
 
 class Watched(PostgresUnitOfWorkFactory):
     """Before each transaction begins, what another connection sees committed: (lines allocated, units on hand of
-    SKU-A, units promised, steps planned, outbox rows); and SKU-A's row of the backlog report (lines waiting, on
-    hand, promised)."""
+    SKU-A, units promised, steps planned, outbox rows); SKU-A's row of the backlog report (lines waiting, on hand,
+    promised); and its queue view (lines in the queue, lines promised units, units promised)."""
 
     def __init__(self, pool: ConnectionPool, database_url: str) -> None:
         super().__init__(pool, serialize, "dlq")
         self._url = database_url
         self.seen: list[tuple[int, ...]] = []
         self.reported: list[tuple[int, int, int]] = []
+        self.queued: list[tuple[int, int, int]] = []
 
     def look(self) -> tuple[int, ...]:
         with psycopg.connect(self._url, autocommit=True) as conn:
@@ -51,7 +53,10 @@ class Watched(PostgresUnitOfWorkFactory):
                           (SELECT count(*) FROM outbox)"""
             ).fetchone()
             assert row is not None
-            self.reported += [(s.lines, s.available, s.promised) for s in PostgresReadModel(conn).sku_backlog()]
+            read = PostgresReadModel(conn)
+            self.reported += [(s.lines, s.available, s.promised) for s in read.sku_backlog()]
+            seen = queue(read, "SKU-A", ShopPolicy(), NOW)
+            self.queued.append((len(seen.entries), seen.promised_lines, seen.promised_units))
             return tuple(int(value) for value in row)
 
     @contextmanager
@@ -101,4 +106,6 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
         (12, 0, 0, 0, 36),
     ]
     assert factory.reported[-4:] == [(12, 0, 0), (12, 0, 12), (7, 0, 7), (2, 0, 2)]  # the lines while they wait
+    # The queue view: no line the plan promises units to (the next units would go past them).
+    assert factory.queued[-5:] == [(12, 0, 0), (0, 12, 12), (0, 7, 7), (0, 2, 2), (0, 0, 0)]
     assert decisions == [12]  # the steps decided once: each transaction found the version the one before left

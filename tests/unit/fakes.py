@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -271,6 +272,13 @@ class FakeReadModel:
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         return [line.as_backorder() for line in self.state.lines.values() if line.sku == sku and line.status in WAITING]
+
+    def promised_lines(self, sku: str) -> dict[tuple[str, str], int]:
+        promised: Counter[tuple[str, str]] = Counter()
+        for step in self.state.plans.values():
+            if step.sku == sku:
+                promised.update({(order_id, line_id): units for order_id, line_id, units in step.lines or ()})
+        return dict(promised)
 
     def decisions(
         self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None

@@ -32,9 +32,35 @@ def placed(*orders: tuple[str, str, int]) -> FakeState:
 
 def test_the_queue_lists_the_waiting_lines_in_the_order_units_would_go_to_them() -> None:
     read: ReadModel = FakeReadModel(placed(("late", "2026-01-09", 2), ("early", "2026-01-02", 3)))
-    entries = queue(read, "SKU", SHOP, NOW)
+    entries = queue(read, "SKU", SHOP, NOW).entries
     assert [(e.position, e.order_id, e.wants) for e in entries] == [(1, "early", 3), (2, "late", 2)]
     assert entries[0].waited == NOW - dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+
+
+def test_the_queue_leaves_out_the_lines_a_receipt_given_in_steps_has_promised_units_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A receipt for five lines in steps of two: once its plan is committed the next units go past those lines, to
+    an order placed after it; each step given takes its lines off the promised ones."""
+    monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 2)
+    state = placed(*((f"O-{i}", f"2026-01-0{i + 1}", 1) for i in range(5)), ("extra", "2026-01-09", 1))
+    uow = FakeUnitOfWork(state)
+    receipt = commands.command_for(
+        "backorder.InventoryReceived", "backorder.InventoryReceived", factories.receipt("R-1", "SKU", 5)
+    )
+    uow.lock_stock(receipt.skus)
+    left = handle(receipt, uow, SHOP, NOW)
+    read = FakeReadModel(state)
+
+    seen = queue(read, "SKU", SHOP, NOW)
+    assert [(e.position, e.order_id) for e in seen.entries] == [(1, "extra")]
+    assert (seen.promised_lines, seen.promised_units) == (5, 5)
+
+    assert isinstance(left, handlers.FillsLeft)
+    handlers.give_more(left, uow, SHOP, NOW)
+    seen = queue(read, "SKU", SHOP, NOW)
+    assert [e.order_id for e in seen.entries] == ["extra"]
+    assert (seen.promised_lines, seen.promised_units) == (3, 3)
 
 
 def test_a_simulated_receipt_reads_back_the_decisions_of_its_own_transaction() -> None:

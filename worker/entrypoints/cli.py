@@ -82,7 +82,8 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
 
     now = utc_now()
     with open_read_model(settings) as read:
-        entries = queue(read, args.sku, settings.shop_policy(), now)
+        found = queue(read, args.sku, settings.shop_policy(), now)
+    entries = found.entries
     rows = [
         (
             str(e.position),
@@ -103,6 +104,11 @@ def _queue(settings: Settings, args: argparse.Namespace) -> int:
         f"{len(entries)} lines waiting for {args.sku}: {sum(e.wants for e in entries)} units, "
         f"{sum(e.value_minor for e in entries) / 100:.2f} in value"
     )
+    if found.promised_lines:
+        print(
+            f"{found.promised_lines} more lines are promised {found.promised_units} units by a receipt given in "
+            "steps, and get them as its next steps are given"
+        )
     return 0
 
 

@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from worker.domain.model import SplitPreference, StockReceipt
+from worker.domain.model import Backorder, SplitPreference, StockReceipt
 from worker.domain.policy import ShopPolicy
 from worker.domain.priority import in_priority_order
 from worker.service.commands import ReceiveStock
@@ -35,9 +35,23 @@ class QueueEntry:
     split: SplitPreference
 
 
-def queue(read: ReadModel, sku: str, shop: ShopPolicy, now: dt.datetime) -> list[QueueEntry]:
-    """The SKU's waiting lines in the order the next units would go to them."""
-    ranked = in_priority_order(read.waiting_lines(sku), shop.priority, now)
+@dataclass(frozen=True)
+class Queue:
+    entries: list[QueueEntry]
+    promised_lines: int  # waiting lines left out: a receipt's plan promises them units its next steps give
+    promised_units: int
+
+
+def queue(read: ReadModel, sku: str, shop: ShopPolicy, now: dt.datetime) -> Queue:
+    """The SKU's waiting lines in the order the next units would go to them: not those a receipt given in steps
+    has promised units to (the next units go past them, as its steps give them theirs)."""
+    promised = read.promised_lines(sku)  # read first: a line given by a step in between waits no more
+    waiting = [line for line in read.waiting_lines(sku) if (line.order_id, line.line_id) not in promised]
+    return Queue(_entries(waiting, shop, now), len(promised), sum(promised.values()))
+
+
+def _entries(waiting: list[Backorder], shop: ShopPolicy, now: dt.datetime) -> list[QueueEntry]:
+    ranked = in_priority_order(waiting, shop.priority, now)
     return [
         QueueEntry(
             position=i,

@@ -25,6 +25,15 @@ class PostgresReadModel:
         lines = select_lines(self._conn, f"l.sku = %s AND l.status IN {WAITING_SQL}", (sku,))
         return [line.as_backorder() for line in lines]
 
+    def promised_lines(self, sku: str) -> dict[tuple[str, str], int]:
+        rows = self._conn.execute(
+            """SELECT f.order_id, f.line_id, sum(f.units)::int
+               FROM receipt_plan p, unnest(p.order_ids, p.line_ids, p.units) AS f(order_id, line_id, units)
+               WHERE p.sku = %s GROUP BY f.order_id, f.line_id""",
+            (sku,),
+        )
+        return {(order_id, line_id): units for order_id, line_id, units in rows}
+
     def decisions(
         self, *, order_id: str | None = None, sku: str | None = None, cause: str | None = None
     ) -> list[Decision]:
