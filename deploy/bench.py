@@ -654,6 +654,7 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
         send_receipts(sc, prod, [warm])
         wait_until(lambda: sc.count("SELECT count(*) FROM stock_receipt") == 1, args.limit)
         deep = receipt(sc.tag, 1, sku, n)
+        before = sc.cpu()
         started = time.monotonic()
         send_receipts(sc, prod, [deep])
         # The receipt commits with its plan (every unit promised to its line, none left on hand); then each step
@@ -687,6 +688,8 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
         last_s = time.monotonic() - started
         sent = fulfillments()
         rss = peak_rss_mb(worker.pid) if worker.poll() is None else float("nan")
+        drained = wait_until(sc.outbox_drained, args.limit)  # its statuses and notifications too
+        cpu = {part: spent - before[part] for part, spent in sc.cpu().items()}
     figure("deep_receipt_first_step_seconds", first_s if begun else f">{first_s:.0f}")
     figure("deep_receipt_commit_seconds", commit_s if committed else f">{commit_s:.0f}")
     figure("deep_receipt_lines_written_seconds", written_s if written else f">{written_s:.0f}")
@@ -696,6 +699,9 @@ def run_deep_receipt(stack: Stack, args: argparse.Namespace) -> None:
         "" if published else f"(partial: {sent} of {n} fulfillment requests on Kafka)",
     )
     figure("deep_receipt_worker_peak_rss_mb", rss)
+    partial = "" if drained else "(partial: the outbox not drained within the limit)"
+    figure("deep_receipt_cpu_us_per_line_worker", cpu["worker"] / n * 1e6, partial)
+    figure("deep_receipt_cpu_us_per_line_total", sum(cpu.values()) / n * 1e6, partial)
 
 
 def run_latency(stack: Stack, args: argparse.Namespace) -> None:
