@@ -287,8 +287,8 @@ def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monk
 
 def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_the_plan() -> None:
     """12 waiting orders, a receipt of 10 in steps of 4: O-04 to O-09 are promised their units in the plan. O-06 is
-    cancelled before the second step: that step gives O-04, O-05 and O-07 their units, and O-06's goes to the first
-    order the plan left waiting (O-10), not to one the plan gives later nor a second time to one given already."""
+    cancelled before the second step: that step gives O-04, O-05 and O-07 their units, and O-06's goes, once the
+    last step is given, to the first order the plan left waiting (O-10), as a decision of its own."""
     factory = Committing()
     placed(factory, 12)
 
@@ -305,7 +305,9 @@ def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_th
     assert state.lines[("O-11", "L1")].status.value == "BACKORDERED"
     assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
     given = sorted(d.order_id for d, _ in state.shipments if d.cause == "inventory-received/R-1")
-    assert given == allocated(state)
+    assert given == [f"O-{i:02d}" for i in (0, 1, 2, 3, 4, 5, 7, 8, 9)]
+    after = [(d.order_id, d.quantity) for d, _ in state.shipments if d.cause == "inventory-received-rest/R-1"]
+    assert after == [("O-10", 1)]
     assert len({e.event_id for e in state.outbox}) == len(state.outbox)
 
 
@@ -397,6 +399,42 @@ def test_units_a_step_no_longer_gives_wait_for_the_last_step() -> None:
     ]
     state = factory.state
     assert state.lines[("O-LATE", "L1")].allocated == 2 and state.lines[("O-03", "L1")].status.value == "CANCELLED"
+    assert len({e.event_id for e in state.outbox}) == len(state.outbox)
+
+
+def part_of_a_line_last(factory: Committing) -> None:
+    """O-00 to O-06 wait for one unit of SKU-A each, then O-07 for five: a receipt of 9 gives O-07 two of them, in
+    the plan's last step (the order it leaves waiting)."""
+    placed(factory, 7)
+    late = factories.order("O-07", "2026-01-10T10:30", [("SKU-A", 5)], event_id="event-O-07")
+    assert [r.outcome for r in run(factory, [message(7, "orders", late)])] == [Outcome.PROCESSED]
+
+
+@pytest.mark.parametrize(
+    ("between", "on_hand"),
+    [(factories.receipt("R-2", "SKU-A", 3), 3), (factories.cancellation("O-04"), 1)],
+    ids=["another receipt", "a promised line cancelled"],
+)
+def test_what_is_on_hand_after_the_last_step_goes_to_the_line_the_plan_gave_part_of_what_it_wants(
+    between: dict[str, Any], on_hand: int
+) -> None:
+    """Between the first two steps of a receipt of 9 in steps of 3, another receipt of 3 (which meets no line: each
+    is promised units) or a cancellation of a line promised one unit. Once the last step is given, nothing stays on
+    hand while O-07, the first line waiting, wants more: what is on hand goes to it as a decision of its own, in a
+    fulfillment request of its own."""
+    factory = Committing()
+    part_of_a_line_last(factory)
+    between_first_steps(factory, between)
+    receipt = [message(9, "receipts", factories.receipt("R-1", "SKU-A", 9))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=3)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    o7 = state.lines[("O-07", "L1")]
+    assert (o7.allocated, state.available["SKU-A"], state.promised, state.plans) == (2 + on_hand, 0, {}, {})
+    after = [(d.order_id, d.quantity) for d, _ in state.shipments if d.cause == "inventory-received-rest/R-1"]
+    assert after == [("O-07", on_hand)]
+    requests = [e for e in state.outbox if isinstance(e, FulfillmentRequested) and e.order_id == "O-07"]
+    assert [sum(line.quantity for line in e.lines) for e in requests] == [2, on_hand]
     assert len({e.event_id for e in state.outbox}) == len(state.outbox)
 
 
@@ -560,7 +598,14 @@ def test_units_are_never_lost_or_created_while_receipts_wait_between_their_steps
         pending = [more for left in pending if (more := step(left, NOW + dt.timedelta(days=10))) is not None]
     state = uow.state
     assert (state.promised, state.plans) == ({}, {})
-    # Every event once; one fulfillment request an order of a receipt.
+    # Nothing on hand that the rules would give a waiting line, once the sweep has given what a release let go.
+    later = NOW + dt.timedelta(days=10)
+    handlers.sweep(uow, shop, later)
+    for sku in test_handlers.SKUS:
+        if units := handlers._on_hand(uow, shop, sku, later):
+            queue = handlers.waiting_queue(uow, shop, sku)
+            assert allocate(queue, units, rules=shop.priority, mode=shop.ship_complete_mode, now=later).fills == ()
+    # Every event once; one fulfillment request a shipment (an order's of a receipt, or of what was on hand after it).
     assert len({e.event_id for e in state.outbox}) == len(state.outbox)
-    requests = Counter((e.caused_by_event_id, e.order_id) for e in state.outbox if isinstance(e, FulfillmentRequested))
+    requests = Counter(e.shipment_id for e in state.outbox if isinstance(e, FulfillmentRequested))
     assert [key for key, count in requests.items() if count > 1] == []

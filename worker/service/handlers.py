@@ -294,7 +294,13 @@ def _decided_again(command: ReceiveStock, uow: UnitOfWork, shop: ShopPolicy, now
 
 
 def _receipt_cause(command: ReceiveStock) -> str:
-    return f"inventory-received/{command.receipt.receipt_id}"
+    return receipt_causes(command.receipt.receipt_id)[0]
+
+
+def receipt_causes(receipt_id: str) -> tuple[str, str]:
+    """The causes a receipt's decisions are recorded under: its own, and, for a receipt given in steps, that of what
+    is on hand once its plan's last step is given (see `_give_in_steps`)."""
+    return f"inventory-received/{receipt_id}", f"inventory-received-rest/{receipt_id}"
 
 
 def _give_in_steps(
@@ -331,8 +337,6 @@ def _give_in_steps(
                 fills = _give(uow, decided[index], cause, shop, now)
             else:
                 fills = _give(uow, _as_planned(step, uow, shop, now), cause, shop, now)
-                if index + 1 == len(plan):  # what lines took less of than promised waits for the last step
-                    fills += _give(uow, _to_queue(step, uow, shop, now), cause, shop, now)
             states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
             filled = {(f.backorder.order_id, f.backorder.line_id) for f in fills}
             dating = {
@@ -348,9 +352,22 @@ def _give_in_steps(
             if not unannounced and index + 1 < len(plan):
                 rest = tuple(decided[index + 1 :]) if decided is not None else None
                 return FillsLeft(command, rest, plan[index + 1].step, size, uow.queue_version(sku), outcome)
+    # A plan's last step given: what is on hand now goes to the SKU's queue by the rules, as a decision of its own:
+    # what lines took less of than they were promised (one cancelled before its step), and what came meanwhile while
+    # every line it would have gone to was promised units (another receipt). The line of this receipt's orders the
+    # plan gave part of what it wants, the first waiting, may get the rest of it, in a shipment of its own. (Given in
+    # the middle of a plan, a part of a line would have had every step left given at once.)
+    rest_cause = receipt_causes(command.receipt.receipt_id)[1]
+    after: list[Fill] = []
+    if plan and _on_hand(uow, shop, sku, now):
+        after = _give(uow, _decide_fills(uow, [sku], rest_cause, shop, now), rest_cause, shop, now)
     eta_news = _refresh_etas(uow, [sku], cause, shop, now)
-    states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced}))
-    uow.emit(_announce_fills(cause, command.event_id, unannounced, states, uow, shop, now) + eta_news)
+    states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced + after}))
+    uow.emit(
+        _announce_fills(cause, command.event_id, unannounced, states, uow, shop, now)
+        + _announce_fills(rest_cause, command.event_id, after, states, uow, shop, now)
+        + eta_news
+    )
     return outcome
 
 
@@ -376,18 +393,6 @@ def _as_planned(step: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datet
         backorder = _waiting_as_ranked(policy, line.as_backorder())
         fills += allocate([backorder], units, rules=shop.priority, mode=shop.ship_complete_mode, now=now).fills
     return sorted(fills, key=lambda f: f.backorder.order_id)
-
-
-def _to_queue(last: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> list[Fill]:
-    """What a plan's steps left on hand (their lines took less than they were promised), at its last step, goes to
-    the SKU's queue by the rules (lines other plans promise units to are not in it), but not to an order the receipt
-    gave units to already, nor to one of this step: one fulfillment request an order of a receipt. (Given in the
-    middle of a plan, a part of a line would have had every step left given at once: see `_give_in_steps`.)"""
-    sku, cause = last.sku, last.cause
-    if _on_hand(uow, shop, sku, now) == 0:
-        return []
-    mine = {order_id for order_id, _, _ in uow.step_lines(last)}
-    return _decide_fills(uow, [sku], cause, shop, now, leaving_out=uow.orders_given(cause) | mine)
 
 
 def cancel_order(command: CancelOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:

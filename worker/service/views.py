@@ -12,7 +12,7 @@ from worker.domain.model import Backorder, SplitPreference, StockReceipt
 from worker.domain.policy import ShopPolicy
 from worker.domain.priority import in_priority_order
 from worker.service.commands import ReceiveStock
-from worker.service.handlers import FillsLeft, give_more, receive_stock
+from worker.service.handlers import FillsLeft, give_more, receipt_causes, receive_stock
 from worker.service.ports import Decision, ReadModel, StateFigures, UnitOfWork
 
 BACKORDER_RATE_TARGET = 0.05  # of orders placed, at most this share has a line that waits
@@ -87,7 +87,7 @@ def simulate_receipt(
     while isinstance(done, FillsLeft):  # a deep receipt's steps, all in this transaction
         done = give_more(done, uow, shop, now)
     uow.flush()
-    return read.decisions(cause=f"inventory-received/{receipt_id}")
+    return [decision for cause in receipt_causes(receipt_id) for decision in read.decisions(cause=cause)]
 
 
 def tracking_view(figures: StateFigures, backordered_lines: int, cancelled_lines: int) -> list[str]:
