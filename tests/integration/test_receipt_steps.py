@@ -93,6 +93,10 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
 
         assert run(factory, [message(12, "receipts", factories.receipt("R-1", "SKU-A", 12))]) == [Outcome.PROCESSED]
         factory.seen.append(factory.look())
+        # What a plan's last step asks of the orders it would give what is on hand.
+        with PostgresUnitOfWorkFactory.__call__(factory) as book:
+            assert book.orders_given("inventory-received/R-1", among=["O-01", "O-99"]) == {"O-01"}
+            assert len(book.orders_given("inventory-received/R-1")) == 12
 
     # Before the receipt; after its own transaction (the receipt and its plan: every unit promised, in three steps);
     # after each step (five orders served, with their events: a fulfillment request, a status and a notification an

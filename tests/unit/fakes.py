@@ -6,7 +6,7 @@ import copy
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,8 +84,9 @@ class MemoryStore:
     def skus_of_orders(self, order_ids: Sequence[str]) -> set[str]:
         return {line.sku for line in self.state.lines.values() if line.order_id in order_ids}
 
-    def orders_given(self, cause: str) -> set[str]:
-        return {decision.order_id for decision, _ in self.state.shipments if decision.cause == cause}
+    def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
+        given = {decision.order_id for decision, _ in self.state.shipments if decision.cause == cause}
+        return given if among is None else given & set(among)
 
     def plan(self, cause: str) -> list[PlanStep]:
         found = [step for (of, _), step in sorted(self.state.plans.items()) if of == cause]

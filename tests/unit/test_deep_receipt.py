@@ -288,7 +288,8 @@ def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monk
 def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_the_plan() -> None:
     """12 waiting orders, a receipt of 10 in steps of 4: O-04 to O-09 are promised their units in the plan. O-06 is
     cancelled before the second step: that step gives O-04, O-05 and O-07 their units, and O-06's goes, once the
-    last step is given, to the first order the plan left waiting (O-10), as a decision of its own."""
+    last step is given, to the first order the plan left waiting (O-10), not to one the plan gives later nor a second
+    time to one given already."""
     factory = Committing()
     placed(factory, 12)
 
@@ -305,9 +306,7 @@ def test_a_line_cancelled_before_its_step_leaves_its_units_to_the_queue_after_th
     assert state.lines[("O-11", "L1")].status.value == "BACKORDERED"
     assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
     given = sorted(d.order_id for d, _ in state.shipments if d.cause == "inventory-received/R-1")
-    assert given == [f"O-{i:02d}" for i in (0, 1, 2, 3, 4, 5, 7, 8, 9)]
-    after = [(d.order_id, d.quantity) for d, _ in state.shipments if d.cause == "inventory-received-rest/R-1"]
-    assert after == [("O-10", 1)]
+    assert given == allocated(state)
     assert len({e.event_id for e in state.outbox}) == len(state.outbox)
 
 
@@ -402,39 +401,57 @@ def test_units_a_step_no_longer_gives_wait_for_the_last_step() -> None:
     assert len({e.event_id for e in state.outbox}) == len(state.outbox)
 
 
-def part_of_a_line_last(factory: Committing) -> None:
-    """O-00 to O-06 wait for one unit of SKU-A each, then O-07 for five: a receipt of 9 gives O-07 two of them, in
-    the plan's last step (the order it leaves waiting)."""
+def part_of_a_line_last(factory: Committing, *more: tuple[str, int]) -> None:
+    """O-00 to O-06 wait for one unit of SKU-A each, then O-07 for five (and the `more` orders, each for its units):
+    a receipt of 9 fills the first seven and gives O-07 two."""
     placed(factory, 7)
-    late = factories.order("O-07", "2026-01-10T10:30", [("SKU-A", 5)], event_id="event-O-07")
-    assert [r.outcome for r in run(factory, [message(7, "orders", late)])] == [Outcome.PROCESSED]
+    late = [("O-07", 5), *more]
+    batch = [
+        message(7 + n, "orders", factories.order(order_id, f"2026-01-10T10:{30 + n:02d}", [("SKU-A", units)]))
+        for n, (order_id, units) in enumerate(late)
+    ]
+    assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
 
 
-@pytest.mark.parametrize(
-    ("between", "on_hand"),
-    [(factories.receipt("R-2", "SKU-A", 3), 3), (factories.cancellation("O-04"), 1)],
-    ids=["another receipt", "a promised line cancelled"],
-)
-def test_what_is_on_hand_after_the_last_step_goes_to_the_line_the_plan_gave_part_of_what_it_wants(
-    between: dict[str, Any], on_hand: int
-) -> None:
-    """Between the first two steps of a receipt of 9 in steps of 3, another receipt of 3 (which meets no line: each
-    is promised units) or a cancellation of a line promised one unit. Once the last step is given, nothing stays on
-    hand while O-07, the first line waiting, wants more: what is on hand goes to it as a decision of its own, in a
-    fulfillment request of its own."""
+def test_the_line_a_receipt_gives_part_of_what_it_wants_is_not_promised_and_keeps_its_place() -> None:
+    """The plan promises the seven lines it completes, not O-07's part: its two units wait on hand and O-07 stays in
+    the queue with all it wants. A receipt of 3 between two steps serves O-07 first (all five: its two units on hand
+    and three), not O-08 behind it; as the receipts given one after the other would have."""
     factory = Committing()
-    part_of_a_line_last(factory)
-    between_first_steps(factory, between)
+    part_of_a_line_last(factory, ("O-08", 3))
+
+    def o7_first_in_the_queue() -> None:  # before R-2: its two units on hand, not promised; after it: all five
+        state = factory.state
+        o7 = state.lines[("O-07", "L1")].allocated
+        assert (o7, state.available["SKU-A"], state.promised) in [(0, 2, {"SKU-A": 4}), (5, 0, {"SKU-A": 4})]
+
+    between_first_steps(factory, factories.receipt("R-2", "SKU-A", 3), o7_first_in_the_queue)
     receipt = [message(9, "receipts", factories.receipt("R-1", "SKU-A", 9))]
     assert [r.outcome for r in run(factory, receipt, lines_per_transaction=3)] == [Outcome.PROCESSED]
 
     state = factory.state
-    o7 = state.lines[("O-07", "L1")]
-    assert (o7.allocated, state.available["SKU-A"], state.promised, state.plans) == (2 + on_hand, 0, {}, {})
-    after = [(d.order_id, d.quantity) for d, _ in state.shipments if d.cause == "inventory-received-rest/R-1"]
-    assert after == [("O-07", on_hand)]
+    assert (state.lines[("O-07", "L1")].allocated, state.lines[("O-08", "L1")].allocated) == (5, 0)
+    assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
+    assert len({e.event_id for e in state.outbox}) == len(state.outbox)
+
+
+def test_what_is_on_hand_after_the_last_step_goes_to_the_queue() -> None:
+    """A line promised a unit (O-04) is cancelled between two steps: the cancellation gives what is on hand (the two
+    units of O-07's part, not promised) to O-07, the first line waiting; O-04's step gives it nothing, and once the
+    last step is given that unit goes to O-07 too, in the receipt's one fulfillment request for it."""
+    factory = Committing()
+    part_of_a_line_last(factory)
+    between_first_steps(factory, {**factories.cancellation("O-04"), "event_id": "event-cancel"})
+    receipt = [message(9, "receipts", factories.receipt("R-1", "SKU-A", 9, event_id="event-R-1"))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=3)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    assert (state.lines[("O-07", "L1")].allocated, state.available["SKU-A"], state.plans) == (3, 0, {})
     requests = [e for e in state.outbox if isinstance(e, FulfillmentRequested) and e.order_id == "O-07"]
-    assert [sum(line.quantity for line in e.lines) for e in requests] == [2, on_hand]
+    assert [(e.caused_by_event_id, sum(line.quantity for line in e.lines)) for e in requests] == [
+        ("event-cancel", 2),
+        ("event-R-1", 1),
+    ]
     assert len({e.event_id for e in state.outbox}) == len(state.outbox)
 
 

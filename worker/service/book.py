@@ -573,8 +573,8 @@ class Book:
     def queue_version(self, sku: str) -> int | None:
         return self._store.queue_versions([sku]).get(sku)
 
-    def orders_given(self, cause: str) -> set[str]:
-        return self._store.orders_given(cause)
+    def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
+        return self._store.orders_given(cause, among)
 
     def promise(self, steps: Sequence[PlanStep]) -> None:
         for step in steps:

@@ -322,6 +322,14 @@ def _give_in_steps(
     dated."""
     cause, sku = _receipt_cause(command), command.receipt.sku
     if not plan and decided is not None and len(decided) > 1:
+        # Not the order a fill leaves waiting (the last, whose units run out): promised part of what it wants, its
+        # line would be left out of every other queue whole while the plan lasts, and a receipt meanwhile would
+        # serve the lines behind it first. Its units stay on hand, where the rules give them, to it first, in any
+        # transaction that allocates the SKU meanwhile or else once the plan's last step is given.
+        # (`_steps` puts it after every other order: in the last step.)
+        waiting = {f.backorder.order_id for f in decided[-1] if not f.completes}
+        kept = [f for f in decided[-1] if f.backorder.order_id not in waiting]
+        decided = [*decided[:-1], kept] if kept else decided[:-1]
         steps = [_planned(cause, number, sku, step) for number, step in enumerate(decided, start=1)]
         uow.promise(steps)
         log.info("receipt_planned", sku=sku, cause=cause, steps=len(steps), units=sum(step.units for step in steps))
@@ -352,15 +360,19 @@ def _give_in_steps(
             if not unannounced and index + 1 < len(plan):
                 rest = tuple(decided[index + 1 :]) if decided is not None else None
                 return FillsLeft(command, rest, plan[index + 1].step, size, uow.queue_version(sku), outcome)
-    # A plan's last step given: what is on hand now goes to the SKU's queue by the rules, as a decision of its own:
-    # what lines took less of than they were promised (one cancelled before its step), and what came meanwhile while
-    # every line it would have gone to was promised units (another receipt). The line of this receipt's orders the
-    # plan gave part of what it wants, the first waiting, may get the rest of it, in a shipment of its own. (Given in
-    # the middle of a plan, a part of a line would have had every step left given at once.)
+    # A plan's last step given: what is on hand now goes to the SKU's queue by the rules: the units of the order the
+    # receipt's last fill left waiting (not promised), what lines took less of than they were promised (one
+    # cancelled before its step), and what came meanwhile while every line it would have gone to was promised units
+    # (another receipt, which met none of them). An order the receipt gave units to already (another line of it)
+    # gets them as a decision of its own, in a shipment of its own: one fulfillment request an order of a cause.
+    # (Given in the middle of a plan, a part of a line would have had every step left given at once.)
     rest_cause = receipt_causes(command.receipt.receipt_id)[1]
     after: list[Fill] = []
     if plan and _on_hand(uow, shop, sku, now):
-        after = _give(uow, _decide_fills(uow, [sku], rest_cause, shop, now), rest_cause, shop, now)
+        fills = _decide_fills(uow, [sku], cause, shop, now)
+        given = uow.orders_given(cause, among={f.backorder.order_id for f in fills}) if fills else set()
+        unannounced += _give(uow, [f for f in fills if f.backorder.order_id not in given], cause, shop, now)
+        after = _give(uow, [f for f in fills if f.backorder.order_id in given], rest_cause, shop, now)
     eta_news = _refresh_etas(uow, [sku], cause, shop, now)
     states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced + after}))
     uow.emit(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -258,8 +258,8 @@ class UnitOfWork(Protocol):
         first)."""
         ...
 
-    def orders_given(self, cause: str) -> set[str]:
-        """The orders given units under this cause, as saved so far."""
+    def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
+        """The orders given units under this cause, as saved so far (of `among` only, if given)."""
         ...
 
     def promise(self, steps: Sequence[PlanStep]) -> None:
@@ -503,8 +503,8 @@ class Store(Protocol):
         (`Changes.queue_skus`); a SKU no such save has written yet is left out."""
         ...
 
-    def orders_given(self, cause: str) -> set[str]:
-        """The orders given units under this cause."""
+    def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
+        """The orders given units under this cause (of `among` only, if given)."""
         ...
 
     def plan(self, cause: str) -> list[PlanStep]:

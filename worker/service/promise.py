@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.domain.eta import DatedQueue
@@ -376,8 +376,8 @@ class Snapshot:
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self._store.lines(orders=order_ids)
 
-    def orders_given(self, cause: str) -> set[str]:
-        return self._store.orders_given(cause)
+    def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
+        return self._store.orders_given(cause, among)
 
     def plan(self, cause: str) -> list[PlanStep]:
         return self._store.plan(cause)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -129,7 +129,12 @@ class PostgresStore:
         return dict(rows.fetchall())
 
     @_judged
-    def orders_given(self, cause: str) -> set[str]:
+    def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
+        if among is not None:
+            rows = self._conn.execute(
+                "SELECT DISTINCT order_id FROM allocation WHERE cause = %s AND order_id = ANY(%b)", (cause, list(among))
+            )
+            return {order_id for (order_id,) in rows}
         rows = self._conn.execute("SELECT DISTINCT order_id FROM allocation WHERE cause = %s", (cause,))
         return {order_id for (order_id,) in rows}
 
