@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -154,15 +154,20 @@ class Committing(FakeUnitOfWorkFactory):
         self.commits.append(self.state)  # each transaction commits a new state object: this one stays as it is
 
 
-def placed(factory: FakeUnitOfWorkFactory, orders: int) -> None:
-    """One-line orders O-00, O-01, ... for one unit of SKU-A each, placed a minute apart: they wait."""
+def placed(factory: FakeUnitOfWorkFactory, orders: int, units: int = 1, later: Sequence[tuple[str, int]] = ()) -> None:
+    """One-line orders O-00, O-01, ... for `units` of SKU-A each, placed a minute apart, then the `later` ones (order
+    id, units) from 10:30: they wait."""
     batch = [
         message(
             i,
             "orders",
-            factories.order(f"O-{i:02d}", f"2026-01-10T10:{i:02d}", [("SKU-A", 1)], event_id=f"event-O-{i:02d}"),
+            factories.order(f"O-{i:02d}", f"2026-01-10T10:{i:02d}", [("SKU-A", units)], event_id=f"event-O-{i:02d}"),
         )
         for i in range(orders)
+    ]
+    batch += [
+        message(orders + n, "orders", factories.order(order_id, f"2026-01-10T10:{30 + n:02d}", [("SKU-A", wanted)]))
+        for n, (order_id, wanted) in enumerate(later)
     ]
     assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
 
@@ -371,16 +376,7 @@ def test_units_a_step_no_longer_gives_wait_for_the_last_step() -> None:
     after it still commit one by one (given to O-LATE there, 2 of its 3 would have had every step left given in
     that one transaction); the last step gives them to O-LATE."""
     factory = Committing()
-    batch = [
-        message(
-            i,
-            "orders",
-            factories.order(f"O-{i:02d}", f"2026-01-10T10:{i:02d}", [("SKU-A", 2)], event_id=f"event-O-{i:02d}"),
-        )
-        for i in range(8)
-    ]
-    batch.append(message(8, "orders", factories.order("O-LATE", "2026-01-10T11:00", [("SKU-A", 3)])))
-    assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
+    placed(factory, 8, units=2, later=[("O-LATE", 3)])
 
     first_step = factory.transactions + 1
     between_first_steps(factory, factories.cancellation("O-03"))
@@ -404,13 +400,7 @@ def test_units_a_step_no_longer_gives_wait_for_the_last_step() -> None:
 def part_of_a_line_last(factory: Committing, *more: tuple[str, int]) -> None:
     """O-00 to O-06 wait for one unit of SKU-A each, then O-07 for five (and the `more` orders, each for its units):
     a receipt of 9 fills the first seven and gives O-07 two."""
-    placed(factory, 7)
-    late = [("O-07", 5), *more]
-    batch = [
-        message(7 + n, "orders", factories.order(order_id, f"2026-01-10T10:{30 + n:02d}", [("SKU-A", units)]))
-        for n, (order_id, units) in enumerate(late)
-    ]
-    assert {r.outcome for r in run(factory, batch)} == {Outcome.PROCESSED}
+    placed(factory, 7, later=[("O-07", 5), *more])
 
 
 def test_the_line_a_receipt_gives_part_of_what_it_wants_is_not_promised_and_keeps_its_place() -> None:

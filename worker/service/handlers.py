@@ -366,20 +366,18 @@ def _give_in_steps(
     # (another receipt, which met none of them). An order the receipt gave units to already (another line of it)
     # gets them as a decision of its own, in a shipment of its own: one fulfillment request an order of a cause.
     # (Given in the middle of a plan, a part of a line would have had every step left given at once.)
-    rest_cause = receipt_causes(command.receipt.receipt_id)[1]
-    after: list[Fill] = []
+    by_cause = [(cause, unannounced)]
     if plan and _on_hand(uow, shop, sku, now):
         fills = _decide_fills(uow, [sku], cause, shop, now)
         given = uow.orders_given(cause, among={f.backorder.order_id for f in fills}) if fills else set()
         unannounced += _give(uow, [f for f in fills if f.backorder.order_id not in given], cause, shop, now)
-        after = _give(uow, [f for f in fills if f.backorder.order_id in given], rest_cause, shop, now)
+        if again := [f for f in fills if f.backorder.order_id in given]:
+            rest_cause = receipt_causes(command.receipt.receipt_id)[1]
+            by_cause.append((rest_cause, _give(uow, again, rest_cause, shop, now)))
     eta_news = _refresh_etas(uow, [sku], cause, shop, now)
-    states = _by_order(uow.order_lines({f.backorder.order_id for f in unannounced + after}))
-    uow.emit(
-        _announce_fills(cause, command.event_id, unannounced, states, uow, shop, now)
-        + _announce_fills(rest_cause, command.event_id, after, states, uow, shop, now)
-        + eta_news
-    )
+    states = _by_order(uow.order_lines({f.backorder.order_id for _, fills in by_cause for f in fills}))
+    announced = [_announce_fills(c, command.event_id, fills, states, uow, shop, now) for c, fills in by_cause]
+    uow.emit([event for events in announced for event in events] + eta_news)
     return outcome
 
 

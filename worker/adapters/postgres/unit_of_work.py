@@ -130,12 +130,10 @@ class PostgresStore:
 
     @_judged
     def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
-        if among is not None:
-            rows = self._conn.execute(
-                "SELECT DISTINCT order_id FROM allocation WHERE cause = %s AND order_id = ANY(%b)", (cause, list(among))
-            )
-            return {order_id for (order_id,) in rows}
-        rows = self._conn.execute("SELECT DISTINCT order_id FROM allocation WHERE cause = %s", (cause,))
+        where, params = (
+            ("cause = %s", (cause,)) if among is None else ("cause = %s AND order_id = ANY(%b)", (cause, list(among)))
+        )
+        rows = self._conn.execute(f"SELECT DISTINCT order_id FROM allocation WHERE {where}", params)
         return {order_id for (order_id,) in rows}
 
     @_judged
