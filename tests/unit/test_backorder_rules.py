@@ -329,6 +329,37 @@ def test_a_release_brought_forward_or_withdrawn_serves_what_was_held_at_once() -
         assert uow.available("NEW") == 0
 
 
+def test_a_release_withdrawn_after_it_came_serves_what_was_held_at_once() -> None:
+    # The release came an hour ago, and no sweep has served what was held yet: the product's policy without a
+    # release date no longer holds anything, and nothing would serve those units but the SKU's next event.
+    uow = preorder_world()
+    after = dt.datetime(2026, 2, 1, 1, tzinfo=dt.UTC)
+    run(uow, factories.policy("NEW", "2026-02-01T00:30", available_from=None), now=after)
+    assert shipped(uow) == [("std", 2), ("vip", 1)]
+    assert uow.available("NEW") == 0
+
+
+def test_a_date_moved_twice_under_one_cause_is_told_twice() -> None:
+    # A receipt before the release of a product with a lead time moves the date of the order behind the one it is
+    # for; consumed again after the release (no sweep in between), it gives its held unit, and that order's date
+    # moves again under the same cause: the second notice is not the first one's again (which the outbox would
+    # keep instead), and the date the worker holds as told is the one the customer was told last.
+    uow = FakeUnitOfWork()
+    release = (NOW + dt.timedelta(days=6)).date()
+    run(uow, factories.policy("P", lead_time_days=10, available_from=release))
+    run(uow, factories.order("X", "2026-01-20T12:00", [("P", 1)]))
+    run(uow, factories.order("Y", "2026-01-20T12:01", [("P", 1)]))
+    receipt = factories.receipt("R-1", "P", 1, "2026-01-25T12:00")
+    run(uow, receipt, now=NOW + dt.timedelta(days=5))  # held
+    run(uow, receipt, now=NOW + dt.timedelta(days=12))  # the same message again, after the release
+
+    assert shipped(uow) == [("X", 1)]
+    moved = notices(uow, "Y", NotificationType.BACKORDER_ETA_CHANGED)
+    assert [n.expected_ship_date for n in moved] == [dt.date(2026, 2, 5), dt.date(2026, 2, 12)]
+    assert len({n.event_id for n in moved}) == 2
+    assert uow.state.told["Y"] == dt.date(2026, 2, 12)
+
+
 def test_the_sweep_in_bounded_transactions_releases_too() -> None:
     factory = FakeUnitOfWorkFactory(preorder_world().state)
     sent = sweep_once(factory, SHOP, dt.datetime(2026, 2, 1, 6, tzinfo=dt.UTC), wait=True)

@@ -25,7 +25,8 @@ from tests.unit.test_allocation import backorder
 from tests.unit.test_batch import NOW, message, run
 from worker.domain.allocation import ShipCompleteMode, allocate
 from worker.domain.eta import EtaRules
-from worker.domain.events import FulfillmentRequested
+from worker.domain.events import CustomerNotification, FulfillmentRequested, NotificationType
+from worker.domain.model import CancelReason
 from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.domain.priority import PriorityRules
 from worker.service import handlers
@@ -459,6 +460,36 @@ def test_a_product_held_again_between_two_steps_keeps_their_units_on_hand() -> N
     assert state.policies["SKU-A"].policy.available_from == (NOW + dt.timedelta(days=30)).date()
     assert allocated(state) == [f"O-{i:02d}" for i in range(4)]
     assert (state.available["SKU-A"], state.promised, state.plans) == (6, {}, {})
+
+
+def test_a_sweep_between_two_steps_leaves_the_lines_promised_units_alone() -> None:
+    """12 orders for a product whose backorders go stale after 10 days, a receipt of 10 in steps of 4, and a sweep
+    between its first two steps, when every waiting line is stale and due a status update: the lines the plan
+    promises units to (O-04 to O-09) are neither cancelled nor told they still await inventory; the two the receipt
+    leaves waiting are cancelled as stale."""
+    factory = Committing()
+    with factory() as uow:
+        handle_record(uow, factories.policy("SKU-A", stale_after_days=10), ShopPolicy(), NOW)
+    placed(factory, 12)
+    at = factory.transactions + 3  # the receipt's own, its first step, then the sweep
+
+    def sweep(transaction: int) -> None:
+        if transaction == at:
+            assert factory.state.promised == {"SKU-A": 6}
+            swept = NOW + dt.timedelta(days=1)  # 11 days after the orders were placed
+            assert handlers.sweep_once(lambda: FakeUnitOfWorkFactory.__call__(factory), ShopPolicy(), swept, wait=True)
+
+    factory.between = sweep
+    receipt = [message(12, "receipts", factories.receipt("R-1", "SKU-A", 10))]
+    assert [r.outcome for r in run(factory, receipt, lines_per_transaction=4)] == [Outcome.PROCESSED]
+
+    state = factory.state
+    assert allocated(state) == [f"O-{i:02d}" for i in range(10)]
+    cancelled = {order_id: line.cancel_reason for (order_id, _), line in state.lines.items() if line.cancel_reason}
+    assert cancelled == {"O-10": CancelReason.STALE, "O-11": CancelReason.STALE}
+    notified = {(e.order_id, e.type) for e in state.outbox if isinstance(e, CustomerNotification)}
+    assert {order_id for order_id, kind in notified if kind is NotificationType.BACKORDER_STATUS_UPDATE} == set()
+    assert (state.available["SKU-A"], state.promised, state.plans) == (0, {}, {})
 
 
 def test_a_step_that_fails_stops_the_steps_and_leaves_the_rest_on_hand(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -834,6 +834,15 @@ class Book:
         waiting = (line for line in self._lines.values() if line.waiting)
         return sorted(waiting, key=lambda line: (line.order_id, line.line_id))
 
+    def unpromised(self, lines: Iterable[OrderLineState]) -> list[OrderLineState]:
+        lines = list(lines)
+        promised = {key for keys in self._store.promised(sorted({line.sku for line in lines})).values() for key in keys}
+        for step in self._plans_taken.values():  # taken here: in the store until this transaction saves
+            promised.difference_update((order_id, line_id) for order_id, line_id, _ in self.step_lines(step))
+        for step in self._plans_added.values():  # promised here: not in the store yet
+            promised.update((order_id, line_id) for order_id, line_id, _ in step.lines or ())
+        return [line for line in lines if (line.order_id, line.line_id) not in promised]
+
     def claim_status_update(self, order_id: str, step: int) -> bool:
         if (order_id, step) not in self._claimed:
             self._claimed.update(dict.fromkeys(self._store.status_updates([order_id]), False))

@@ -522,7 +522,7 @@ def sweep_once(
     with unit_of_work() as uow:
         if not uow.lock_sweep(wait):
             return None
-        waiting = uow.all_waiting_lines()
+        waiting = _awaiting_stock(uow, uow.all_waiting_lines())
         released = _released_skus(uow, shop, as_of, waiting)
         stale = sorted(_stale_lines(uow, shop, as_of, waiting))
         orders = sorted({line.order_id for line in waiting})
@@ -565,8 +565,8 @@ def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[Outboun
     step in the database, so none is ever sent twice.
     """
     events = _release_held_stock(uow, shop, as_of, _released_skus(uow, shop, as_of, uow.all_waiting_lines()))
-    events += _cancel_stale(uow, shop, as_of, uow.all_waiting_lines())
-    events += _send_status_updates(uow, shop, as_of, uow.all_waiting_lines())
+    events += _cancel_stale(uow, shop, as_of, _awaiting_stock(uow, uow.all_waiting_lines()))
+    events += _send_status_updates(uow, shop, as_of, _awaiting_stock(uow, uow.all_waiting_lines()))
     uow.emit(events)
     return events
 
@@ -602,13 +602,19 @@ def _release_held_stock(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, s
 def _cancel_stale_of(
     uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, order_ids: list[str]
 ) -> list[OutboundEvent]:
-    return _cancel_stale(uow, shop, as_of, [line for line in uow.order_lines(order_ids) if line.waiting])
+    return _cancel_stale(uow, shop, as_of, _awaiting_stock(uow, uow.order_lines(order_ids)))
 
 
 def _send_status_updates_of(
     uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, order_ids: list[str]
 ) -> list[OutboundEvent]:
-    return _send_status_updates(uow, shop, as_of, [line for line in uow.order_lines(order_ids) if line.waiting])
+    return _send_status_updates(uow, shop, as_of, _awaiting_stock(uow, uow.order_lines(order_ids)))
+
+
+def _awaiting_stock(uow: UnitOfWork, lines: Iterable[OrderLineState]) -> list[OrderLineState]:
+    """The lines that wait for stock still: not those a deep receipt's plan promises units to (given within seconds,
+    step by step), which the sweep neither cancels as stale nor tells they are still awaiting inventory."""
+    return uow.unpromised(line for line in lines if line.waiting)
 
 
 def _stale_lines(
@@ -672,13 +678,13 @@ def _send_status_updates(
 def set_product_policy(command: SetProductPolicy, uow: UnitOfWork, shop: ShopPolicy, now: dt.datetime) -> Outcome:
     if not _first_time(uow, command):
         return Outcome.DUPLICATE
-    was_held = held_until(_policy(uow, shop, command.sku), now) is not None
     kept = uow.set_policy(command.sku, command.policy, command.decided_at, command.event_id)
     if kept:
         cause = f"product-policy/{command.event_id}"
         events: list[OutboundEvent] = []
-        if was_held and held_until(command.policy, now) is None:
-            # The release was brought forward to today or withdrawn: what was held meets the queue now.
+        if uow.available(command.sku) and held_until(command.policy, now) is None:
+            # What was held meets the queue now: the release was brought forward to today or withdrawn, or it came
+            # and no sweep has served what it held yet (a sweep serves the held units of a product with a release date).
             events += _allocate_and_announce(uow, [command.sku], cause, command.event_id, shop, now)
         # A new lead time (or release) moves the dates of what waits beyond the expected restocks.
         uow.emit(events + _refresh_etas(uow, [command.sku], cause, shop, now))
@@ -1192,8 +1198,15 @@ def _notification(
     reason: str | None = None,
     expected_ship_date: dt.date | None = None,
 ) -> CustomerNotification:
+    # An expected date's notice is named by the date as well: one cause may move an order's date twice (a receipt
+    # consumed again after its release, its held units given then), and the second move is news too.
+    dated = (
+        (expected_ship_date.isoformat(),)
+        if kind is NotificationType.BACKORDER_ETA_CHANGED and expected_ship_date
+        else ()
+    )
     return CustomerNotification(
-        event_id=event_id("customer-notification", cause, line.order_id, kind),
+        event_id=event_id("customer-notification", cause, line.order_id, kind, *dated),
         occurred_at=now,
         order_id=line.order_id,
         customer_id=line.customer_id,

@@ -313,6 +313,10 @@ class UnitOfWork(Protocol):
         """Every line that waits for units or holds them, for the time-driven sweep."""
         ...
 
+    def unpromised(self, lines: Iterable[OrderLineState]) -> list[OrderLineState]:
+        """Those of `lines` that no receipt's plan promises units to (as this transaction leaves the plans)."""
+        ...
+
     def claim_status_update(self, order_id: str, step: int) -> bool:
         """True the first time this step of this order is claimed, ever."""
         ...
