@@ -139,6 +139,26 @@ def test_status_updates_are_sent_once_per_step() -> None:
     assert [n.reason.split(":")[0] for n in updates if n.reason] == ["day 7", "day 14", "day 21"]
 
 
+def test_a_status_update_tells_the_date_the_rules_give_on_its_day() -> None:
+    # The date rests on a purchase order due in three days that never comes, and nothing else happens to the SKU: by
+    # the day-7 update that date has passed. The sweep dates the queue again first, as an event on it would: the
+    # customer is told the new date once, and the update says the same.
+    uow = FakeUnitOfWork()
+    run(uow, restock("PO-1", 5, dt.date(2026, 2, 4)))
+    run(uow, factories.order("O", "2026-02-01T12:00", [("SKU", 1)]))
+    [confirmed] = notices(uow, NotificationType.BACKORDER_CONFIRMED)
+    day_7 = NOW + dt.timedelta(days=7, hours=1)
+    assert confirmed.expected_ship_date is not None and confirmed.expected_ship_date < day_7.date()
+
+    sweep(uow, SHOP, day_7)
+    sweep(uow, SHOP, day_7 + dt.timedelta(hours=1))
+    [moved] = notices(uow, NotificationType.BACKORDER_ETA_CHANGED)
+    [update] = notices(uow, NotificationType.BACKORDER_STATUS_UPDATE)
+    assert moved.expected_ship_date is not None and moved.expected_ship_date > day_7.date()
+    assert update.expected_ship_date == moved.expected_ship_date == uow.state.told["O"]
+    assert uow.state.lines[("O", "L1")].expected_ship_date == moved.expected_ship_date
+
+
 def backlog(orders: int) -> FakeState:
     """`orders` waiting orders: every third one of an SKU whose backorders go stale after 30 days and
     placed long ago, the others due for a status update a week after NOW."""

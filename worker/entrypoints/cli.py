@@ -331,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     which = decisions.add_mutually_exclusive_group(required=True)
     which.add_argument("--order")
     which.add_argument("--sku")
-    sweep = sub.add_parser("sweep", help="send the status updates due and cancel stale backorders, now or as of a time")
+    sweep = sub.add_parser(
+        "sweep",
+        help="the time-driven work (releases, stale backorders, passed dates, status updates), now or as of a time",
+    )
     sweep.add_argument(
         "--as-of",
         type=dt.datetime.fromisoformat,

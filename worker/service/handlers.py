@@ -513,7 +513,8 @@ def sweep_once(
     The orders waiting when it begins are swept `orders_per_transaction` at a time, each chunk committed
     and reported to `on_progress` (so a supervisor sees a long sweep progress): first the pre-order products
     whose release has come (as many SKUs at a time) have their held units meet their queues, then the stale
-    cancellations, then the status updates due. Every chunk takes the sweep lock again (it ends with its
+    cancellations, then the queues with an expected date that has passed are dated again, then the status updates
+    due. Every chunk takes the sweep lock again (it ends with its
     transaction) and re-reads its orders under it, so two sweeps take turns chunk by chunk: a line the
     other one cancelled no longer waits, and a status update is claimed once ever. A sweep that finds the
     lock taken between its chunks (and may not wait) stops there: the other sweep, begun later, covers the rest;
@@ -525,6 +526,7 @@ def sweep_once(
         waiting = _awaiting_stock(uow, uow.all_waiting_lines())
         released = _released_skus(uow, shop, as_of, waiting)
         stale = sorted(_stale_lines(uow, shop, as_of, waiting))
+        passed = _dates_passed(waiting, as_of)
         orders = sorted({line.order_id for line in waiting})
     if on_progress is not None:
         on_progress()
@@ -532,6 +534,7 @@ def sweep_once(
     steps: tuple[tuple[SweepStep, list[str]], ...] = (
         (_release_held_stock, released),
         (_cancel_stale_of, stale),
+        (_date_again, passed),
         (_send_status_updates_of, orders),
     )
     for work, keys in steps:
@@ -558,14 +561,15 @@ def sweep_once(
 
 
 def sweep(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime) -> list[OutboundEvent]:
-    """The time-driven work at `as_of` in one transaction: cancel stale backorders, then send the status
-    updates due.
+    """The time-driven work at `as_of` in one transaction: serve what pre-order releases hold, cancel stale
+    backorders, date again the queues whose dates have passed, then send the status updates due.
 
     The caller holds the sweep lock (one sweep at a time); a status update is claimed per order and
     step in the database, so none is ever sent twice.
     """
     events = _release_held_stock(uow, shop, as_of, _released_skus(uow, shop, as_of, uow.all_waiting_lines()))
     events += _cancel_stale(uow, shop, as_of, _awaiting_stock(uow, uow.all_waiting_lines()))
+    events += _date_again(uow, shop, as_of, _dates_passed(_awaiting_stock(uow, uow.all_waiting_lines()), as_of))
     events += _send_status_updates(uow, shop, as_of, _awaiting_stock(uow, uow.all_waiting_lines()))
     uow.emit(events)
     return events
@@ -597,6 +601,22 @@ def _release_held_stock(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, s
         events += _allocate_and_announce(uow, [sku], cause, cause, shop, as_of)
         events += _refresh_etas(uow, [sku], cause, shop, as_of)
     return events
+
+
+def _dates_passed(waiting: Iterable[OrderLineState], as_of: dt.datetime) -> list[str]:
+    """The SKUs of `waiting` lines whose expected ship date has passed by `as_of`: no event has dated their queue
+    since (a lead time counts from when a queue is dated)."""
+    today = as_of.date()
+    return sorted(
+        {line.sku for line in waiting if line.expected_ship_date is not None and line.expected_ship_date < today}
+    )
+
+
+def _date_again(uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, skus: list[str]) -> list[OutboundEvent]:
+    """The queues of `skus` dated as of `as_of`, as an event on them would, and the customers for whom that is news
+    told (the events are returned, not emitted): so a status update never tells a date that has passed."""
+    uow.lock_stock(skus)
+    return _refresh_etas(uow, skus, f"dates/{as_of.isoformat()}", shop, as_of)  # one sweep, one cause
 
 
 def _cancel_stale_of(
