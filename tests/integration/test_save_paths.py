@@ -184,3 +184,18 @@ def test_a_receipt_saved_in_steps_writes_what_one_save_writes(deployment: Deploy
     assert stepped == whole
     partly = [line for line in whole["order_line"] if line[0] == "O-3"]
     assert [(line[8], line[13], line[16] is not None) for line in partly] == [(1, "PARTIALLY_ALLOCATED", True)]
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_a_sku_holds_more_units_on_hand_than_four_bytes_count(deployment: Deployment) -> None:
+    """Units on hand add up receipt after receipt while nobody waits for them: past 2,147,483,647 a receipt is
+    still saved (it was refused as out of range, and dead-lettered)."""
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, conn.transaction(force_rollback=True):
+        conn.execute(
+            "INSERT INTO stock_level (sku, available, received_total) VALUES ('SKU-WIDE', 2147000000, 2147000000)"
+        )
+        book = Book(PostgresStore(conn, serialize, "dlq"))
+        handle_record(book, factories.receipt("R-WIDE", "SKU-WIDE", 1_000_000), SHOP, factories.at("2026-01-20"))
+        book.save()
+        row = conn.execute("SELECT available, received_total FROM stock_level WHERE sku = 'SKU-WIDE'").fetchone()
+        assert row == (2_148_000_000, 2_148_000_000)

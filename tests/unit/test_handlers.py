@@ -66,6 +66,22 @@ def test_an_order_in_stock_ships_at_once_without_a_backorder_notice() -> None:
     assert uow.available("SKU") == 6
 
 
+def test_a_shipment_id_sent_back_in_another_spelling_is_that_shipment_once() -> None:
+    # A warehouse system may write the id in upper case, or in braces (.NET's default): the shipment is found by
+    # its value, as PostgreSQL finds it, and the same dispatch in the first spelling after it is its duplicate.
+    uow = world()
+    run(uow, factories.receipt("R-1", "SKU", 5))
+    run(uow, factories.order("O-1", "2026-01-10", [("SKU", 2)]))
+    [request] = of(uow, FulfillmentRequested)
+    dispatch = factories.shipment("O-1", "{" + request.shipment_id.upper() + "}")
+
+    assert run(uow, dispatch) is Outcome.PROCESSED
+    assert run(uow, {**dispatch, "event_id": "again", "shipment_id": request.shipment_id}) is Outcome.DUPLICATE
+    assert uow.state.lines[("O-1", "L1")].status is LineStatus.SHIPPED
+    [told] = [n for n in of(uow, CustomerNotification) if n.type is NotificationType.ORDER_SHIPPED]
+    assert [(line.line_id, line.quantity) for line in told.lines] == [("L1", 2)]
+
+
 def test_an_order_partly_in_stock_ships_what_is_there_and_confirms_the_rest() -> None:
     uow = world("SKU", "OTHER")
     run(uow, factories.receipt("R-1", "SKU", 3))
@@ -275,6 +291,18 @@ def test_a_cancellation_before_its_order_is_kept_and_applied_when_the_order_arri
     assert shipped(uow) == []
     assert uow.state.lines[("early", "L1")].status is LineStatus.CANCELLED
     assert uow.available("SKU") == 5
+
+
+def test_two_cancellations_before_their_order_at_the_same_moment_merge_the_same_way_whatever_came_first() -> None:
+    # The reason of the first asked for, and of the same moment the one with the smaller event id (as PostgreSQL
+    # reads them back): not whichever the store happened to return first.
+    for first, second in (("event-b", "event-a"), ("event-a", "event-b")):
+        uow = world()
+        reasons = {"event-a": "FRAUD_SUSPECTED", "event-b": "CUSTOMER_REQUEST"}
+        for event in (first, second):
+            run(uow, {**cancel("early", reason=reasons[event]), "event_id": event})
+        run(uow, factories.order("early", "2026-01-10", [("SKU", 2)]))
+        assert uow.state.lines[("early", "L1")].cancel_reason is CancelReason.FRAUD_SUSPECTED
 
 
 def test_a_cancellation_of_a_line_the_order_does_not_have_is_answered_unknown_line() -> None:

@@ -559,7 +559,9 @@ class Book:
             return None
         self._put(self._pending, order_id, ())
         self._put(self._pending_applied, order_id, None)
-        return merge_cancellations([row.cancellation for row in rows])
+        # in the order of their event ids before they are merged in order of time: of the same moment, the reason
+        # kept is the same whatever order the store read them in (PostgreSQL's is none in particular)
+        return merge_cancellations([row.cancellation for row in sorted(rows, key=lambda row: row.event_id)])
 
     def add_pending_cancellation(self, cancellation: Cancellation, event_id: str) -> None:
         self._load_pending([cancellation.order_id])

@@ -354,12 +354,14 @@ def expect_restock(record: Record) -> ExpectRestock:
 
 
 def dispatch_shipment(record: Record) -> DispatchShipment:
-    shipment = _identifier(record, "shipment_id")
+    given = _identifier(record, "shipment_id")
     try:
-        uuid.UUID(shipment)
+        # In the spelling fulfillment-requested gave it (a warehouse may send it back in upper case, or in braces):
+        # the shipment found, the fact remembered and the ids of what it causes are the same whatever the spelling.
+        shipment = str(uuid.UUID(given))
     except ValueError:
         raise InvalidEvent(
-            f"shipment_id must be a shipment id from fulfillment-requested, got {quote(shipment)}"
+            f"shipment_id must be a shipment id from fulfillment-requested, got {quote(given)}"
         ) from None
     return DispatchShipment(
         event_id=_identifier(record, "event_id"),
@@ -369,7 +371,7 @@ def dispatch_shipment(record: Record) -> DispatchShipment:
         tracking_number=_identifier(record, "tracking_number"),
         estimated_delivery=_optional_date(record, "estimated_delivery"),
         dispatched_at=_aware(record["occurred_at"], "occurred_at"),
-        content_hash=content_hash(record),
+        content_hash=content_hash({**record, "shipment_id": shipment}),
     )
 
 

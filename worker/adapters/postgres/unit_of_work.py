@@ -296,7 +296,8 @@ class PostgresStore:
     def deliveries(self, supplier_ids: Sequence[str], last: int) -> list[Delivery]:
         rows = self._conn.execute(
             """SELECT receipt_id, supplier_id, purchase_order_id, sku, expected_date, received_on FROM (
-                   SELECT *, row_number() OVER (PARTITION BY supplier_id ORDER BY received_on DESC, receipt_id) AS n
+                   SELECT *, row_number() OVER (PARTITION BY supplier_id
+                                                ORDER BY received_on DESC, receipt_id COLLATE "C") AS n
                    FROM supplier_delivery WHERE supplier_id = ANY(%b)) AS recent
                WHERE n <= %s""",
             (list(supplier_ids), last),
@@ -764,7 +765,8 @@ def _statements(c: Changes, new_ids: set[str]) -> Iterator[tuple[str, tuple[Any,
         yield (
             """UPDATE stock_level s SET available = f.available, received_total = s.received_total + f.received,
                    promised = s.promised + f.promised, updated_at = now()
-               FROM unnest(%b::text[], %b::int[], %b::bigint[], %b::int[]) AS f(sku, available, received, promised)
+               FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
+                    AS f(sku, available, received, promised)
                WHERE s.sku = f.sku""",
             (skus, [c.stock[s][0] for s in skus], [c.stock[s][1] for s in skus], [c.stock[s][2] for s in skus]),
         )
