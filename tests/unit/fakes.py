@@ -32,6 +32,7 @@ from worker.service.ports import (
     PlanStep,
     SkuBacklog,
     StateFigures,
+    StoreRefused,
     StoreUnavailable,
     UnitOfWork,
     Wanted,
@@ -61,6 +62,8 @@ class FakeState:
     queue_versions: dict[str, int] = field(default_factory=dict)
     promised: dict[str, int] = field(default_factory=dict)
     plans: dict[tuple[str, int], PlanStep] = field(default_factory=dict)
+    receipts: set[str] = field(default_factory=set)
+    dispatched: set[str] = field(default_factory=set)
 
 
 class MemoryStore:
@@ -192,6 +195,7 @@ class MemoryStore:
         return True
 
     def save(self, changes: Changes) -> None:
+        self._refuse_what_postgresql_refuses(changes)
         state = self.state
         for key in changes.facts_unclaimed:
             del state.facts[key]
@@ -218,6 +222,8 @@ class MemoryStore:
         for taken in changes.plans_taken:
             del state.plans[taken]
         state.shipments += changes.allocations
+        state.receipts.update(receipt.receipt_id for receipt, _ in changes.receipts)
+        state.dispatched.update(dispatch.shipment_id for dispatch in changes.dispatches)
         for policy in changes.policies:
             state.policies[policy.sku] = policy
         for restock in changes.restocks:
@@ -231,6 +237,21 @@ class MemoryStore:
         state.outbox += [event for event, _ in changes.events]
         for sku in changes.queue_skus:
             state.queue_versions[sku] = state.queue_versions.get(sku, 0) + 1
+
+    def _refuse_what_postgresql_refuses(self, changes: Changes) -> None:
+        """The keys the schema holds unique, refused as PostgreSQL refuses them (before anything is written), so
+        that a defect that writes one twice fails here as it would in production."""
+        state = self.state
+
+        def once(kind: str, keys: Sequence[object], kept: Collection[object]) -> None:
+            if again := [key for key in keys if key in kept] or [k for k, n in Counter(keys).items() if n > 1]:
+                raise StoreRefused(f"UniqueViolation: {kind} {again[0]} again")
+
+        once("order_line", [(line.order_id, line.line_id) for line in changes.new_lines], state.lines)
+        given = {(d.cause, d.order_id, d.line_id) for d, _ in state.shipments}
+        once("allocation", [(d.cause, d.order_id, d.line_id) for d, _ in changes.allocations], given)
+        once("stock_receipt", [receipt.receipt_id for receipt, _ in changes.receipts], state.receipts)
+        once("shipment_dispatch", [dispatch.shipment_id for dispatch in changes.dispatches], state.dispatched)
 
 
 class FakeUnitOfWork(Book):
