@@ -82,9 +82,10 @@ def test_same_key_with_different_content_is_a_conflict(deployment: Deployment) -
 
 def test_an_event_the_database_cannot_apply_is_dead_lettered_alone(deployment: Deployment) -> None:
     deployment.start_worker()
-    # Receipts within the input limits, two of which overflow the stock ledger's integer column on this stock.
-    near_max = 2**31 - 1 - 1_500_000
-    deployment.query("INSERT INTO stock_level (sku, available) VALUES ('BIG', %s) RETURNING sku", near_max)
+    # Receipts within the input limits, two of which overflow the stock ledger's count of units received (eight
+    # bytes) on this stock.
+    near_max = 2**63 - 1 - 1_500_000
+    deployment.query("INSERT INTO stock_level (sku, received_total) VALUES ('BIG', %s) RETURNING sku", near_max)
     huge = 1_000_000
     deployment.produce("inventory-received", factories.receipt("R-A", "BIG", huge))
     deployment.produce("inventory-received", factories.receipt("R-B", "BIG", huge))
@@ -95,7 +96,9 @@ def test_an_event_the_database_cannot_apply_is_dead_lettered_alone(deployment: D
     assert b"out of range" in dead.headers["dlq.error.message"]
     wait_for("the receipt after it", lambda: deployment.query("SELECT count(*) FROM stock_receipt")[0][0] == 2)
     assert deployment.query("SELECT receipt_id FROM stock_receipt ORDER BY 1") == [("R-A",), ("R-C",)]
-    assert deployment.query("SELECT available FROM stock_level WHERE sku = 'BIG'") == [(near_max + huge + 5,)]
+    assert deployment.query("SELECT available, received_total FROM stock_level WHERE sku = 'BIG'") == [
+        (huge + 5, near_max + huge + 5)
+    ]
 
 
 def _raw_dead_letters(
