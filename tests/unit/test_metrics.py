@@ -1,7 +1,9 @@
-"""The relay's round histograms: a round's values at once, the same figures as one by one; the group protocol."""
+"""The relay's round histograms: a round's values at once, the same figures as one by one; the group protocol; the
+consumer lag of the partitions consumed."""
 
 from __future__ import annotations
 
+import json
 import math
 
 from hypothesis import given, settings
@@ -45,3 +47,27 @@ def test_the_group_protocol_a_worker_consumes_with_is_served_as_an_info_series()
     served = generate_latest(metrics.registry).decode()
     assert "# TYPE backorder_group_info gauge" in served
     assert 'backorder_group_info{protocol="consumer"} 1.0' in served
+
+
+def stats(**lags: int) -> str:
+    """librdkafka's statistics of the `orders` topic: each partition's consumer lag (-1: not consumed here)."""
+    partitions = {partition.removeprefix("p"): {"consumer_lag": lag} for partition, lag in lags.items()}
+    return json.dumps({"topics": {"orders": {"partitions": {"-1": {"consumer_lag": -1}, **partitions}}}})
+
+
+def test_a_partition_no_longer_consumed_here_leaves_the_lag_gauge() -> None:
+    metrics = Metrics(CollectorRegistry())
+
+    def lag(partition: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "backorder_consumer_lag_messages", {"topic": "orders", "partition": partition}
+        )
+
+    metrics.consumer_statistics(stats(p0=5000, p1=3))
+    assert (lag("0"), lag("1")) == (5000, 3)
+    metrics.consumer_statistics(stats(p0=-1, p1=4))  # partition 0 revoked: reported, not consumed
+    assert (lag("0"), lag("1")) == (None, 4)
+    metrics.consumer_statistics(stats(p1=2))  # and no longer reported at all
+    assert (lag("0"), lag("1")) == (None, 2)
+    metrics.consumer_statistics(stats())
+    assert lag("1") is None

@@ -265,6 +265,7 @@ class Metrics:
             ["topic", "partition"],
             registry=self.registry,
         )
+        self._lag_labels: set[tuple[str, str]] = set()
         self.publish_delay = RoundHistogram(
             "backorder_outbox_publish_delay_seconds",
             "From the decision (outbox row written) to Kafka's acknowledgement",
@@ -289,16 +290,24 @@ class Metrics:
         self.group.info({"protocol": protocol})
 
     def consumer_statistics(self, stats_json: str) -> None:
-        """librdkafka's statistics callback: the consumer lag of each assigned partition."""
+        """librdkafka's statistics callback: the consumer lag of each partition consumed. A partition no longer
+        consumed here (revoked, lost) leaves the gauge: its last lag would stay beside its new owner's, and the
+        group's sum would count it twice."""
         try:
             stats = json.loads(stats_json)
         except ValueError:
             return
-        for topic, data in stats.get("topics", {}).items():
-            for partition, p in data.get("partitions", {}).items():
-                lag = p.get("consumer_lag", -1)
-                if partition != "-1" and lag >= 0:
-                    self.consumer_lag.labels(topic, partition).set(lag)
+        lags = {
+            (topic, partition): lag
+            for topic, data in stats.get("topics", {}).items()
+            for partition, p in data.get("partitions", {}).items()
+            if partition != "-1" and (lag := p.get("consumer_lag", -1)) >= 0
+        }
+        for labels in self._lag_labels - lags.keys():
+            self.consumer_lag.remove(*labels)
+        for labels, lag in lags.items():
+            self.consumer_lag.labels(*labels).set(lag)
+        self._lag_labels = set(lags)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         def in_use() -> float:
