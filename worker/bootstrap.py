@@ -247,7 +247,15 @@ def run_worker(settings: Settings) -> None:
             wake_relay = relay.wake.set if relay is not None else None
 
             def sweep_until_stopped() -> None:
-                _sweep_forever(stop_sweeps, factory, shop, settings.sweep_interval_seconds, wake_relay, sweep_beat)
+                _sweep_forever(
+                    stop_sweeps,
+                    factory,
+                    shop,
+                    settings.sweep_interval_seconds,
+                    wake_relay,
+                    sweep_beat,
+                    on_failure=metrics.sweep_failed,
+                )
 
             sweeper = threading.Thread(
                 target=supervisor.run_supervised("sweep", sweep_beat, sweep_until_stopped),
@@ -369,6 +377,7 @@ def _sweep_forever(
     interval_s: float,
     on_events: Callable[[], None] | None,
     heartbeat: Heartbeat | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> None:
     """The time-driven work (status updates, stale backorders), one instance at a time across the group.
 
@@ -379,12 +388,16 @@ def _sweep_forever(
         if beat is not None:
             beat()
         try:
-            sent = sweep_once(factory, shop, utc_now(), wait=False, on_progress=beat, until=stop.is_set)
+            sent = sweep_once(
+                factory, shop, utc_now(), wait=False, on_progress=beat, until=stop.is_set, on_failure=on_failure
+            )
         except StoreUnavailable as exc:
             log.warning("sweep_postponed", error=str(exc))
             continue
         except Exception:  # the next sweep may succeed; the consumer must go on meanwhile
             log.exception("sweep_failed")
+            if on_failure is not None:
+                on_failure("listing")
             continue
         if sent:
             log.info("swept", events=sent)

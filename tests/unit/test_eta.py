@@ -253,8 +253,11 @@ def test_a_held_line_does_not_hide_the_date_of_the_rest_of_its_order() -> None:
 def test_a_sweep_transaction_that_fails_is_skipped_and_the_rest_of_the_sweep_goes_on() -> None:
     as_of, already, _, store = swept_both_ways()
     store.refuse = lambda name: name == "OLD"  # every stale cancellation fails (it locks the stale SKU)
+    failed: list[str] = []
 
-    sent = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4)
+    sent = sweep_once(store, SHOP, as_of, wait=False, orders_per_transaction=4, on_failure=failed.append)
+
+    assert failed == ["stale"] * 3  # 10 stale orders, 4 a transaction: each reported, under its step
 
     updates = [e for e in store.state.outbox[already:] if isinstance(e, CustomerNotification)]
     assert sent == len(store.state.outbox) - already

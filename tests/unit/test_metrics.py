@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from tests import examples
 from worker.adapters.metrics import _BATCH_BUCKETS, Metrics, RoundHistogram
+from worker.service.handlers import SWEEP_STEPS
 
 BOUNDS = (*_BATCH_BUCKETS, math.inf)
 values = st.lists(
@@ -71,3 +72,13 @@ def test_a_partition_no_longer_consumed_here_leaves_the_lag_gauge() -> None:
     assert (lag("0"), lag("1")) == (None, 2)
     metrics.consumer_statistics(stats())
     assert lag("1") is None
+
+
+def test_every_step_of_the_sweep_counts_its_failures_from_0() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.sweep_failed("dates")
+    counted = {
+        step: metrics.registry.get_sample_value("backorder_sweep_failures_total", {"step": step})
+        for step in SWEEP_STEPS
+    }
+    assert counted == {"listing": 0, "release": 0, "stale": 0, "dates": 1, "status_updates": 0}

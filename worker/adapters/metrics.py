@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from worker.domain.model import CancelReason, OrderOutcome
 from worker.service.batch import MessageResult
-from worker.service.handlers import Outcome
+from worker.service.handlers import SWEEP_STEPS, Outcome
 from worker.service.ports import StateFigures
 
 log = structlog.get_logger(__name__)
@@ -281,6 +281,14 @@ class Metrics:
         self.rebalances = Counter(
             "backorder_rebalances", "Partition assignments and revocations", ["kind"], registry=self.registry
         )
+        self.sweep_failures = Counter(
+            "backorder_sweep_failures",
+            "Sweep transactions that failed (a defect) and were skipped, by step",
+            ["step"],
+            registry=self.registry,
+        )
+        for step in SWEEP_STEPS:  # from 0, so that the first failure alerts
+            self.sweep_failures.labels(step)
         self.group = Info(
             "backorder_group", "The consumer group protocol this worker consumes with", registry=self.registry
         )
@@ -327,6 +335,9 @@ class Metrics:
         for topic in topics:
             for reason in reasons:
                 self.outbox_failed.labels(topic, reason)
+
+    def sweep_failed(self, step: str) -> None:
+        self.sweep_failures.labels(step).inc()
 
     def outbox_refused(self, topic: str, reason: str) -> None:
         self.outbox_failed.labels(topic, reason).inc()

@@ -491,6 +491,8 @@ def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPoli
 
 
 SWEEP_ORDERS_PER_TRANSACTION = 200  # a sweep's transactions stay short whatever the backlog
+# What a sweep does, in this order (the names its failures are counted under); "listing": what it lists first.
+SWEEP_STEPS = ("listing", "release", "stale", "dates", "status_updates")
 
 Progress = Callable[[], None]
 # One step of a sweep over some of what it listed (SKUs or orders); returns the events, emitted by the caller.
@@ -506,6 +508,7 @@ def sweep_once(
     orders_per_transaction: int = SWEEP_ORDERS_PER_TRANSACTION,
     on_progress: Progress | None = None,
     until: Callable[[], bool] | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> int | None:
     """One sweep at `as_of` in bounded transactions; the number of events it sent, or None if another sweep
     was running and `wait` is false.
@@ -518,7 +521,8 @@ def sweep_once(
     transaction) and re-reads its orders under it, so two sweeps take turns chunk by chunk: a line the
     other one cancelled no longer waits, and a status update is claimed once ever. A sweep that finds the
     lock taken between its chunks (and may not wait) stops there: the other sweep, begun later, covers the rest;
-    so does one whose `until()` turns true (the worker is stopping): the next sweep does what it left.
+    so does one whose `until()` turns true (the worker is stopping): the next sweep does what it left. A chunk that
+    fails (a defect) is logged, reported to `on_failure` with its step (one of SWEEP_STEPS), and skipped.
     """
     with unit_of_work() as uow:
         if not uow.lock_sweep(wait):
@@ -531,13 +535,13 @@ def sweep_once(
     if on_progress is not None:
         on_progress()
     sent = 0
-    steps: tuple[tuple[SweepStep, list[str]], ...] = (
-        (_release_held_stock, released),
-        (_cancel_stale_of, stale),
-        (_date_again, passed),
-        (_send_status_updates_of, orders),
+    steps: tuple[tuple[str, SweepStep, list[str]], ...] = (
+        ("release", _release_held_stock, released),
+        ("stale", _cancel_stale_of, stale),
+        ("dates", _date_again, passed),
+        ("status_updates", _send_status_updates_of, orders),
     )
-    for work, keys in steps:
+    for step, work, keys in steps:
         for begin in range(0, len(keys), max(1, orders_per_transaction)):
             chunk = keys[begin : begin + max(1, orders_per_transaction)]
             if until is not None and until():
@@ -552,7 +556,9 @@ def sweep_once(
             except StoreUnavailable:
                 raise
             except Exception:  # one order's defect must not hold back every order after it
-                log.exception("sweep_chunk_failed", step=work.__name__, orders=chunk[:20], count=len(chunk))
+                log.exception("sweep_chunk_failed", step=step, orders=chunk[:20], count=len(chunk))
+                if on_failure is not None:
+                    on_failure(step)
                 continue
             sent += len(events)
             if on_progress is not None:
