@@ -179,7 +179,12 @@ def run_worker(settings: Settings) -> None:
             daemon=True,
         )
         state_thread.start()
-        resources.callback(stop_state.set)
+
+        def stop_state_refresh() -> None:  # its read ends before its connection is closed (the callback above)
+            stop_state.set()
+            state_thread.join(timeout=max(0.1, deadline.remaining()))
+
+        resources.callback(stop_state_refresh)
         metrics.watch_state(state)
         metrics.watch_pool(pool.get_stats)
 
