@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AliasChoices,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -147,21 +146,26 @@ class Settings(BaseSettings):
 
     # Priority: criteria in rank order, e.g. "need_by,expedited,vip,wholesale,standard".
     priority_ranks: Annotated[tuple[Criterion, ...], NoDecode] = DEFAULT_RANKS
-    priority_need_by_days: NonNegativeInt = 3
+    priority_need_by_days: int = Field(default=3, ge=0, le=limits.MAX_POLICY_DAYS)
     priority_large_order_units: PositiveInt | None = None
-    starvation_days: NonNegativeFloat = 14.0  # 0: never promote
+    starvation_days: float = Field(default=14.0, ge=0, le=limits.MAX_POLICY_DAYS, allow_inf_nan=False)  # 0: never
     ship_complete_mode: ShipCompleteMode = ShipCompleteMode.HOLD
     ship_complete_scope: ShipCompleteScope = ShipCompleteScope.LINE
 
     # Expected ship dates and the customer timeline.
-    lead_time_days: PositiveInt | None = None
-    stale_after_days: PositiveInt | None = None
-    eta_handling_days: NonNegativeInt = 1
-    supplier_margin_days: NonNegativeInt = 2
-    eta_change_days: NonNegativeInt = 3
-    status_update_days: Annotated[tuple[PositiveInt, ...], NoDecode] = (7, 14)
-    status_update_every_days: PositiveInt = 7
-    sweep_interval_seconds: NonNegativeFloat = 300.0  # 0: this instance never sweeps on its own
+    # Days are bounded as the events' days are (limits.MAX_POLICY_DAYS): added to dates, more would overflow them.
+    lead_time_days: int | None = Field(default=None, ge=1, le=limits.MAX_POLICY_DAYS)
+    stale_after_days: int | None = Field(default=None, ge=1, le=limits.MAX_POLICY_DAYS)
+    eta_handling_days: int = Field(default=1, ge=0, le=limits.MAX_POLICY_DAYS)
+    supplier_margin_days: int = Field(default=2, ge=0, le=limits.MAX_POLICY_DAYS)
+    eta_change_days: int = Field(default=3, ge=0, le=limits.MAX_POLICY_DAYS)
+    status_update_days: Annotated[tuple[Annotated[int, Field(ge=1, le=limits.MAX_POLICY_DAYS)], ...], NoDecode] = (
+        7,
+        14,
+    )
+    status_update_every_days: int = Field(default=7, ge=1, le=limits.MAX_POLICY_DAYS)
+    # 0: this instance never sweeps on its own
+    sweep_interval_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
 
     batch_size: PositiveInt = 500
     batch_timeout_seconds: PositiveFloat = 0.5
@@ -274,6 +278,13 @@ class Settings(BaseSettings):
     def _heartbeat_within_session(self) -> Settings:
         if self.heartbeat_interval_seconds >= self.session_timeout_seconds:
             raise ValueError("heartbeat_interval_seconds must be below session_timeout_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> Settings:
+        """What the rules refuse of the settings (a criterion ranked twice, status-update days not increasing) is
+        refused here, as any other bad value, not when the worker first builds them."""
+        self.shop_policy()
         return self
 
     @property

@@ -46,6 +46,29 @@ def test_nonsense_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # days added to dates: the events' bound (3,650), or the sweep and every order of a product overflow
+        ("BACKORDER_STALE_AFTER_DAYS", "2147483647"),
+        ("BACKORDER_LEAD_TIME_DAYS", "10000000"),
+        ("BACKORDER_STARVATION_DAYS", "inf"),
+        ("BACKORDER_STARVATION_DAYS", "1e12"),
+        ("BACKORDER_STATUS_UPDATE_DAYS", "7,100000000"),
+        ("BACKORDER_SWEEP_INTERVAL_SECONDS", "inf"),
+        # what the rules refuse, refused with the settings
+        ("BACKORDER_PRIORITY_RANKS", "vip,vip"),
+        ("BACKORDER_STATUS_UPDATE_DAYS", "14,7"),
+    ],
+)
+def test_settings_the_rules_cannot_hold_are_refused_with_the_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
 SASL = "sasl-pw-inline-1"
 TLS = "tls-key-pw-inline-2"
 OAUTH = "oauth-client-secret-3"
