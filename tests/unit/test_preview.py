@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from worker.domain.events import NotificationType
@@ -44,3 +46,10 @@ def test_each_notification_renders_with_its_item_and_what_the_customer_needs(kin
 def test_the_preview_command_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preview", "ORDER_SHIPPED"]) == 0
     assert "Subject: Your order 102 has shipped" in capsys.readouterr().out
+
+
+def test_a_confirmation_says_why_its_date_is_what_it_is() -> None:
+    # a pre-order's, or a backorder's whose date is unknown: the customer reads the reason the notice carries
+    for reason in ("pre-order: nothing ships before the release on 2026-03-01", "expected ship date unknown"):
+        confirmed = dataclasses.replace(sample(NotificationType.BACKORDER_CONFIRMED), reason=reason)
+        assert reason in render(confirmed)
