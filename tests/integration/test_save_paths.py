@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from tests import factories
 from tests.integration.conftest import Deployment
 from tests.unit.fakes import handle_record
 from worker.adapters.postgres import unit_of_work
+from worker.adapters.postgres.read import sku_backlog
 from worker.adapters.postgres.unit_of_work import PostgresStore
 from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
@@ -199,3 +201,19 @@ def test_a_sku_holds_more_units_on_hand_than_four_bytes_count(deployment: Deploy
         book.save()
         row = conn.execute("SELECT available, received_total FROM stock_level WHERE sku = 'SKU-WIDE'").fetchone()
         assert row == (2_148_000_000, 2_148_000_000)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_the_reports_next_restock_is_the_units_of_the_earliest_date(deployment: Deployment) -> None:
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, conn.transaction(force_rollback=True):
+        book = Book(PostgresStore(conn, serialize, "dlq"))
+        for record in (
+            factories.order("O-NEXT", "2026-01-10", [("SKU-NEXT", 5)]),
+            factories.restock("SKU-NEXT", "PO-1", 30, "2026-02-01"),
+            factories.restock("SKU-NEXT", "PO-2", 20, "2026-02-01"),
+            factories.restock("SKU-NEXT", "PO-3", 100, "2026-03-01"),
+        ):
+            handle_record(book, record, SHOP, factories.at("2026-01-10"))
+        book.save()
+        [backlog] = [b for b in sku_backlog(conn) if b.sku == "SKU-NEXT"]
+        assert (backlog.next_restock, backlog.next_restock_units) == (dt.date(2026, 2, 1), 50)

@@ -138,9 +138,12 @@ def sku_backlog(conn: psycopg.Connection[Any]) -> list[SkuBacklog]:
                        - l.quantity_cancelled)::numeric * l.unit_price_minor),
                   o.currency, extract(day FROM now() - min(l.placed_at))::int,
                   coalesce(max(s.available), 0), coalesce(max(s.promised), 0),
-                  (SELECT min(expected_date) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0),
-                  (SELECT coalesce(sum(quantity), 0) FROM expected_restock r WHERE r.sku = l.sku AND r.quantity > 0)
+                  min(n.expected_date), coalesce(min(n.units), 0)
            FROM order_line l JOIN customer_order o USING (order_id) LEFT JOIN stock_level s ON s.sku = l.sku
+           -- the next restock: the units of the earliest date (not of every open purchase order)
+           LEFT JOIN LATERAL (SELECT expected_date, sum(quantity) AS units FROM expected_restock r
+                              WHERE r.sku = l.sku AND r.quantity > 0
+                              GROUP BY expected_date ORDER BY expected_date LIMIT 1) n ON true
            WHERE l.status = ANY(%s)
            GROUP BY l.sku, o.currency ORDER BY 5 DESC, 1""",
         (WAITING_STATUSES,),
