@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from tests import factories
-from tests.unit.fakes import FakeReadModel, FakeState, FakeUnitOfWork
+from tests.unit.fakes import FakeReadModel, FakeState, FakeUnitOfWork, handle_record
 from worker.domain.policy import ShopPolicy
 from worker.service import commands, handlers
 from worker.service.handlers import handle
@@ -65,9 +65,11 @@ def test_the_queue_leaves_out_the_lines_a_receipt_given_in_steps_has_promised_un
 
 def test_a_simulated_receipt_reads_back_the_decisions_of_its_own_transaction() -> None:
     state = placed(("late", "2026-01-09", 2), ("early", "2026-01-02", 3))
-    decisions = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 4, SHOP, NOW)
+    simulated = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 4, SHOP, NOW)
+    decisions = simulated.decisions
     assert [(d.order_id, d.quantity) for d in decisions] == [("early", 3), ("late", 1)]
     assert {d.cause for d in decisions} == {decisions[0].cause}  # only this receipt's decisions
+    assert (simulated.on_hand_before, simulated.on_hand_after) == (0, 0)
 
 
 def test_a_simulated_deep_receipt_reads_back_every_step_of_its_plan(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,5 +77,18 @@ def test_a_simulated_deep_receipt_reads_back_every_step_of_its_plan(monkeypatch:
     simulation gives its steps in the same transaction, so that every decision is read back."""
     monkeypatch.setattr(handlers, "FILLS_PER_SAVE", 2)
     state = placed(*((f"O-{i}", f"2026-01-0{i + 1}", 1) for i in range(5)))
-    decisions = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 5, SHOP, NOW)
+    decisions = simulate_receipt(FakeUnitOfWork(state), FakeReadModel(state), "SKU", 5, SHOP, NOW).decisions
     assert sorted(d.order_id for d in decisions) == [f"O-{i}" for i in range(5)]
+
+
+def test_a_simulated_receipt_says_what_is_on_hand_before_and_after_it() -> None:
+    # Held units of a pre-order product whose release has come, not served by a sweep yet: a receipt of 1 gives
+    # them out with its own unit; "left available" was the receipt's units less what was given (1 - 3).
+    uow = FakeUnitOfWork()
+    release = NOW - dt.timedelta(hours=1)
+    handle_record(uow, factories.policy("PRE", available_from=release.date()), SHOP, release - dt.timedelta(days=9))
+    handle_record(uow, factories.receipt("R-0", "PRE", 2), SHOP, release - dt.timedelta(days=2))
+    handle_record(uow, factories.order("pre", "2026-01-05", [("PRE", 3)]), SHOP, release - dt.timedelta(days=9))
+    simulated = simulate_receipt(FakeUnitOfWork(uow.state), FakeReadModel(uow.state), "PRE", 1, SHOP, NOW)
+    assert [(d.order_id, d.quantity) for d in simulated.decisions] == [("pre", 3)]
+    assert (simulated.on_hand_before, simulated.on_hand_after) == (2, 0)

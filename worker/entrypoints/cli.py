@@ -120,12 +120,12 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         print("backorder-worker: --receive must be > 0", file=sys.stderr)
         return 2
     with what_if(settings) as (uow, read):
-        decisions = simulate_receipt(uow, read, args.sku, args.receive, settings.shop_policy(), utc_now())
-    _print_decisions(decisions)
-    given = sum(d.quantity for d in decisions)
+        simulated = simulate_receipt(uow, read, args.sku, args.receive, settings.shop_policy(), utc_now())
+    _print_decisions(simulated.decisions)
+    given = sum(d.quantity for d in simulated.decisions)
     print(
-        f"a receipt of {args.receive} {args.sku} would give {given} units to {len(decisions)} lines and leave "
-        f"{args.receive - given} available (nothing was changed)"
+        f"a receipt of {args.receive} {args.sku} would give {given} units to {len(simulated.decisions)} lines; "
+        f"{simulated.on_hand_before} on hand before it, {simulated.on_hand_after} after (nothing was changed)"
     )
     return 0
 

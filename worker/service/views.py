@@ -70,10 +70,20 @@ def _entries(waiting: list[Backorder], shop: ShopPolicy, now: dt.datetime) -> li
     ]
 
 
+@dataclass(frozen=True)
+class Simulation:
+    """What a receipt would do now: its decisions, and the SKU's units on hand before it and after them (held
+    pre-order units whose release has come, not served by a sweep yet, go out with it too)."""
+
+    decisions: list[Decision]
+    on_hand_before: int
+    on_hand_after: int
+
+
 def simulate_receipt(
     uow: UnitOfWork, read: ReadModel, sku: str, units: int, shop: ShopPolicy, now: dt.datetime
-) -> list[Decision]:
-    """The decisions a receipt of `units` would make now, made by the real handler.
+) -> Simulation:
+    """What a receipt of `units` would do now, done by the real handler.
 
     The caller must give a unit of work that is rolled back (this one writes like a real receipt) and a
     read model that sees that same transaction, so that the decisions read back are the ones just made.
@@ -83,11 +93,13 @@ def simulate_receipt(
         receipt_id=receipt_id, sku=sku, quantity=units, received_at=now, supplier_id=None, purchase_order_id=None
     )
     uow.lock_stock([sku])
+    before = uow.available(sku)
     done = receive_stock(ReceiveStock(event_id=receipt_id, receipt=receipt, content_hash=b""), uow, shop, now)
     while isinstance(done, FillsLeft):  # a deep receipt's steps, all in this transaction
         done = give_more(done, uow, shop, now)
     uow.flush()
-    return [decision for cause in receipt_causes(receipt_id) for decision in read.decisions(cause=cause)]
+    decisions = [decision for cause in receipt_causes(receipt_id) for decision in read.decisions(cause=cause)]
+    return Simulation(decisions, before, uow.available(sku))
 
 
 def tracking_view(figures: StateFigures, backordered_lines: int, cancelled_lines: int) -> list[str]:
