@@ -14,7 +14,7 @@ from typing import Any
 from tests import factories
 from worker.domain.events import OutboundEvent
 from worker.domain.model import WAITING, Backorder, OrderLineState, OrderOutcome
-from worker.domain.policy import ShopPolicy
+from worker.domain.policy import ProductPolicy, ShopPolicy
 from worker.service.book import Book
 from worker.service.commands import Command
 from worker.service.handlers import FillsLeft, Outcome, give_more, handle
@@ -294,6 +294,10 @@ class FakeReadModel:
 
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         return [line.as_backorder() for line in self.state.lines.values() if line.sku == sku and line.status in WAITING]
+
+    def policy(self, sku: str) -> ProductPolicy | None:
+        kept = self.state.policies.get(sku)
+        return kept.policy if kept else None
 
     def promised_lines(self, sku: str) -> dict[tuple[str, str], int]:
         promised: Counter[tuple[str, str]] = Counter()

@@ -92,3 +92,16 @@ def test_a_simulated_receipt_says_what_is_on_hand_before_and_after_it() -> None:
     simulated = simulate_receipt(FakeUnitOfWork(uow.state), FakeReadModel(uow.state), "PRE", 1, SHOP, NOW)
     assert [(d.order_id, d.quantity) for d in simulated.decisions] == [("pre", 3)]
     assert (simulated.on_hand_before, simulated.on_hand_after) == (2, 0)
+
+
+def test_the_queue_of_a_pre_order_product_is_ranked_as_the_release_will_serve_it() -> None:
+    # A pre-order waits from the release, not from its order: the standard one placed weeks earlier is not
+    # promoted past the starvation limit above the VIP, in the view as in the rules.
+    uow = FakeUnitOfWork()
+    handle_record(uow, factories.policy("PRE", available_from=dt.date(2026, 2, 15)), SHOP, NOW)
+    handle_record(uow, factories.order("old-standard", "2025-12-20", [("PRE", 1)]), SHOP, NOW)
+    handle_record(uow, factories.order("new-vip", "2026-01-19", [("PRE", 1)], customer_tier="VIP"), SHOP, NOW)
+    served = [line.order_id for line in handlers.serving_order(FakeUnitOfWork(uow.state), SHOP, "PRE", NOW).queue]
+    shown = queue(FakeReadModel(uow.state), "PRE", SHOP, NOW)
+    assert [e.order_id for e in shown.entries] == served == ["new-vip", "old-standard"]
+    assert [e.rank for e in shown.entries] == [3, 5]

@@ -400,7 +400,7 @@ def _as_planned(step: PlanStep, uow: UnitOfWork, shop: ShopPolicy, now: dt.datet
         line = lines.get((order_id, line_id))
         if line is None or line.status not in WAITING:
             continue
-        backorder = _waiting_as_ranked(policy, line.as_backorder())
+        backorder = waiting_as_ranked(policy, line.as_backorder())
         fills += allocate([backorder], units, rules=shop.priority, mode=shop.ship_complete_mode, now=now).fills
     return sorted(fills, key=lambda f: f.backorder.order_id)
 
@@ -735,10 +735,11 @@ def waiting_queue(uow: UnitOfWork, shop: ShopPolicy, sku: str) -> Sequence[Backo
     policy = _policy(uow, shop, sku)
     if policy.available_from is None:
         return lines
-    return [_waiting_as_ranked(policy, line) for line in lines]
+    return [waiting_as_ranked(policy, line) for line in lines]
 
 
-def _waiting_as_ranked(policy: ProductPolicy, line: Backorder) -> Backorder:
+def waiting_as_ranked(policy: ProductPolicy, line: Backorder) -> Backorder:
+    """The line as the rules rank it: a pre-order waits from its product's release, not from its order."""
     start = waits_from(policy, line.placed_at)
     return dataclasses.replace(line, waits_from=start) if start != line.placed_at else line
 
@@ -751,7 +752,7 @@ def serving_order(uow: UnitOfWork, shop: ShopPolicy, sku: str, now: dt.datetime)
         if not stale:
             return kept
         policy = _policy(uow, shop, sku)
-        changed = [_waiting_as_ranked(policy, line) for line in uow.waiting_backorders(stale)]
+        changed = [waiting_as_ranked(policy, line) for line in uow.waiting_backorders(stale)]
         order = kept.changed(set(stale), changed, shop.priority, now)
     else:
         order = rank(waiting_queue(uow, shop, sku), shop.priority, now)

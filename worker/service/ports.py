@@ -597,6 +597,10 @@ class ReadModel(Protocol):
         """The SKU's lines that wait for units, in no particular order."""
         ...
 
+    def policy(self, sku: str) -> ProductPolicy | None:
+        """The SKU's own product policy, if it has one."""
+        ...
+
     def promised_lines(self, sku: str) -> Mapping[tuple[str, str], int]:
         """The units receipts' plans promise the SKU's lines, by (order id, line id), which their next steps give
         them: none but while a deep receipt is given in steps. No other event gives such a line units meanwhile."""

@@ -12,7 +12,7 @@ from worker.domain.model import Backorder, SplitPreference, StockReceipt
 from worker.domain.policy import ShopPolicy
 from worker.domain.priority import in_priority_order
 from worker.service.commands import ReceiveStock
-from worker.service.handlers import FillsLeft, give_more, receipt_causes, receive_stock
+from worker.service.handlers import FillsLeft, give_more, receipt_causes, receive_stock, waiting_as_ranked
 from worker.service.ports import Decision, ReadModel, StateFigures, UnitOfWork
 
 BACKORDER_RATE_TARGET = 0.05  # of orders placed, at most this share has a line that waits
@@ -46,7 +46,12 @@ def queue(read: ReadModel, sku: str, shop: ShopPolicy, now: dt.datetime) -> Queu
     """The SKU's waiting lines in the order the next units would go to them: not those a receipt given in steps
     has promised units to (the next units go past them, as its steps give them theirs)."""
     promised = read.promised_lines(sku)  # read first: a line given by a step in between waits no more
-    waiting = [line for line in read.waiting_lines(sku) if (line.order_id, line.line_id) not in promised]
+    policy = read.policy(sku) or shop.product
+    waiting = [
+        waiting_as_ranked(policy, line)  # a pre-order waits from its product's release, as the rules rank it
+        for line in read.waiting_lines(sku)
+        if (line.order_id, line.line_id) not in promised
+    ]
     return Queue(_entries(waiting, shop, now), len(promised), sum(promised.values()))
 
 

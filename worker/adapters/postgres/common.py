@@ -19,10 +19,12 @@ from worker.domain.model import (
     CustomerTier,
     LineStatus,
     OrderLineState,
+    PaymentTiming,
     ShippingService,
     SplitPreference,
 )
-from worker.service.ports import StoreConflict, StoreUnavailable
+from worker.domain.policy import ProductPolicy
+from worker.service.ports import KeptPolicy, StoreConflict, StoreUnavailable
 
 # Keys for pg_advisory locks; any fixed numbers do, as long as nothing else uses them.
 MIGRATION_LOCK = 7_310_001
@@ -189,3 +191,32 @@ def lines_from(rows: Iterable[tuple[Any, ...]]) -> list[OrderLineState]:
         for r in rows
     ]
     # fmt: on
+
+
+# The SKUs' own product policies: read by the unit of work with a batch's loads, and by the read side's queue view.
+POLICIES_QUERY = """SELECT sku, backorders_allowed, discontinued, max_backorder_qty_per_customer, payment_timing,
+                            default_split, lead_time_days, stale_after_days, decided_at, event_id, available_from,
+                            max_promise_days
+                     FROM product_policy WHERE sku = ANY(%b)"""
+
+
+def policies_from(rows: list[tuple[Any, ...]]) -> list[KeptPolicy]:
+    return [
+        KeptPolicy(
+            r[0],
+            ProductPolicy(
+                backorders_allowed=r[1],
+                discontinued=r[2],
+                max_backorder_qty_per_customer=r[3],
+                payment_timing=PaymentTiming(r[4]),
+                default_split=SplitPreference(r[5]),
+                lead_time_days=r[6],
+                stale_after_days=r[7],
+                available_from=r[10],
+                max_promise_days=r[11],
+            ),
+            r[8],
+            r[9],
+        )
+        for r in rows
+    ]

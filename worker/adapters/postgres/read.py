@@ -9,8 +9,16 @@ from typing import Any
 import psycopg
 
 from worker.adapters.postgres import totals
-from worker.adapters.postgres.common import WAITING_SQL, WAITING_STATUSES, select_lines, with_timeouts
+from worker.adapters.postgres.common import (
+    POLICIES_QUERY,
+    WAITING_SQL,
+    WAITING_STATUSES,
+    policies_from,
+    select_lines,
+    with_timeouts,
+)
 from worker.domain.model import Backorder
+from worker.domain.policy import ProductPolicy
 from worker.service.ports import Decision, SkuBacklog, StateFigures
 
 
@@ -24,6 +32,10 @@ class PostgresReadModel:
     def waiting_lines(self, sku: str) -> Sequence[Backorder]:
         lines = select_lines(self._conn, f"l.sku = %s AND l.status IN {WAITING_SQL}", (sku,))
         return [line.as_backorder() for line in lines]
+
+    def policy(self, sku: str) -> ProductPolicy | None:
+        kept = policies_from(self._conn.execute(POLICIES_QUERY, ([sku],)).fetchall())
+        return kept[0].policy if kept else None
 
     def promised_lines(self, sku: str) -> dict[tuple[str, str], int]:
         rows = self._conn.execute(

@@ -26,11 +26,13 @@ from psycopg_pool import ConnectionPool
 from worker.adapters.postgres import totals
 from worker.adapters.postgres.common import (
     ORDER_LOCK_CLASS,
+    POLICIES_QUERY,
     SWEEP_LOCK,
     WAITING_SQL,
     is_unavailable,
     lines_from,
     lines_query,
+    policies_from,
     select_lines,
     store_error,
     transaction,
@@ -38,8 +40,7 @@ from worker.adapters.postgres.common import (
 from worker.adapters.postgres.outbox import dead_letter_message, error_text
 from worker.domain.eta import ExpectedReceipt
 from worker.domain.events import OutboundEvent, event_id
-from worker.domain.model import Cancellation, CancelReason, OrderLineState, PaymentTiming, SplitPreference
-from worker.domain.policy import ProductPolicy
+from worker.domain.model import Cancellation, CancelReason, OrderLineState
 from worker.service.book import Book
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import (
@@ -216,7 +217,7 @@ class PostgresStore:
             read = [
                 conn.execute(query, (list(keys), *more), prepare=prepare) if keys else None
                 for query, keys, more, prepare in (
-                    (_POLICIES_QUERY, wanted.policies, (), None),
+                    (POLICIES_QUERY, wanted.policies, (), None),
                     (_RESTOCKS_QUERY, wanted.restocks, (), None),
                     (_PENDING_QUERY, wanted.pending_cancellations, (), None),
                     # planned at every call (see _QUEUES_QUERY)
@@ -232,7 +233,7 @@ class PostgresStore:
             rows[3] = []
             waiting = self._waiting_in_chunks(wanted.queues)
         return Loaded(
-            _policies(rows[0]),
+            policies_from(rows[0]),
             _restocks(rows[1]),
             _pending(rows[2]),
             _queues(wanted.queues, waiting),
@@ -516,10 +517,6 @@ _PROMISED_QUERY = "SELECT sku, order_ids, line_ids FROM receipt_plan WHERE sku =
 _DATED_QUERY = f"""SELECT s FROM unnest(%b::text[]) AS s
                    WHERE EXISTS (SELECT 1 FROM order_line
                                  WHERE sku = s AND status IN {WAITING_SQL} AND expected_ship_date IS NOT NULL)"""
-_POLICIES_QUERY = """SELECT sku, backorders_allowed, discontinued, max_backorder_qty_per_customer, payment_timing,
-                            default_split, lead_time_days, stale_after_days, decided_at, event_id, available_from,
-                            max_promise_days
-                     FROM product_policy WHERE sku = ANY(%b)"""
 _RESTOCKS_QUERY = """SELECT sku, purchase_order_id, supplier_id, quantity, expected_date, decided_at, event_id
                      FROM expected_restock WHERE sku = ANY(%b)"""
 _PENDING_QUERY = """SELECT order_id, event_id, line_ids, reason, note, requested_at FROM pending_cancellation
@@ -544,28 +541,6 @@ def _promised(rows: list[tuple[Any, ...]]) -> dict[str, frozenset[tuple[str, str
     for sku, order_ids, line_ids in rows:
         found.setdefault(sku, set()).update(zip(order_ids, line_ids, strict=True))
     return {sku: frozenset(keys) for sku, keys in found.items()}
-
-
-def _policies(rows: list[tuple[Any, ...]]) -> list[KeptPolicy]:
-    return [
-        KeptPolicy(
-            r[0],
-            ProductPolicy(
-                backorders_allowed=r[1],
-                discontinued=r[2],
-                max_backorder_qty_per_customer=r[3],
-                payment_timing=PaymentTiming(r[4]),
-                default_split=SplitPreference(r[5]),
-                lead_time_days=r[6],
-                stale_after_days=r[7],
-                available_from=r[10],
-                max_promise_days=r[11],
-            ),
-            r[8],
-            r[9],
-        )
-        for r in rows
-    ]
 
 
 def _restocks(rows: list[tuple[Any, ...]]) -> list[KeptRestock]:
