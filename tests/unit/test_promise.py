@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests import examples, factories
 from tests.unit.fakes import FakeState, FakeUnitOfWork, MemoryStore, handle_record
 from worker.domain.model import CustomerTier, ShippingService, SplitPreference
-from worker.domain.policy import ShopPolicy
+from worker.domain.policy import ShipCompleteScope, ShopPolicy
 from worker.service.handlers import serving_order
 from worker.service.promise import Cart, CartLine, QueueCopies, promise
 
@@ -100,9 +100,11 @@ def play(uow: FakeUnitOfWork, i: int, op: tuple[Any, ...], shop: ShopPolicy) -> 
 
 
 @settings(max_examples=examples(200), deadline=None)
-@given(past=history, cart=carts)
-def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, ...]], cart: tuple[Any, ...]) -> None:
-    shop = ShopPolicy()
+@given(past=history, cart=carts, scope=st.sampled_from(list(ShipCompleteScope)))
+def test_the_promise_is_what_placing_the_order_then_does(
+    past: list[tuple[Any, ...]], cart: tuple[Any, ...], scope: ShipCompleteScope
+) -> None:
+    shop = ShopPolicy(ship_complete_scope=scope)
     uow = FakeUnitOfWork()
     for i, op in enumerate(past):
         play(uow, i, op, shop)
@@ -139,6 +141,27 @@ def test_the_promise_is_what_placing_the_order_then_does(past: list[tuple[Any, .
             assert queue[line.rank - 1].order_id == "CART" and queue[line.rank - 1].line_id == line.line_id
     if all(line.accepted for line in promised.lines):
         assert not any(line.rejected for line in promised.lines)
+    if any(line.backordered for line in promised.lines):  # the date the customer is told, once placed
+        assert promised.ship_complete_date == placed.state.told.get("CART")
+
+
+def test_a_line_held_for_the_rest_of_its_order_is_promised_the_orders_date() -> None:
+    # Ship complete, for the whole order: the A units on hand wait for the B that is due, and ship with it.
+    shop = ShopPolicy(ship_complete_scope=ShipCompleteScope.ORDER)
+    uow = FakeUnitOfWork()
+    run(uow, factories.receipt("R", "A", 2), shop)
+    run(uow, factories.restock("B", "PO-1", 5, "2026-01-30"), shop)
+    split = SplitPreference.SHIP_COMPLETE
+    cart = as_cart(([("A", 2), ("B", 1)], CustomerTier.STANDARD, ShippingService.STANDARD, split, None))
+    promised = promise(cart, MemoryStore(uow.state), shop, NOW, order_id="CART")
+
+    placed = FakeUnitOfWork(uow.state)
+    run(placed, factories.order("CART", NOW.isoformat(), [("A", 2), ("B", 1)], split_preference="SHIP_COMPLETE"), shop)
+    told = placed.state.told["CART"]
+    assert told == dt.date(2026, 2, 2)  # B's date (its purchase order's, with the supplier's margin)
+    assert placed.state.lines[("CART", "L1")].held
+    assert [(line.line_id, line.expected_ship_date) for line in promised.lines] == [("L1", told), ("L2", told)]
+    assert promised.ship_complete_date == told
 
 
 @settings(max_examples=examples(200), deadline=None)

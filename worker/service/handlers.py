@@ -143,7 +143,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
     ]
     waiting = [line for line in lines if line.waiting]
     if waiting:
-        expected = _order_eta(waiting)
+        expected = order_eta(waiting)
         releases = sorted({held[line.sku] for line in waiting if line.sku in held})
         if releases:
             why: str | None = "; ".join(_held_reason(release) for release in releases)
@@ -684,7 +684,7 @@ def _send_status_updates(
         due = shop.cadence.due_step(as_of - lines[0].placed_at)
         if due is None or not uow.claim_status_update(order_id, due[0]):
             continue
-        expected = _order_eta(lines)
+        expected = order_eta(lines)
         events.append(
             _notification(
                 f"status-update/{order_id}/{due[0]}",
@@ -1261,8 +1261,9 @@ def _waiting_lines(lines: Iterable[OrderLineState]) -> list[NotificationLine]:
     ]
 
 
-def _order_eta(lines: Iterable[OrderLineState]) -> dt.date | None:
-    """When the order's waiting lines will all have shipped: the latest of their dates, unknown if any is."""
+def order_eta(lines: Iterable[OrderLineState]) -> dt.date | None:
+    """When the order's waiting lines will all have shipped: the latest of their dates, unknown if any is (a line
+    held for the rest of its order ships with it)."""
     dates = [line.expected_ship_date for line in lines if line.open_quantity > 0]  # held lines are ready
     if not dates or any(d is None for d in dates):
         return None
@@ -1284,7 +1285,7 @@ def _refresh_etas(
     events: list[OutboundEvent] = []
     for order_id, lines in sorted(_by_order(uow.order_lines(changed)).items()):
         waiting = [line for line in lines if line.waiting]
-        new = _order_eta(waiting)
+        new = order_eta(waiting)
         before = told.get(order_id)
         if not waiting or not is_news(before, new, shop.eta):
             continue

@@ -39,7 +39,7 @@ from worker.domain.policy import ShopPolicy
 from worker.domain.priority import LineKey, ServingOrder
 from worker.service.book import Book
 from worker.service.commands import PlaceOrder
-from worker.service.handlers import place_order, serving_order, settle_dates
+from worker.service.handlers import order_eta, place_order, serving_order, settle_dates
 from worker.service.messages import InboundMessage, RejectedMessage
 from worker.service.ports import (
     Changes,
@@ -136,7 +136,9 @@ def promise(
     place_order(command, book, shop, now)
     today = now.date()
     lines = []
-    for state in book.order_lines([order_id]):
+    states = book.order_lines([order_id])
+    with_the_order = order_eta(states)  # when a line held for the rest of its order ships
+    for state in states:
         waiting = state.wanted - state.allocated
         lines.append(
             LinePromise(
@@ -147,7 +149,11 @@ def promise(
                 accepted=state.rejected == 0,
                 rejected=state.rejected,
                 reason=state.reason if state.rejected or state.reserved else None,
-                expected_ship_date=(state.expected_ship_date if waiting else today) if state.wanted else None,
+                expected_ship_date=(
+                    (with_the_order if state.held else state.expected_ship_date if waiting else today)
+                    if state.wanted
+                    else None
+                ),
                 rank=_rank(state, serving_order(book, shop, state.sku, now)) if waiting else None,
             )
         )
