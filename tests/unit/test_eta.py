@@ -269,7 +269,7 @@ def test_a_sweep_transaction_that_fails_is_skipped_and_the_rest_of_the_sweep_goe
 def test_a_stale_cancellation_that_meets_a_line_no_longer_waiting_says_nothing() -> None:
     uow = FakeUnitOfWork()
     run(uow, factories.order("O-1", "2026-01-01", [("SKU", 1)]))
-    run(uow, factories.cancellation("O-1"))
+    run(uow, factories.receipt("R-1", "SKU", 1))  # filled since the sweep listed it
     before = len(uow.state.outbox)
     asked = Cancellation("O-1", ("L1",), CancelReason.CUSTOMER_REQUEST, None, NOW)
     stale = Cancellation("O-1", ("L1",), CancelReason.STALE, "waited more than 30 days", NOW)

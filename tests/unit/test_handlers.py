@@ -271,6 +271,18 @@ def test_a_cancellation_releases_reserved_units_to_the_next_line_at_once() -> No
     assert [(ln.quantity, ln.status) for ln in notice.lines] == [(5, LineStatus.CANCELLED)]
 
 
+def test_cancelling_a_cancelled_line_again_is_not_reported_as_cancelled() -> None:
+    # Contract 1.1: a cancellation that changed nothing is never reported as CANCELLED; the line's CANCELLED
+    # (with its reason) was sent when it was cancelled, and nothing else about it is news.
+    uow = world()
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 2)]))
+    run(uow, cancel("1", "L1"))
+    before = len(uow.state.outbox)
+    run(uow, cancel("1", "L1", reason="MERCHANT"))
+    assert uow.state.outbox[before:] == []
+    assert uow.state.lines[("1", "L1")].cancel_reason is CancelReason.CUSTOMER_REQUEST
+
+
 def test_cancelling_an_allocated_line_is_answered_not_applied() -> None:
     uow = world()
     run(uow, factories.receipt("R", "SKU", 2))

@@ -1099,8 +1099,14 @@ def _cancel(
         units = line.wanted - line.allocated  # waiting or reserved; what is allocated is on its way
         if units <= 0:
             # Asked for by name: say why nothing happened (not to a sweep's stale cancellation, which
-            # nobody asked for and which met a line cancelled or filled since the sweep listed it).
-            if cancellation.line_ids and cancellation.reason is not CancelReason.STALE:
+            # nobody asked for and which met a line cancelled or filled since the sweep listed it). Not of a
+            # line cancelled before either: a cancellation that changed nothing is never reported as
+            # CANCELLED (contract 1.1), and that line's CANCELLED was sent when it was cancelled.
+            if (
+                cancellation.line_ids
+                and cancellation.reason is not CancelReason.STALE
+                and line.status is not LineStatus.CANCELLED
+            ):
                 events.append(_status(cause, line, now, reason=f"not cancelled: already {line.status.value.lower()}"))
             continue
         needs_refund = _policy(uow, shop, line.sku).payment_timing is PaymentTiming.AT_ORDER
