@@ -336,6 +336,19 @@ def test_a_cancellation_naming_lines_of_an_unknown_order_is_pending_for_each() -
     ]
 
 
+def test_an_allocated_notice_keeps_the_dates_of_what_still_waits() -> None:
+    # Contract 1.1: each waiting line's own date, the order's latest at the top, in every notification.
+    uow = world()
+    run(uow, factories.restock("SKU", "PO-1", 10, "2026-02-10"))
+    run(uow, factories.order("1", "2026-01-10", [("SKU", 5)]))
+    run(uow, factories.receipt("R-1", "SKU", 2))
+    status = of(uow, BackorderStatusChanged)[-1]
+    assert status.status is LineStatus.PARTIALLY_ALLOCATED and status.expected_ship_date is not None
+    [allocated] = [n for n in of(uow, CustomerNotification) if n.type is NotificationType.BACKORDER_ALLOCATED]
+    assert [(line.quantity, line.expected_ship_date) for line in allocated.lines] == [(2, status.expected_ship_date)]
+    assert allocated.expected_ship_date == status.expected_ship_date and allocated.cancel_allowed
+
+
 def test_notification_lines_carry_their_own_expected_ship_dates() -> None:
     uow = world("SOON", "LATE")
     shop = dataclasses.replace(SHOP, product=ProductPolicy(lead_time_days=10))

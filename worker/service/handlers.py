@@ -1173,6 +1173,9 @@ def _announce_fills(
             events.append(_fulfillment(cause, caused_by, lines, shipping, uow, shop, now))
         events += [_status(cause, by_id[f.backorder.line_id], now) for f in order_fills]
         if shipping:
+            # What still waits keeps its dates (contract 1.1): each shipping line's own while the rest of it waits,
+            # and the order's latest at the top
+            still_waiting = any(line.waiting for line in lines)
             events.append(
                 _notification(
                     cause,
@@ -1184,12 +1187,14 @@ def _announce_fills(
                             f.backorder.sku,
                             f.backorder.product_name,
                             f.ships_now,
-                            by_id[f.backorder.line_id].status,
+                            (line := by_id[f.backorder.line_id]).status,
+                            expected_ship_date=line.expected_ship_date if line.waiting else None,
                         )
                         for f in shipping
                     ],
-                    cancel_allowed=any(line.waiting for line in lines),
+                    cancel_allowed=still_waiting,
                     now=now,
+                    expected_ship_date=order_eta(lines) if still_waiting else None,
                 )
             )
     return events
