@@ -1181,23 +1181,20 @@ def _announce_fills(
                     cause,
                     NotificationType.BACKORDER_ALLOCATED,
                     lines[0],
-                    [
-                        NotificationLine(
-                            f.backorder.line_id,
-                            f.backorder.sku,
-                            f.backorder.product_name,
-                            f.ships_now,
-                            (line := by_id[f.backorder.line_id]).status,
-                            expected_ship_date=line.expected_ship_date if line.waiting else None,
-                        )
-                        for f in shipping
-                    ],
+                    [_shipping_line(f, by_id[f.backorder.line_id]) for f in shipping],
                     cancel_allowed=still_waiting,
                     now=now,
                     expected_ship_date=order_eta(lines) if still_waiting else None,
                 )
             )
     return events
+
+
+def _shipping_line(fill: Fill, line: OrderLineState) -> NotificationLine:
+    """A line of an allocated notice: the units that ship now, and the line's date while the rest of it waits."""
+    b = fill.backorder
+    date = line.expected_ship_date if line.waiting else None
+    return NotificationLine(b.line_id, b.sku, b.product_name, fill.ships_now, line.status, expected_ship_date=date)
 
 
 def _fulfillment(
@@ -1235,16 +1232,10 @@ def _notification(
     now: dt.datetime,
     reason: str | None = None,
     expected_ship_date: dt.date | None = None,
+    named_by: Sequence[str] = (),  # what else tells this notice from another of its kind, cause and order
 ) -> CustomerNotification:
-    # An expected date's notice is named by the date as well: one cause may move an order's date twice (a receipt
-    # consumed again after its release, its held units given then), and the second move is news too.
-    dated = (
-        (expected_ship_date.isoformat(),)
-        if kind is NotificationType.BACKORDER_ETA_CHANGED and expected_ship_date
-        else ()
-    )
     return CustomerNotification(
-        event_id=event_id("customer-notification", cause, line.order_id, kind, *dated),
+        event_id=event_id("customer-notification", cause, line.order_id, kind, *named_by),
         occurred_at=now,
         order_id=line.order_id,
         customer_id=line.customer_id,
@@ -1312,6 +1303,9 @@ def _refresh_etas(
                 now=now,
                 expected_ship_date=new,
                 reason=f"expected ship date {before.isoformat() if before else 'unknown'} -> {new.isoformat()}",
+                # one cause may move an order's date twice (a receipt consumed again after its release, its held
+                # units given then): the second move is news too, not the first notice again
+                named_by=(new.isoformat(),),
             )
         )
     return events
