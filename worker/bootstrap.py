@@ -300,6 +300,7 @@ def run_worker(settings: Settings) -> None:
                 now=utc_now(),
                 on_progress=loop.progressed,
                 lines_per_transaction=settings.transaction_max_lines,
+                stopping=lambda: loop.stopping,
             )
 
         loop = ConsumeLoop(

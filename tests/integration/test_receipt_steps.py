@@ -5,6 +5,7 @@ back after each is the one the next transaction finds."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,7 +14,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from tests import factories
-from tests.integration.conftest import Deployment
+from tests.integration.conftest import Deployment, wait_for
 from tests.unit.test_batch import CODEC, NOW, TOPICS, message
 from tests.unit.test_deep_receipt import decisions_counted
 from worker.adapters.postgres.read import PostgresReadModel
@@ -113,3 +114,60 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
     # The queue view: no line the plan promises units to (the next units would go past them).
     assert factory.queued[-5:] == [(12, 0, 0), (0, 12, 12), (0, 7, 7), (0, 2, 2), (0, 0, 0)]
     assert decisions == [12]  # the steps decided once: each transaction found the version the one before left
+
+
+STEPPED = 3_000  # waiting lines; in steps of 10, 300 transactions (1.6 s here, unstopped) to stop in the middle of
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_sigterm_between_steps_stops_the_receipt_there_and_a_new_worker_gives_the_rest(
+    deployment: Deployment,
+) -> None:
+    """A real worker asked to stop (SIGTERM) while a deep receipt gives its steps stops after the step in hand,
+    not after the last: it exits promptly with steps left in the plan, and the receipt's offset not committed.
+    The next worker consumes the receipt again (a duplicate) and gives the rest: every line allocated once, every
+    order sent one fulfillment request."""
+    world = deployment
+    with world.db() as conn, conn.transaction():
+        conn.execute("INSERT INTO stock_level (sku, available, received_total) VALUES ('STEP-SKU', 0, 0)")
+        conn.execute(
+            """INSERT INTO customer_order (order_id, customer_id, customer_tier, shipping_service, currency,
+                   placed_at, event_id, order_units, outcome)
+               SELECT 'ST-' || g, 'C', 'STANDARD', 'STANDARD', 'USD', now() - interval '1 day' + g * interval '1 ms',
+                   gen_random_uuid()::text, 1, 'FULLY_BACKORDERED' FROM generate_series(1, %s) g""",
+            (STEPPED,),
+        )
+        conn.execute(
+            """INSERT INTO order_line (order_id, line_id, sku, product_name, quantity, unit_price_minor, status,
+                   placed_at, updated_at, backordered)
+               SELECT 'ST-' || g, '1', 'STEP-SKU', 'p', 1, 1000, 'BACKORDERED',
+                   now() - interval '1 day' + g * interval '1 ms', now(), true FROM generate_series(1, %s) g""",
+            (STEPPED,),
+        )
+    steps = {"BACKORDER_TRANSACTION_MAX_LINES": "10", "BACKORDER_SHUTDOWN_TIMEOUT_SECONDS": "20"}
+    worker = world.start_worker(**steps)
+    world.produce("inventory-received", factories.receipt("R-STEP", "STEP-SKU", STEPPED))
+    allocated = "SELECT count(*) FROM order_line WHERE sku = 'STEP-SKU' AND status = 'ALLOCATED'"
+    waiting_s = 0.02
+    wait_for("the receipt's first steps", lambda: world.query(allocated)[0][0] > 0, every_s=waiting_s)
+    started = time.monotonic()
+    assert worker.terminate(timeout_s=60) == 0
+    took = time.monotonic() - started
+    given, plan_left = world.query(allocated)[0][0], world.query("SELECT count(*) FROM receipt_plan")[0][0]
+    print(
+        f"\nSIGTERM during the steps: exit after {took:.1f}s, {given} of {STEPPED} lines given, {plan_left} steps left"
+    )
+    assert 0 < given < STEPPED and plan_left > 0  # stopped in the middle, its plan kept
+    assert worker.logged("receipt_steps_left") and worker.logged("batch_stopped")
+
+    again = world.start_worker(**steps)
+    wait_for("every step given", lambda: world.query(allocated)[0][0] == STEPPED, timeout_s=120)
+    assert again.logged("receipt_resumed")
+    assert world.query("SELECT count(*) FROM receipt_plan") == [(0,)]
+    assert world.query("SELECT count(*), count(DISTINCT (order_id, line_id)), sum(quantity) FROM allocation") == [
+        (STEPPED, STEPPED, STEPPED)
+    ]
+    assert world.stock("STEP-SKU") == (0, STEPPED, STEPPED, 0)
+    requests = [m.value for m in world.read("fulfillment-requested", count=STEPPED) if m.value is not None]
+    assert len(requests) == STEPPED and len({r["order_id"] for r in requests}) == STEPPED
+    again.terminate()

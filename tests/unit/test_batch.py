@@ -113,6 +113,33 @@ def test_a_batch_of_large_orders_commits_in_bounded_transactions() -> None:
     assert progress == [6, 12, 18, 24, 30]  # each transaction committed before the next began
 
 
+def test_a_worker_stopping_begins_no_further_transaction_of_the_batch() -> None:
+    """Asked to stop after two of a batch's five transactions: the results are those of the four orders they
+    committed, a prefix of the batch, and nothing of the others is written."""
+    factory = FakeUnitOfWorkFactory()
+    messages = [
+        message(i, "orders", factories.order(f"O-{i}", "2026-01-01", [(f"SKU-{n}", 1) for n in range(3)]))
+        for i in range(10)
+    ]
+
+    results = run(factory, messages, lines_per_transaction=7, stopping=lambda: factory.transactions >= 2)
+
+    assert [(r.message.offset, r.outcome) for r in results] == [(i, Outcome.PROCESSED) for i in range(4)]
+    assert factory.transactions == 2
+    assert {order_id for order_id, _ in factory.state.lines} == {f"O-{i}" for i in range(4)}
+
+
+def test_a_worker_stopping_while_a_poison_message_is_sought_leaves_the_rest() -> None:
+    """Stopping while the batch is split to find the message that fails it: the half committed before the stop
+    is in the results, the rest (the poison message among it) is left to be consumed again, not dead-lettered."""
+    factory = FakeUnitOfWorkFactory()
+    factory.refuse = lambda name: name == "POISON"
+    results = run(factory, batch_with_poison(8, {6}), stopping=lambda: factory.transactions >= 2)
+    # The batch (failed), its first half (committed): then the stop.
+    assert [(r.message.offset, r.outcome) for r in results] == [(i, Outcome.PROCESSED) for i in range(4)]
+    assert factory.state.dead == []
+
+
 def test_an_order_larger_than_the_transaction_budget_is_a_transaction_alone() -> None:
     factory = FakeUnitOfWorkFactory()
     messages = [message(0, "orders", factories.order("O-BIG", "2026-01-01", [(f"S{n}", 1) for n in range(9)]))]

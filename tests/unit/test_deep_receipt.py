@@ -262,6 +262,34 @@ def test_a_receipt_stopped_between_steps_gives_the_rest_when_it_comes_again(monk
     assert len({e.event_id for e in stopped.state.outbox}) == len(stopped.state.outbox)
 
 
+def test_a_worker_stopping_between_steps_leaves_the_receipt_and_what_follows_to_be_consumed_again() -> None:
+    """SIGTERM after a receipt's first step: no further transaction begins. The results stop before the receipt
+    (its offset, and those after it, are not stored), the order after it in the batch is not handled; the batch
+    consumed again (the receipt a duplicate now) gives the plan's steps left, then the order: the same state,
+    decisions and events as a worker that never stopped."""
+    batch = [
+        message(10, "orders", factories.order("O-FIRST", "2026-01-10T09:00", [("SKU-B", 1)])),
+        message(11, "receipts", factories.receipt("R-1", "SKU-A", 10)),
+        message(12, "orders", factories.order("O-LATE", "2026-01-20T11:00", [("SKU-A", 1)])),
+    ]
+    never_stopped = Committing()
+    placed(never_stopped, 10)
+    assert [r.outcome for r in run(never_stopped, batch, lines_per_transaction=4)] == [Outcome.PROCESSED] * 3
+
+    stopped = Committing()
+    placed(stopped, 10)
+    signalled = stopped.transactions + 2  # the order and the receipt with its plan, its first step: then SIGTERM
+    results = run(stopped, batch, lines_per_transaction=4, stopping=lambda: stopped.transactions >= signalled)
+    assert [(r.message.offset, r.outcome) for r in results] == [(10, Outcome.PROCESSED)]
+    assert stopped.transactions == signalled  # no transaction began after the signal
+    assert len(allocated(stopped.state)) == 4 and stopped.state.promised == {"SKU-A": 6}
+    assert ("O-LATE", "L1") not in stopped.state.lines
+
+    again = run(stopped, batch[1:], lines_per_transaction=4)
+    assert [r.outcome for r in again] == [Outcome.DUPLICATE, Outcome.PROCESSED]
+    assert comparable(stopped.state) == comparable(never_stopped.state)
+
+
 def test_a_change_between_two_steps_has_the_plan_given_as_the_lines_are_now(monkeypatch: pytest.MonkeyPatch) -> None:
     """Between a receipt's first and second step a restock is expected for its SKU (its queue changes, nothing is
     allocated): the steps decided before are not trusted, each is given from the plan to its lines as they are

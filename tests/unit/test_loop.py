@@ -147,6 +147,37 @@ def test_offsets_are_stored_after_the_batch_is_handled() -> None:
     assert sorted(consumer.stored) == [(TOPIC, 0, 6), (TOPIC, 1, 10)]
 
 
+def test_a_batch_stopped_part_way_stores_the_offsets_of_what_it_handled_only() -> None:
+    """Asked to stop while a batch is applied, the handler returns the results of a prefix of it (the rest is left
+    to be consumed again): only those offsets are stored, and the loop polls no more."""
+    consumer = FakeConsumer([[message(0, 4), message(1, 9), message(0, 5), message(1, 10)], [message(0, 6)]])
+    handled: list[int] = []
+
+    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+        loop.stop()  # SIGTERM while the batch's first transaction runs
+        assert loop.stopping
+        handled.extend(m.offset for m in messages)
+        return processed(messages[:2])
+
+    loop = make_loop(consumer, handle)
+    assert not loop.stopping
+    loop.run()
+    assert handled == [4, 9, 5, 10]  # one batch, no other polled after the stop
+    assert sorted(consumer.stored) == [(TOPIC, 0, 5), (TOPIC, 1, 10)]
+
+
+def test_a_batch_stopped_before_its_first_transaction_stores_nothing() -> None:
+    consumer = FakeConsumer([[message(0, 4)]])
+
+    def handle(messages: Sequence[InboundMessage]) -> list[MessageResult]:
+        loop.stop()
+        return []
+
+    loop = make_loop(consumer, handle)
+    loop.run()
+    assert consumer.stored == []
+
+
 def test_incremental_rebalance_moves_only_the_named_partitions() -> None:
     consumer = FakeConsumer([])
     loop = make_loop(consumer, processed)

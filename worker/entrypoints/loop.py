@@ -2,7 +2,9 @@
 
 Offsets are stored only after the batch's transaction committed; librdkafka's background commit
 then sends them, and a final synchronous commit happens on revocation and on shutdown. If the
-process dies in between, the batch is delivered again and the handlers recognise it.
+process dies in between, the batch is delivered again and the handlers recognise it. A batch handled only in
+part (the worker stopping between two of its transactions) has the offsets of the messages handled stored, and
+the rest is consumed again.
 
 The group rebalances incrementally (cooperative-sticky, or KIP-848's protocol): `on_assign` and
 `on_revoke` receive only the partitions that move, and the others keep being consumed. Partitions
@@ -123,8 +125,14 @@ class ConsumeLoop:
         """Seconds since the loop last polled Kafka or committed part of a batch."""
         return time.monotonic() - max(self.last_poll_monotonic, self.last_progress_monotonic)
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop: the batch in hand stops between two of its transactions."""
+        return not self._running
+
     def stop(self) -> None:
-        """Ask the loop to finish the current batch and return (safe from a signal handler)."""
+        """Ask the loop to finish the transaction in hand and return (safe from a signal handler): the messages of
+        the batch not handled by then are consumed again."""
         if self.stop_requested_monotonic is None:
             self.stop_requested_monotonic = time.monotonic()
         self._running = False
@@ -142,7 +150,7 @@ class ConsumeLoop:
             results = self._handle_until_stored(inbound)
             if results is None:
                 break  # stopped while the database was down: nothing of this batch was committed
-            self._store_offsets(inbound)
+            self._store_offsets([r.message for r in results])  # those handled: a prefix of the batch
             if self._on_committed is not None:
                 self._on_committed()
         log.info("consumer_stopped")
@@ -246,6 +254,8 @@ class ConsumeLoop:
         return self._running
 
     def _store_offsets(self, messages: list[InboundMessage]) -> None:
+        if not messages:
+            return
         next_offsets: dict[tuple[str, int], int] = {}
         for m in messages:
             key = (m.topic, m.partition)

@@ -6,6 +6,10 @@ A message that cannot be accepted is written to the dead-letter topic (through t
 same transaction) and the rest of the batch goes on. A database that is unavailable is not the
 message's fault: `StoreUnavailable` leaves this function and the batch is retried later.
 
+A worker asked to stop (`stopping`) stops between two transactions: the results end with the last message a
+committed transaction finished, and the messages after it (a receipt whose steps are not all given among them) are
+left to be consumed again; the receipt, a duplicate then, gives the steps its plan still holds.
+
 Any other failure of the batch's transaction (one raised outside an event's savepoint, such as a value
 the database refuses while the batch's orders and SKUs are locked or when its changes are saved) is
 some message's fault, and must not
@@ -48,28 +52,44 @@ def handle_batch(
     now: dt.datetime,
     on_progress: Callable[[], None] | None = None,
     lines_per_transaction: int = 5_000,
+    stopping: Callable[[], bool] | None = None,
 ) -> list[MessageResult]:
-    """Apply a batch; returns one result per message, in order. Raises StoreUnavailable.
+    """Apply a batch; returns one result per message, in order, up to where it stopped. Raises StoreUnavailable.
 
     The batch is cut into transactions of at most `lines_per_transaction` order lines (a message with
     more is a transaction alone), and a receipt that fills more lines than that gives them in steps of about as
     many, transactions of their own before the messages after it are handled, so that no transaction holds its
-    locks for long whatever the batch holds; `on_progress` is called after each.
+    locks for long whatever the batch holds; `on_progress` is called after each. Once `stopping()` is true, no
+    further transaction begins: the results are those of the messages handled in full, a prefix of the batch.
     """
     parsed = [(message, _parse(message, decoder, expected_records)) for message in messages]
     results: list[MessageResult] = []
+    go_on = _going(stopping)
     for chunk in _chunks(parsed, lines_per_transaction):
-        results += _isolating(
+        done = _isolating(
             chunk,
             unit_of_work=unit_of_work,
             shop=shop,
             now=now,
             on_progress=on_progress,
             fills_per_step=lines_per_transaction,
+            go_on=go_on,
         )
+        results += done
         if on_progress is not None:
             on_progress()
+        if len(done) < len(chunk):
+            break  # stopped within the chunk
+    if len(results) < len(messages):
+        log.info("batch_stopped", handled=len(results), left=len(messages) - len(results))
     return results
+
+
+def _going(stopping: Callable[[], bool] | None) -> Callable[[], bool]:
+    """Whether the next transaction may begin: while the worker is not stopping."""
+    if stopping is None:
+        return lambda: True
+    return lambda: not stopping()
 
 
 Parsed = tuple[InboundMessage, commands.Command | RejectedMessage]
@@ -106,9 +126,11 @@ def _isolating(
     now: dt.datetime,
     on_progress: Callable[[], None] | None = None,
     fills_per_step: int,
+    go_on: Callable[[], bool],
 ) -> list[MessageResult]:
+    """The results of `batch`'s messages, up to where it stopped (`go_on()` false before a transaction)."""
     results: list[MessageResult] = []
-    while len(results) < len(batch):
+    while len(results) < len(batch) and go_on():
         rest = batch[len(results) :]
         try:
             done, left = _in_one_transaction(
@@ -127,8 +149,11 @@ def _isolating(
                     now=now,
                     on_progress=on_progress,
                     fills_per_step=fills_per_step,
+                    go_on=go_on,
                 )
                 first = again(rest[:middle])
+                if len(first) < middle:
+                    return results + first  # stopped
                 return results + first + again(rest[middle:])
             message = rest[0][0]
             log.exception("message_isolated", topic=message.topic, partition=message.partition, offset=message.offset)
@@ -138,8 +163,10 @@ def _isolating(
                 uow.dead_letter(message, error, now)
             return [*results, MessageResult(message, Outcome.DEAD_LETTERED, error)]
         results += done
-        if left is not None:
-            _give_more(left, done[-1].message, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress)
+        if left is not None and not _give_more(
+            left, done[-1].message, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress, go_on=go_on
+        ):
+            return results[:-1]  # the receipt's steps are not all given: it is to be consumed again
     return results
 
 
@@ -151,13 +178,18 @@ def _give_more(
     shop: ShopPolicy,
     now: dt.datetime,
     on_progress: Callable[[], None] | None,
-) -> None:
-    """A receipt's further steps, each in a transaction of its own, before the messages after it. The database
-    lost stops them with the batch (which is handled again: the receipt, a duplicate then, gives the steps its plan
-    still holds). A step that fails for a reason of its own (a defect) stops them too: the units its plan still
-    promises are given back, on hand, where the next event that allocates the SKU's stock gives them."""
+    go_on: Callable[[], bool],
+) -> bool:
+    """A receipt's further steps, each in a transaction of its own, before the messages after it; False if the
+    worker stopping left some (the receipt, consumed again, a duplicate then, gives the steps its plan still holds,
+    as after the database lost, which stops them with the batch). A step that fails for a reason of its own (a
+    defect) stops them too: the units its plan still promises are given back, on hand, where the next event that
+    allocates the SKU's stock gives them."""
     more: handlers.FillsLeft | None = left
     while more is not None:
+        if not go_on():
+            log.info("receipt_steps_left", receipt_id=left.command.receipt.receipt_id, sku=left.command.receipt.sku)
+            return False
         try:
             with unit_of_work() as uow:
                 uow.caused_by(message.written_at)
@@ -180,12 +212,13 @@ def _give_more(
                 raise  # the batch is handled again: the receipt, a duplicate then, gives the plan's steps
             except Exception:
                 log.exception("receipt_plan_not_given_back", receipt_id=left.command.receipt.receipt_id)
-                return
+                return True
             log.warning("receipt_plan_given_back", receipt_id=left.command.receipt.receipt_id, units=units)
-            return
+            return True
         more = done if isinstance(done, handlers.FillsLeft) else None
         if on_progress is not None:
             on_progress()
+    return True
 
 
 def _describe(exc: BaseException) -> str:
