@@ -5,11 +5,25 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from psycopg_pool import ConnectionPool
 
 from tests import factories
 from tests.integration.conftest import ROOT, Deployment, wait_for
+from tests.unit.test_batch import CODEC, TOPICS, message
+from worker.adapters.avro import EventSerializer
+from worker.adapters.postgres.unit_of_work import PostgresUnitOfWorkFactory
+from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested
+from worker.domain.policy import ShopPolicy
+from worker.service.batch import handle_batch
+from worker.service.book import Book
+from worker.service.handlers import Outcome, sweep_once
+from worker.service.messages import InboundMessage
 
 T0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -149,3 +163,59 @@ def test_a_stale_backorder_is_cancelled_and_its_units_go_to_the_next_line(deploy
     assert shipment.value is not None
     assert (shipment.value["order_id"], shipment.value["lines"][0]["quantity"]) == ("next", 2)
     wait_for("the metric", lambda: deployment.workers[0].metric("backorder_cancelled_lines_total", reason="STALE") == 1)
+
+
+def test_a_status_update_is_not_sent_to_an_order_a_transaction_gave_its_units_meanwhile(deployment: Deployment) -> None:
+    """A sweep reads an order as waiting (its day-7 update due) while another transaction, not yet committed, gives
+    its line the units of a receipt. The sweep tells the order under its hold: it waits for that transaction and
+    reads the line again, so the customer is told the units are allocated, and never then "still awaiting
+    inventory"."""
+    placed = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
+    day_8 = placed + dt.timedelta(days=8)
+    order = message(0, "orders", factories.order("SU-1", placed.isoformat(), [("SU-SKU", 1)]))
+    receipt = message(1, "receipts", factories.receipt("SU-R", "SU-SKU", 1))
+    given, release = threading.Event(), threading.Event()
+    serializer = EventSerializer(
+        CODEC,
+        {FulfillmentRequested: "fulfillments", CustomerNotification: "notices", BackorderStatusChanged: "statuses"},
+    )
+
+    class Lingering(PostgresUnitOfWorkFactory):
+        """Its transactions keep what they locked a while after their work, before they commit."""
+
+        @contextmanager
+        def __call__(self, *, rollback: bool = False) -> Iterator[Book]:
+            with super().__call__(rollback=rollback) as book:
+                yield book
+                given.set()
+                release.wait(30)
+
+    def handle(messages: list[InboundMessage], factory: PostgresUnitOfWorkFactory, now: dt.datetime) -> None:
+        results = handle_batch(
+            messages, decoder=CODEC, expected_records=TOPICS, unit_of_work=factory, shop=ShopPolicy(), now=now
+        )
+        assert [r.outcome for r in results] == [Outcome.PROCESSED]
+
+    with ConnectionPool(deployment.database_url, min_size=2, max_size=4) as pool:
+        plain = PostgresUnitOfWorkFactory(pool, serializer, "dlq")
+        handle([order], plain, placed)  # it waits: nothing in stock
+        receiving = threading.Thread(target=handle, args=([receipt], Lingering(pool, serializer, "dlq"), day_8))
+        receiving.start()
+        assert given.wait(30)  # the line is given its unit; not committed yet
+        swept: list[int | None] = []
+        sweeping = threading.Thread(target=lambda: swept.append(sweep_once(plain, ShopPolicy(), day_8, wait=True)))
+        sweeping.start()
+        sweeping.join(2.0)
+        waited = sweeping.is_alive()  # for the order's hold
+        release.set()
+        receiving.join(30)
+        sweeping.join(30)
+
+    notices = [
+        CODEC.decode(value)[1]["type"]
+        for (value,) in deployment.query(
+            "SELECT message_value FROM outbox WHERE topic = 'notices' AND message_key = %s ORDER BY outbox_id", b"SU-1"
+        )
+    ]
+    assert notices == ["BACKORDER_CONFIRMED", "BACKORDER_ALLOCATED"]
+    assert waited and swept == [0]

@@ -678,23 +678,37 @@ def _cancel_stale(
 def _send_status_updates(
     uow: UnitOfWork, shop: ShopPolicy, as_of: dt.datetime, waiting: Iterable[OrderLineState]
 ) -> list[OutboundEvent]:
-    """The status updates due for the orders of `waiting`, each claimed (the events are returned, not emitted)."""
-    events: list[OutboundEvent] = []
+    """The status updates due for the orders of `waiting`, each claimed (the events are returned, not emitted).
+
+    An order with an update due is told it under its hold, its lines read again: what another transaction decided
+    about it since `waiting` was read (units given, a cancellation) is what it is told, and an order that no longer
+    waits is not told it is still awaiting inventory (its step claimed all the same). Only the orders due are held.
+    """
+    due: dict[str, tuple[int, int]] = {}
     for order_id, lines in _by_order(waiting).items():
-        due = shop.cadence.due_step(as_of - lines[0].placed_at)
-        if due is None or not uow.claim_status_update(order_id, due[0]):
+        update = shop.cadence.due_step(as_of - lines[0].placed_at)
+        if update is not None and uow.claim_status_update(order_id, update[0]):
+            due[order_id] = update
+    if not due:
+        return []
+    uow.hold_orders(due)
+    still = _by_order(_awaiting_stock(uow, uow.order_lines(due)))
+    events: list[OutboundEvent] = []
+    for order_id, (step, day) in due.items():
+        if order_id not in still:
             continue
+        lines = still[order_id]
         expected = order_eta(lines)
         events.append(
             _notification(
-                f"status-update/{order_id}/{due[0]}",
+                f"status-update/{order_id}/{step}",
                 NotificationType.BACKORDER_STATUS_UPDATE,
                 lines[0],
                 _waiting_lines(lines),
                 cancel_allowed=True,
                 now=as_of,
                 expected_ship_date=expected,
-                reason=f"day {due[1]}: still awaiting inventory"
+                reason=f"day {day}: still awaiting inventory"
                 + (f"; expected to ship {expected.isoformat()}" if expected else "; expected ship date unknown"),
             )
         )
