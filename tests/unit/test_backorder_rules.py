@@ -388,6 +388,20 @@ def test_a_pre_order_goes_stale_counting_from_the_release() -> None:
     assert len(notices(uow, "O", NotificationType.BACKORDER_CANCELLED)) == 1
 
 
+def test_a_shipment_of_units_a_stale_cancellation_freed_names_the_sweep_s_work_as_its_cause() -> None:
+    # No inbound event caused it: `caused_by_event_id` names the sweep's cancellation (see the README's Events).
+    uow = FakeUnitOfWork()
+    run(uow, factories.policy("S", stale_after_days=10))
+    run(uow, factories.order("OLD", "2026-01-01", [("S", 2)], split_preference="SHIP_COMPLETE"))
+    run(uow, factories.order("NEXT", "2026-01-15", [("S", 1)]))
+    run(uow, factories.receipt("R-1", "S", 1))  # held for OLD, which wants 2 and ships complete
+    assert shipped(uow) == []
+    as_of = dt.datetime(2026, 1, 21, tzinfo=dt.UTC)
+    sweep(uow, SHOP, as_of)  # OLD waited 20 days: cancelled, its unit goes to NEXT
+    [request] = [e for e in uow.state.outbox if isinstance(e, FulfillmentRequested)]
+    assert (request.order_id, request.caused_by_event_id) == ("NEXT", f"stale/OLD/{as_of.isoformat()}")
+
+
 def test_an_order_placed_on_or_after_the_release_is_no_pre_order() -> None:
     uow = FakeUnitOfWork()
     run(uow, factories.policy("NEW", available_from=RELEASE, backorders_allowed=False))
