@@ -457,7 +457,7 @@ def serve_promises(settings: Settings) -> None:
     """Serve the promise API (uvicorn) until SIGTERM or SIGINT; requests in flight are finished first."""
     import uvicorn
 
-    from worker.entrypoints.api import create_app
+    from worker.entrypoints.api import create_app, head_bound
     from worker.service.promise import QueueCopies
 
     with promise_snapshots(settings, settings.promise_pool_size) as snapshots:
@@ -474,6 +474,7 @@ def serve_promises(settings: Settings) -> None:
             host=settings.promise_host,
             port=settings.promise_port,
             limit_concurrency=settings.promise_max_concurrency,
+            http=head_bound(settings.promise_timeout_seconds),
             timeout_keep_alive=5,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_seconds)),
             access_log=False,  # 200 requests a second are not news; errors are logged

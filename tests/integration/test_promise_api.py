@@ -4,11 +4,14 @@ the same acceptance and the same expected ship date. And `backorder-worker promi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,13 +29,13 @@ from worker.service import limits
 class PromiseServer:
     """`python -m worker serve` on a free port of this test's world."""
 
-    def __init__(self, deployment: Deployment, log_path: Path) -> None:
+    def __init__(self, deployment: Deployment, log_path: Path, **settings: str) -> None:
         self.port = localstack.free_port()
         self._log = log_path.open("ab")
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "serve"],
-            env=deployment.env(BACKORDER_PROMISE_PORT=str(self.port)),
+            env=deployment.env(BACKORDER_PROMISE_PORT=str(self.port), **settings),
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -87,6 +90,53 @@ def server(deployment: Deployment, tmp_path: Path) -> Iterator[PromiseServer]:
     finally:
         if served.proc.poll() is None:
             served.stop()
+
+
+def status_of(server: PromiseServer, path: str) -> int:
+    try:
+        return server.get(path)[0]
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def closed_by_the_server(sock: socket.socket) -> bool:
+    sock.settimeout(3.0)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_that_send_no_request_head_are_closed_and_leave_room_for_carts(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """As many connections as the API takes at once (4 here), opened and left without a request, or sending a head a
+    few bytes at a time: while they are open, a cart gets 503 (the concurrency limit counts connections); each is
+    closed once its head is BACKORDER_PROMISE_TIMEOUT_SECONDS (1 s here) late, and carts are answered again."""
+    served = PromiseServer(
+        deployment,
+        tmp_path / "serve.log",
+        BACKORDER_PROMISE_MAX_CONCURRENCY="4",
+        BACKORDER_PROMISE_TIMEOUT_SECONDS="1",
+    )
+    try:
+        idle = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(3)]
+        dribbling = socket.create_connection(("127.0.0.1", served.port))
+        dribbling.sendall(b"POST /v1/promise HTTP/1.1\r\n")
+        time.sleep(0.2)
+        assert status_of(served, "/healthz") == 503  # the limit reached by connections that ask nothing
+        for part in (b"Host: x\r\n", b"Content-", b"Type: app"):
+            time.sleep(0.4)
+            with contextlib.suppress(OSError):  # closed already
+                dribbling.sendall(part)
+        assert [closed_by_the_server(sock) for sock in [*idle, dribbling]] == [True] * 4
+        assert status_of(served, "/healthz") == 200
+        for sock in [*idle, dribbling]:
+            sock.close()
+    finally:
+        served.stop()
 
 
 def placed(deployment: Deployment, order_id: str, lines: int) -> dict[str, tuple[Any, ...]]:

@@ -6,9 +6,10 @@ is written and nothing is reserved. The request model holds the same bounds as a
 order, quantities, identifiers, dates: worker/service/limits.py), so every cart the API accepts is an
 order the worker would accept too, and a cart it refuses gets a 422 naming the field.
 
-Bounded whatever the clients do: a body is read within `timeout_seconds` and up to MAX_BODY_BYTES (413
-beyond), a connection from the pool is waited for at most `timeout_seconds` and a statement runs at most as
-long (the caller's pool sets `statement_timeout`); a database that cannot answer gives 503 at once.
+Bounded whatever the clients do: a request's head is read within `timeout_seconds` (else the connection is
+closed: `head_bound`), a body within as long and up to MAX_BODY_BYTES (413 beyond), a connection from the pool
+is waited for at most `timeout_seconds` and a statement runs at most as long (the caller's pool sets
+`statement_timeout`); a database that cannot answer gives 503 at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from worker.domain.model import CustomerTier, ShippingService, SplitPreference
 from worker.domain.policy import ShopPolicy
@@ -233,6 +235,54 @@ class BoundedBody:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def head_bound(timeout_seconds: float) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP/1.1 protocol (httptools) with the wait for a request's head bounded too: a connection that has
+    not sent a whole request head within `timeout_seconds` of opening, or of its last response, is closed.
+
+    uvicorn times a connection out only once a response is done and no byte comes after it (its keep-alive
+    timeout): a connection that never sends a request, or sends its head a byte at a time, stays open, and every
+    open connection counts toward `limit_concurrency`, beyond which every request gets 503. A client holding that
+    many idle connections (a pool warmed and left, a proxy's spares) shut checkout out for as long as it held them.
+    """
+
+    class HeadBoundProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_head()
+
+        def on_headers_complete(self) -> None:
+            self._head_came()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # the next request's head came already
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_came()
+            super().connection_lost(exc)
+
+        def _await_head(self) -> None:
+            self._head_came()
+            self._head_timer = self.loop.call_later(timeout_seconds, self._head_late)
+
+        def _head_came(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadBoundProtocol
 
 
 async def _answer(send: Send, status: int, detail: str) -> None:
