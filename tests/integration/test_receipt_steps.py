@@ -17,7 +17,7 @@ from tests import factories
 from tests.integration.conftest import Deployment, wait_for
 from tests.unit.test_batch import CODEC, NOW, TOPICS, message
 from tests.unit.test_deep_receipt import decisions_counted
-from worker.adapters.postgres.read import PostgresReadModel
+from worker.adapters.postgres.read import PostgresReadModel, state_figures
 from worker.adapters.postgres.unit_of_work import PostgresUnitOfWorkFactory
 from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
@@ -159,11 +159,16 @@ def test_sigterm_between_steps_stops_the_receipt_there_and_a_new_worker_gives_th
     )
     assert 0 < given < STEPPED and plan_left > 0  # stopped in the middle, its plan kept
     assert worker.logged("receipt_steps_left") and worker.logged("batch_stopped")
+    with world.db() as conn:
+        left = state_figures(conn)  # behind backorder_plan_steps_left and _oldest_age_seconds
+    assert (left.plan_steps_left, left.plan_oldest_age_seconds > 0) == (plan_left, True)
 
     again = world.start_worker(**steps)
     wait_for("every step given", lambda: world.query(allocated)[0][0] == STEPPED, timeout_s=120)
     assert again.logged("receipt_resumed")
     assert world.query("SELECT count(*) FROM receipt_plan") == [(0,)]
+    with world.db() as conn:
+        assert (state_figures(conn).plan_steps_left, state_figures(conn).plan_oldest_age_seconds) == (0, 0.0)
     assert world.query("SELECT count(*), count(DISTINCT (order_id, line_id)), sum(quantity) FROM allocation") == [
         (STEPPED, STEPPED, STEPPED)
     ]

@@ -386,6 +386,8 @@ def figures(outbox_backlog: int) -> StateFigures:
         open_lines_expected_within_7_days=0,
         fill_to_allocation=empty,
         fill_to_shipment=empty,
+        plan_steps_left=0,
+        plan_oldest_age_seconds=0.0,
     )
 
 

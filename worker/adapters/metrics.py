@@ -124,6 +124,16 @@ class _StateCollector(Collector):
             value=figures.outbox_oldest_age_seconds,
         )
         yield GaugeMetricFamily(
+            "backorder_plan_steps_left",
+            "Steps of deep receipts' plans not given yet (their units promised to named lines, off the shelf)",
+            value=figures.plan_steps_left,
+        )
+        yield GaugeMetricFamily(
+            "backorder_plan_oldest_age_seconds",
+            "Age of the oldest step of a deep receipt's plan not given yet",
+            value=figures.plan_oldest_age_seconds,
+        )
+        yield GaugeMetricFamily(
             "backorder_open_lines", "Order lines waiting for stock", value=figures.open_backorder_lines
         )
         yield GaugeMetricFamily(

@@ -93,6 +93,8 @@ class StateFigures:
     open_lines_expected_within_7_days: int
     fill_to_allocation: Histogram
     fill_to_shipment: Histogram
+    plan_steps_left: int  # deep receipts' steps not given yet: their units promised, off the shelf
+    plan_oldest_age_seconds: float  # since the oldest of them was planned
 
 
 @dataclass(frozen=True)

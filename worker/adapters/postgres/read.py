@@ -94,7 +94,10 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
             FROM order_line l JOIN customer_order o USING (order_id)
             WHERE l.status IN {WAITING_SQL} GROUP BY o.currency"""
     ).fetchall()
-    assert outbox is not None and backlog is not None
+    plans = conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(planned_at)), 0) FROM receipt_plan"
+    ).fetchone()
+    assert outbox is not None and backlog is not None and plans is not None
     return StateFigures(
         outbox_backlog=int(outbox[0]),
         outbox_parked=int(outbox[2]),
@@ -114,6 +117,8 @@ def state_figures(conn: psycopg.Connection[Any]) -> StateFigures:
         open_value_minor_by_currency={currency: int(value) for currency, value in values},
         fill_to_allocation=totals.histogram(total, "fill_to_allocation"),
         fill_to_shipment=totals.histogram(total, "fill_to_shipment"),
+        plan_steps_left=int(plans[0]),
+        plan_oldest_age_seconds=float(plans[1]),
     )
 
 
