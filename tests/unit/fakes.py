@@ -109,6 +109,9 @@ class MemoryStore:
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self.lines(orders=order_ids)
 
+    def hold_free_orders(self, order_ids: Sequence[str]) -> tuple[set[str], list[OrderLineState]]:
+        return set(order_ids), self.lines(orders=order_ids)  # one transaction at a time: every order is free
+
     def lock_sweep(self, wait: bool) -> bool:
         return True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests import examples, factories
-from tests.unit.fakes import FakeUnitOfWork, FakeUnitOfWorkFactory, handle_record
+from tests.unit.fakes import FakeUnitOfWork, FakeUnitOfWorkFactory, MemoryStore, handle_record
 from worker.domain.allocation import ShipCompleteMode
 from worker.domain.eta import (
     Eta,
@@ -25,7 +26,7 @@ from worker.domain.eta import (
     supplier_margin,
 )
 from worker.domain.events import BackorderStatusChanged, CustomerNotification, FulfillmentRequested, NotificationType
-from worker.domain.model import WAITING, LineStatus, SplitPreference
+from worker.domain.model import WAITING, LineStatus, OrderLineState, SplitPreference
 from worker.domain.policy import (
     Outlook,
     ProductPolicy,
@@ -400,6 +401,33 @@ def test_a_shipment_of_units_a_stale_cancellation_freed_names_the_sweep_s_work_a
     sweep(uow, SHOP, as_of)  # OLD waited 20 days: cancelled, its unit goes to NEXT
     [request] = [e for e in uow.state.outbox if isinstance(e, FulfillmentRequested)]
     assert (request.order_id, request.caused_by_event_id) == ("NEXT", f"stale/OLD/{as_of.isoformat()}")
+
+
+def test_an_order_another_transaction_holds_is_told_its_status_update_at_the_next_sweep() -> None:
+    # The sweep holds the orders it tells without waiting: one held elsewhere (being decided about) is left, its
+    # step not claimed, and told by the next sweep that finds it free.
+    uow = FakeUnitOfWork()
+    for order_id in ("A", "B"):
+        run(uow, factories.order(order_id, "2026-01-01", [("S", 1)]))
+    busy = {"B"}
+    hold = MemoryStore.hold_free_orders
+
+    def held_elsewhere(store: MemoryStore, order_ids: Sequence[str]) -> tuple[set[str], list[OrderLineState]]:
+        held, lines = hold(store, [o for o in order_ids if o not in busy])
+        return held, lines
+
+    factory = FakeUnitOfWorkFactory(uow.state)  # a unit of work a transaction, as the sweep runs them
+
+    def told() -> list[int]:
+        return [len(notices(FakeUnitOfWork(factory.state), o, NotificationType.BACKORDER_STATUS_UPDATE)) for o in "AB"]
+
+    as_of = dt.datetime(2026, 1, 9, tzinfo=dt.UTC)  # day 8: the day-7 update is due
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MemoryStore, "hold_free_orders", held_elsewhere)
+        sweep_once(factory, SHOP, as_of, wait=True)
+    assert told() == [1, 0]
+    sweep_once(factory, SHOP, as_of + dt.timedelta(hours=1), wait=True)
+    assert told() == [1, 1]
 
 
 def test_an_order_placed_on_or_after_the_release_is_no_pre_order() -> None:

@@ -326,6 +326,16 @@ class Book:
             self._merge(self._store.hold_orders(wanted), fresh=True)
             self._orders_loaded.update(wanted)
 
+    def hold_free_orders(self, order_ids: Iterable[str]) -> set[str]:
+        ids = set(order_ids)
+        wanted = sorted(o for o in ids if o not in self._held and o not in self._new_orders)
+        if wanted:
+            held, lines = self._store.hold_free_orders(wanted)
+            self._held.update(held)
+            self._merge(lines, fresh=True)
+            self._orders_loaded.update(held)
+        return {o for o in ids if o in self._held or o in self._new_orders}
+
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         ids = set(order_ids)
         self._load_orders(ids)
@@ -846,12 +856,15 @@ class Book:
         return [line for line in lines if (line.order_id, line.line_id) not in promised]
 
     def claim_status_update(self, order_id: str, step: int) -> bool:
-        if (order_id, step) not in self._claimed:
-            self._claimed.update(dict.fromkeys(self._store.status_updates([order_id]), False))
-        if (order_id, step) in self._claimed:
+        if self.status_update_claimed(order_id, step):
             return False
         self._put(self._claimed, (order_id, step), True)
         return True
+
+    def status_update_claimed(self, order_id: str, step: int) -> bool:
+        if (order_id, step) not in self._claimed:
+            self._claimed.update(dict.fromkeys(self._store.status_updates([order_id]), False))
+        return (order_id, step) in self._claimed
 
     def ship(
         self,

@@ -680,22 +680,24 @@ def _send_status_updates(
 ) -> list[OutboundEvent]:
     """The status updates due for the orders of `waiting`, each claimed (the events are returned, not emitted).
 
-    An order with an update due is told it under its hold, its lines read again: what another transaction decided
-    about it since `waiting` was read (units given, a cancellation) is what it is told, and an order that no longer
-    waits is not told it is still awaiting inventory (its step claimed all the same). Only the orders due are held.
+    An order is told its update under its hold, its lines read again, so that what another transaction decided about
+    it since `waiting` was read (units given, a cancellation) is what it is told: an order that no longer waits is
+    not told it is still awaiting inventory. Only the orders with an update due and not yet claimed are held, and
+    without waiting: one that another transaction holds right now (deciding about it) is told at the next sweep, if
+    it still waits; the sweep never waits for a consume transaction, nor the other way round in a cycle.
     """
     due: dict[str, tuple[int, int]] = {}
     for order_id, lines in _by_order(waiting).items():
         update = shop.cadence.due_step(as_of - lines[0].placed_at)
-        if update is not None and uow.claim_status_update(order_id, update[0]):
+        if update is not None and not uow.status_update_claimed(order_id, update[0]):
             due[order_id] = update
     if not due:
         return []
-    uow.hold_orders(due)
-    still = _by_order(_awaiting_stock(uow, uow.order_lines(due)))
+    held = uow.hold_free_orders(due)
+    still = _by_order(_awaiting_stock(uow, uow.order_lines(held)))
     events: list[OutboundEvent] = []
     for order_id, (step, day) in due.items():
-        if order_id not in still:
+        if order_id not in still or not uow.claim_status_update(order_id, step):
             continue
         lines = still[order_id]
         expected = order_eta(lines)

@@ -153,6 +153,11 @@ class UnitOfWork(Protocol):
         """
         ...
 
+    def hold_free_orders(self, order_ids: Iterable[str]) -> set[str]:
+        """Hold, without waiting, those of these orders no other transaction holds, until the end of this one; the
+        ones this transaction holds now (those it held already included), their lines read again."""
+        ...
+
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         """The SKUs of these orders' lines (read before the stock locks are taken)."""
         ...
@@ -321,6 +326,10 @@ class UnitOfWork(Protocol):
 
     def claim_status_update(self, order_id: str, step: int) -> bool:
         """True the first time this step of this order is claimed, ever."""
+        ...
+
+    def status_update_claimed(self, order_id: str, step: int) -> bool:
+        """Whether this step of this order has been claimed (claiming nothing)."""
         ...
 
     def lock_sweep(self, wait: bool) -> bool:
@@ -528,6 +537,11 @@ class Store(Protocol):
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         """Wait until no other transaction holds these orders, hold them to the end of this one, and
         return their lines as they are now."""
+        ...
+
+    def hold_free_orders(self, order_ids: Sequence[str]) -> tuple[set[str], list[OrderLineState]]:
+        """Hold those of these orders no other transaction holds (waiting for none), to the end of this one; the
+        ones held and their lines as they are now."""
         ...
 
     def lock_sweep(self, wait: bool) -> bool: ...

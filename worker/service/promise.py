@@ -382,6 +382,9 @@ class Snapshot:
     def hold_orders(self, order_ids: Sequence[str]) -> list[OrderLineState]:
         return self._store.lines(orders=order_ids)
 
+    def hold_free_orders(self, order_ids: Sequence[str]) -> tuple[set[str], list[OrderLineState]]:
+        return set(order_ids), self._store.lines(orders=order_ids)
+
     def orders_given(self, cause: str, among: Collection[str] | None = None) -> set[str]:
         return self._store.orders_given(cause, among)
 

@@ -164,6 +164,15 @@ class PostgresStore:
         return select_lines(self._conn, "l.order_id = ANY(%b)", (list(order_ids),))
 
     @_judged
+    def hold_free_orders(self, order_ids: Sequence[str]) -> tuple[set[str], list[OrderLineState]]:
+        rows = self._conn.execute(
+            "SELECT order_id FROM customer_order WHERE order_id = ANY(%b) ORDER BY order_id FOR UPDATE SKIP LOCKED",
+            (list(order_ids),),
+        ).fetchall()
+        held = [order_id for (order_id,) in rows]
+        return set(held), select_lines(self._conn, "l.order_id = ANY(%b)", (held,)) if held else []
+
+    @_judged
     def lock_sweep(self, wait: bool) -> bool:
         if wait:
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (SWEEP_LOCK,))
