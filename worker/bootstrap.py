@@ -76,6 +76,9 @@ class ShutdownDeadline:
         return max(0.0, self._deadline - time.monotonic())
 
 
+PROMISE_KEEP_ALIVE_S = 5  # the promise API's idle keep-alive connections close after this long
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -474,8 +477,10 @@ def serve_promises(settings: Settings) -> None:
             host=settings.promise_host,
             port=settings.promise_port,
             limit_concurrency=settings.promise_max_concurrency,
-            http=head_bound(settings.promise_timeout_seconds),
-            timeout_keep_alive=5,
+            # A whole request head within the keep-alive timeout plus the promise timeout of opening or of the last
+            # response: an idle keep-alive connection still closes at the keep-alive timeout, first.
+            http=head_bound(PROMISE_KEEP_ALIVE_S + settings.promise_timeout_seconds),
+            timeout_keep_alive=PROMISE_KEEP_ALIVE_S,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_seconds)),
             access_log=False,  # 200 requests a second are not news; errors are logged
             log_config=None,  # uvicorn's loggers go through the root logger configured at the entry point

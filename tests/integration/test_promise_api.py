@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import json
 import signal
 import socket
@@ -114,7 +115,8 @@ def test_connections_that_send_no_request_head_are_closed_and_leave_room_for_car
 ) -> None:
     """As many connections as the API takes at once (4 here), opened and left without a request, or sending a head a
     few bytes at a time: while they are open, a cart gets 503 (the concurrency limit counts connections); each is
-    closed once its head is BACKORDER_PROMISE_TIMEOUT_SECONDS (1 s here) late, and carts are answered again."""
+    closed once its head is late (the 5 s keep-alive plus BACKORDER_PROMISE_TIMEOUT_SECONDS, 1 s here, after it
+    opened), and carts are answered again. A keep-alive connection idle 3 s after a response still serves."""
     served = PromiseServer(
         deployment,
         tmp_path / "serve.log",
@@ -127,14 +129,25 @@ def test_connections_that_send_no_request_head_are_closed_and_leave_room_for_car
         dribbling.sendall(b"POST /v1/promise HTTP/1.1\r\n")
         time.sleep(0.2)
         assert status_of(served, "/healthz") == 503  # the limit reached by connections that ask nothing
-        for part in (b"Host: x\r\n", b"Content-", b"Type: app"):
-            time.sleep(0.4)
+        for part in (b"Host: x\r\n", b"Content-", b"Type: app", b"lication/", b"json\r\n", b"Content-"):
+            time.sleep(1.0)
             with contextlib.suppress(OSError):  # closed already
                 dribbling.sendall(part)
         assert [closed_by_the_server(sock) for sock in [*idle, dribbling]] == [True] * 4
         assert status_of(served, "/healthz") == 200
         for sock in [*idle, dribbling]:
             sock.close()
+
+        kept = http.client.HTTPConnection("127.0.0.1", served.port, timeout=5)
+        sockets = []
+        for pause in (0.0, 3.0):  # past the promise timeout, within the keep-alive
+            time.sleep(pause)
+            kept.request("GET", "/healthz")
+            answer = kept.getresponse()
+            assert (answer.status, answer.read()) == (200, b'{"status":"ok"}')
+            sockets.append(kept.sock)
+        assert sockets[0] is sockets[1]  # one connection, kept
+        kept.close()
     finally:
         served.stop()
 

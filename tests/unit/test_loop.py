@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import pytest
 from confluent_kafka import Message, TopicPartition
 
 from worker.entrypoints.loop import CONFLICT_RETRIES, ConsumeLoop, KafkaConsumer, RebalanceCallback
@@ -164,6 +165,14 @@ def test_a_batch_stopped_part_way_stores_the_offsets_of_what_it_handled_only() -
     loop.run()
     assert handled == [4, 9, 5, 10]  # one batch, no other polled after the stop
     assert sorted(consumer.stored) == [(TOPIC, 0, 5), (TOPIC, 1, 10)]
+
+
+def test_a_batch_handled_in_part_without_a_stop_is_a_defect_that_stops_the_loop_storing_nothing() -> None:
+    consumer = FakeConsumer([[message(0, 4), message(0, 5)], [message(0, 6)]])
+    loop = make_loop(consumer, lambda messages: processed(messages[:1]))
+    with pytest.raises(RuntimeError, match="handled in part"):
+        loop.run()
+    assert consumer.stored == []  # offset 5 was not handled: nothing after it may be stored
 
 
 def test_a_batch_stopped_before_its_first_transaction_stores_nothing() -> None:

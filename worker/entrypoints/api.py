@@ -242,9 +242,11 @@ def head_bound(timeout_seconds: float) -> type[HttpToolsProtocol]:
     not sent a whole request head within `timeout_seconds` of opening, or of its last response, is closed.
 
     uvicorn times a connection out only once a response is done and no byte comes after it (its keep-alive
-    timeout): a connection that never sends a request, or sends its head a byte at a time, stays open, and every
-    open connection counts toward `limit_concurrency`, beyond which every request gets 503. A client holding that
-    many idle connections (a pool warmed and left, a proxy's spares) shut checkout out for as long as it held them.
+    timeout, which any byte cancels): a connection that never sends a request, or sends its head a byte at a time,
+    stays open, and every open connection counts toward `limit_concurrency`, beyond which every request gets 503. A
+    client holding that many idle connections (a pool warmed and left, a proxy's spares) shut checkout out for as
+    long as it held them. Give `timeout_seconds` more than the keep-alive timeout, so that an idle keep-alive
+    connection still closes at the keep-alive timeout, as clients expect.
     """
 
     class HeadBoundProtocol(HttpToolsProtocol):
@@ -279,7 +281,8 @@ def head_bound(timeout_seconds: float) -> type[HttpToolsProtocol]:
 
         def _head_late(self) -> None:
             self._head_timer = None
-            if not self.transport.is_closing():
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if not answering and not self.transport.is_closing():
                 self.transport.close()
 
     return HeadBoundProtocol

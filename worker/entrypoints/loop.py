@@ -150,6 +150,9 @@ class ConsumeLoop:
             results = self._handle_until_stored(inbound)
             if results is None:
                 break  # stopped while the database was down: nothing of this batch was committed
+            if len(results) < len(inbound) and self._running:
+                # The consumer is past the messages left: storing later offsets would skip them for good.
+                raise RuntimeError(f"a batch handled in part ({len(results)} of {len(inbound)}) while not stopping")
             self._store_offsets([r.message for r in results])  # those handled: a prefix of the batch
             if self._on_committed is not None:
                 self._on_committed()
@@ -224,7 +227,7 @@ class ConsumeLoop:
             elapsed = time.monotonic() - started
             if paused:
                 self._consumer.resume(self._consumer.assignment())
-            if self._on_batch is not None:
+            if self._on_batch is not None and results:  # a batch stopped before its first message: nothing done
                 self._on_batch(results, elapsed)
             counts = {o.value: sum(1 for r in results if r.outcome is o) for o in Outcome}
             log.info("batch_handled", messages=len(results), seconds=round(elapsed, 4), **counts)

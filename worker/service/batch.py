@@ -6,9 +6,11 @@ A message that cannot be accepted is written to the dead-letter topic (through t
 same transaction) and the rest of the batch goes on. A database that is unavailable is not the
 message's fault: `StoreUnavailable` leaves this function and the batch is retried later.
 
-A worker asked to stop (`stopping`) stops between two transactions: the results end with the last message a
-committed transaction finished, and the messages after it (a receipt whose steps are not all given among them) are
-left to be consumed again; the receipt, a duplicate then, gives the steps its plan still holds.
+A worker asked to stop (`stopping`) begins no further message or receipt step: the results end with the last
+message a committed transaction finished, and the messages after it (a receipt whose steps are not all given among
+them) are left to be consumed again; the receipt, a duplicate then, gives the steps its plan still holds. (What a
+failure already begun needs still follows, one short transaction: the dead letter of a message found failing alone,
+the plan given back after a step that failed.)
 
 Any other failure of the batch's transaction (one raised outside an event's savepoint, such as a value
 the database refuses while the batch's orders and SKUs are locked or when its changes are saved) is
@@ -60,7 +62,7 @@ def handle_batch(
     more is a transaction alone), and a receipt that fills more lines than that gives them in steps of about as
     many, transactions of their own before the messages after it are handled, so that no transaction holds its
     locks for long whatever the batch holds; `on_progress` is called after each. Once `stopping()` is true, no
-    further transaction begins: the results are those of the messages handled in full, a prefix of the batch.
+    further message or step begins: the results are those of the messages handled in full, a prefix of the batch.
     """
     parsed = [(message, _parse(message, decoder, expected_records)) for message in messages]
     results: list[MessageResult] = []
