@@ -170,6 +170,7 @@ def test_a_body_over_the_bound_is_refused_before_it_is_parsed(client: TestClient
         "/v1/promise", content=b" " * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"}
     )
     assert answer.status_code == 413
+    assert answer.headers["connection"] == "close"  # the body left unread is not read as a next request
 
 
 def test_a_database_that_does_not_answer_is_a_503(state: FakeState) -> None:

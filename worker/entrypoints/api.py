@@ -6,10 +6,11 @@ is written and nothing is reserved. The request model holds the same bounds as a
 order, quantities, identifiers, dates: worker/service/limits.py), so every cart the API accepts is an
 order the worker would accept too, and a cart it refuses gets a 422 naming the field.
 
-Bounded whatever the clients do: a request's head is read within `timeout_seconds` (else the connection is
-closed: `head_bound`), a body within as long and up to MAX_BODY_BYTES (413 beyond), a connection from the pool
-is waited for at most `timeout_seconds` and a statement runs at most as long (the caller's pool sets
-`statement_timeout`); a database that cannot answer gives 503 at once.
+Bounded whatever the clients do: a request's head must come within a bound of the connection's opening or last
+response (else the connection is closed: `head_bound`), a body within `timeout_seconds` and up to MAX_BODY_BYTES
+(413 beyond; both answers close the connection, whose body is left unread), a connection from the pool is waited
+for at most `timeout_seconds` and a statement runs at most as long (the caller's pool sets `statement_timeout`);
+a database that cannot answer gives 503 at once.
 """
 
 from __future__ import annotations
@@ -289,8 +290,14 @@ def head_bound(timeout_seconds: float) -> type[HttpToolsProtocol]:
 
 
 async def _answer(send: Send, status: int, detail: str) -> None:
+    """An answer before the body was read whole (408, 413): the connection is closed after it, since what is left of
+    the body would be read as the next request, and a connection kept would hold a place meanwhile."""
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -122,6 +122,7 @@ class Book:
         self._pending: dict[str, tuple[PendingCancellation, ...]] = {}
         self._told: dict[str, dt.date | None] = {}
         self._claimed: dict[tuple[str, int], bool] = {}  # claimed step: by this transaction
+        self._claims_read: set[str] = set()  # the orders whose claimed steps were read
         self._with_dates: dict[str, bool] = {}
         # What changed, for the save.
         self._new_orders: dict[str, NewOrder] = {}
@@ -862,7 +863,8 @@ class Book:
         return True
 
     def status_update_claimed(self, order_id: str, step: int) -> bool:
-        if (order_id, step) not in self._claimed:
+        if order_id not in self._claims_read:
+            self._claims_read.add(order_id)
             self._claimed.update(dict.fromkeys(self._store.status_updates([order_id]), False))
         return (order_id, step) in self._claimed
 

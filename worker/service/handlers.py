@@ -694,6 +694,8 @@ def _send_status_updates(
     if not due:
         return []
     held = uow.hold_free_orders(due)
+    if len(held) < len(due):
+        log.info("status_updates_deferred", orders=sorted(set(due) - held)[:20], count=len(due) - len(held))
     still = _by_order(_awaiting_stock(uow, uow.order_lines(held)))
     events: list[OutboundEvent] = []
     for order_id, (step, day) in due.items():

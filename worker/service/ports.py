@@ -155,7 +155,8 @@ class UnitOfWork(Protocol):
 
     def hold_free_orders(self, order_ids: Iterable[str]) -> set[str]:
         """Hold, without waiting, those of these orders no other transaction holds, until the end of this one; the
-        ones this transaction holds now (those it held already included), their lines read again."""
+        ones this transaction holds now (those it held already included). The lines of those it holds now are
+        read again (those it held already are as this transaction left them)."""
         ...
 
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
