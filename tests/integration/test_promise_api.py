@@ -24,6 +24,7 @@ import pytest
 
 from tests import factories
 from tests.integration.conftest import ROOT, Deployment, days_ago, wait_for
+from tests.unit.test_http import closed_by_server
 from worker.service import limits
 
 
@@ -100,16 +101,6 @@ def status_of(server: PromiseServer, path: str) -> int:
         return exc.code
 
 
-def closed_by_the_server(sock: socket.socket) -> bool:
-    sock.settimeout(3.0)
-    try:
-        return sock.recv(1) == b""
-    except TimeoutError:
-        return False
-    except ConnectionResetError:
-        return True
-
-
 def test_connections_that_send_no_request_head_are_closed_and_leave_room_for_carts(
     deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -133,7 +124,7 @@ def test_connections_that_send_no_request_head_are_closed_and_leave_room_for_car
             time.sleep(1.0)
             with contextlib.suppress(OSError):  # closed already
                 dribbling.sendall(part)
-        assert [closed_by_the_server(sock) for sock in [*idle, dribbling]] == [True] * 4
+        assert [closed_by_server(sock, wait_s=3.0) for sock in [*idle, dribbling]] == [True] * 4
         assert status_of(served, "/healthz") == 200
         for sock in [*idle, dribbling]:
             sock.close()

@@ -49,8 +49,9 @@ def half_sent(server: HttpEndpoints) -> socket.socket:
     return conn
 
 
-def closed_by_server(conn: socket.socket) -> bool:
-    conn.settimeout(0.05)
+def closed_by_server(conn: socket.socket, wait_s: float = 0.05) -> bool:
+    """Whether the server has closed `conn`, looked at for `wait_s`."""
+    conn.settimeout(wait_s)
     try:
         return conn.recv(1024) == b""
     except TimeoutError:
