@@ -153,7 +153,7 @@ class ConsumeLoop:
             if len(results) < len(inbound) and self._running:
                 # The consumer is past the messages left: storing later offsets would skip them for good.
                 raise RuntimeError(f"a batch handled in part ({len(results)} of {len(inbound)}) while not stopping")
-            self._store_offsets([r.message for r in results])  # those handled: a prefix of the batch
+            self._store_offsets(inbound[: len(results)])  # those handled: a prefix of the batch
             if self._on_committed is not None:
                 self._on_committed()
         log.info("consumer_stopped")

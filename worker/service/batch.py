@@ -54,7 +54,7 @@ def handle_batch(
     now: dt.datetime,
     on_progress: Callable[[], None] | None = None,
     lines_per_transaction: int = 5_000,
-    stopping: Callable[[], bool] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> list[MessageResult]:
     """Apply a batch; returns one result per message, in order, up to where it stopped. Raises StoreUnavailable.
 
@@ -66,7 +66,6 @@ def handle_batch(
     """
     parsed = [(message, _parse(message, decoder, expected_records)) for message in messages]
     results: list[MessageResult] = []
-    go_on = _going(stopping)
     for chunk in _chunks(parsed, lines_per_transaction):
         done = _isolating(
             chunk,
@@ -75,7 +74,7 @@ def handle_batch(
             now=now,
             on_progress=on_progress,
             fills_per_step=lines_per_transaction,
-            go_on=go_on,
+            stopping=stopping,
         )
         results += done
         if on_progress is not None:
@@ -85,13 +84,6 @@ def handle_batch(
     if len(results) < len(messages):
         log.info("batch_stopped", handled=len(results), left=len(messages) - len(results))
     return results
-
-
-def _going(stopping: Callable[[], bool] | None) -> Callable[[], bool]:
-    """Whether the next transaction may begin: while the worker is not stopping."""
-    if stopping is None:
-        return lambda: True
-    return lambda: not stopping()
 
 
 Parsed = tuple[InboundMessage, commands.Command | RejectedMessage]
@@ -128,11 +120,11 @@ def _isolating(
     now: dt.datetime,
     on_progress: Callable[[], None] | None = None,
     fills_per_step: int,
-    go_on: Callable[[], bool],
+    stopping: Callable[[], bool],
 ) -> list[MessageResult]:
-    """The results of `batch`'s messages, up to where it stopped (`go_on()` false before a transaction)."""
+    """The results of `batch`'s messages, up to where it stopped (`stopping()` true before a transaction)."""
     results: list[MessageResult] = []
-    while len(results) < len(batch) and go_on():
+    while len(results) < len(batch) and not stopping():
         rest = batch[len(results) :]
         try:
             done, left = _in_one_transaction(
@@ -151,7 +143,7 @@ def _isolating(
                     now=now,
                     on_progress=on_progress,
                     fills_per_step=fills_per_step,
-                    go_on=go_on,
+                    stopping=stopping,
                 )
                 first = again(rest[:middle])
                 if len(first) < middle:
@@ -166,7 +158,13 @@ def _isolating(
             return [*results, MessageResult(message, Outcome.DEAD_LETTERED, error)]
         results += done
         if left is not None and not _give_more(
-            left, done[-1].message, unit_of_work=unit_of_work, shop=shop, now=now, on_progress=on_progress, go_on=go_on
+            left,
+            done[-1].message,
+            unit_of_work=unit_of_work,
+            shop=shop,
+            now=now,
+            on_progress=on_progress,
+            stopping=stopping,
         ):
             return results[:-1]  # the receipt's steps are not all given: it is to be consumed again
     return results
@@ -180,7 +178,7 @@ def _give_more(
     shop: ShopPolicy,
     now: dt.datetime,
     on_progress: Callable[[], None] | None,
-    go_on: Callable[[], bool],
+    stopping: Callable[[], bool],
 ) -> bool:
     """A receipt's further steps, each in a transaction of its own, before the messages after it; False if the
     worker stopping left some (the receipt, consumed again, a duplicate then, gives the steps its plan still holds,
@@ -189,7 +187,7 @@ def _give_more(
     allocates the SKU's stock gives them."""
     more: handlers.FillsLeft | None = left
     while more is not None:
-        if not go_on():
+        if stopping():
             log.info("receipt_steps_left", receipt_id=left.command.receipt.receipt_id, sku=left.command.receipt.sku)
             return False
         try:

@@ -320,22 +320,26 @@ class Book:
             self._merge(self._store.lines(orders=stale), fresh=True)
 
     def hold_orders(self, order_ids: Iterable[str]) -> None:
-        # Orders placed by this transaction exist nowhere else yet; the others are held and read again.
-        wanted = sorted({o for o in order_ids if o not in self._held and o not in self._new_orders})
-        self._held.update(wanted)
+        wanted = self._not_held(order_ids)
         if wanted:
-            self._merge(self._store.hold_orders(wanted), fresh=True)
-            self._orders_loaded.update(wanted)
+            self._now_held(wanted, self._store.hold_orders(wanted))
 
     def hold_free_orders(self, order_ids: Iterable[str]) -> set[str]:
         ids = set(order_ids)
-        wanted = sorted(o for o in ids if o not in self._held and o not in self._new_orders)
+        wanted = self._not_held(ids)
         if wanted:
-            held, lines = self._store.hold_free_orders(wanted)
-            self._held.update(held)
-            self._merge(lines, fresh=True)
-            self._orders_loaded.update(held)
+            self._now_held(*self._store.hold_free_orders(wanted))
         return {o for o in ids if o in self._held or o in self._new_orders}
+
+    def _not_held(self, order_ids: Iterable[str]) -> list[str]:
+        """Of these orders, those to hold: orders placed by this transaction exist nowhere else yet."""
+        return sorted({o for o in order_ids if o not in self._held and o not in self._new_orders})
+
+    def _now_held(self, order_ids: Iterable[str], lines: list[OrderLineState]) -> None:
+        """The orders this transaction holds from now on, and their lines read again under the hold."""
+        self._held.update(order_ids)
+        self._merge(lines, fresh=True)
+        self._orders_loaded.update(order_ids)
 
     def skus_of_orders(self, order_ids: Iterable[str]) -> set[str]:
         ids = set(order_ids)

@@ -96,6 +96,16 @@ class Promise:
     first_shipment_date: dt.date | None  # when its first units would ship; None: nothing ships yet that is known
 
 
+def _ship_date(state: OrderLineState, with_the_order: dt.date | None, today: dt.date) -> dt.date | None:
+    """When a promised line ships: today what it is allocated, a line held for the rest of its order with the order,
+    a waiting line on its own date; never a line that wants nothing (all of it refused)."""
+    if not state.wanted:
+        return None
+    if state.held:
+        return with_the_order
+    return state.expected_ship_date if state.wanted > state.allocated else today
+
+
 def promise(
     cart: Cart,
     store: Store,
@@ -149,11 +159,7 @@ def promise(
                 accepted=state.rejected == 0,
                 rejected=state.rejected,
                 reason=state.reason if state.rejected or state.reserved else None,
-                expected_ship_date=(
-                    (with_the_order if state.held else state.expected_ship_date if waiting else today)
-                    if state.wanted
-                    else None
-                ),
+                expected_ship_date=_ship_date(state, with_the_order, today),
                 rank=_rank(state, serving_order(book, shop, state.sku, now)) if waiting else None,
             )
         )
