@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ from worker.entrypoints.cli import main
 from worker.settings import MASK, Settings, masked_database_url
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+@pytest.fixture(autouse=True)
+def no_settings_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the shell running the tests has set (a local stack's DATABASE_URL, say) is no test's setting."""
+    for name in list(os.environ):
+        if name.startswith("BACKORDER_") or name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            monkeypatch.delenv(name)
 
 
 def env_name(field: str) -> str:
