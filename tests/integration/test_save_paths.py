@@ -136,6 +136,42 @@ def test_an_event_already_in_the_outbox_is_left_out_and_the_rest_written_in_orde
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_rows_made_ahead_of_their_copy_are_the_rows_written(deployment: Deployment) -> None:
+    """While the server takes in a COPY, the rows of the COPYs after it are made for as long as it is busy: none,
+    all or some of them made ahead, the rows written are those of the arrays' inserts, in the same order."""
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn:
+        as_arrays = written(conn, 1_000_000, orders)
+        for most, between in ((0, 32), (1_000_000, 1_000_000), (7, 3)):  # none, all, some of them
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(unit_of_work, "AHEAD_ROWS", most)
+                patch.setattr(unit_of_work, "_AHEAD_SLICE", between)
+                assert written(conn, 0, orders) == as_arrays, (most, between)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_an_event_that_fails_to_encode_ahead_of_its_copy_fails_the_save_and_leaves_the_connection_fit(
+    deployment: Deployment,
+) -> None:
+    """An event made ahead, while the server takes in the orders' COPY, fails to encode: the save fails with that
+    error, once the COPY's answer is read, and the connection rolls back and serves the next statement."""
+
+    def failing(event: OutboundEvent) -> tuple[str, bytes, bytes]:
+        if event.order_id == "O-07":
+            raise ValueError("cannot encode O-07's event")
+        return serialize(event)
+
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unit_of_work, "ARRAY_ROWS", 0)
+        patch.setattr(unit_of_work, "_AHEAD_SLICE", 1_000_000)  # every row made at the first COPY's end
+        with pytest.raises(ValueError, match="O-07") as failed, conn.transaction():
+            book = Book(PostgresStore(conn, failing, "dlq"))
+            orders(book)
+            book.save()
+        assert "_copy_end" in [entry.name for entry in failed.traceback]
+        assert conn.execute("SELECT count(*) FROM customer_order WHERE order_id = 'O-07'").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
 def test_a_receipt_saved_in_steps_writes_what_one_save_writes(deployment: Deployment) -> None:
     """A deep receipt's steps each go through the stages (here every set does): a stage filled by an earlier
     step of the same transaction is emptied first, or its rows are applied again. O-3's line is filled in part
