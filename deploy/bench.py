@@ -423,6 +423,7 @@ class Burst:
     seconds: float
     cpu_s: dict[str, float]
     complete: bool
+    missing: str = ""  # what the worker(s) should have written or published and did not
 
     @property
     def rate(self) -> float:
@@ -454,11 +455,33 @@ def burst(
     handled, seconds = send_orders(sc, prod, values, limit_s)
     wait_until(sc.outbox_drained, limit_s / 2)
     after = sc.cpu()
-    return Burst(len(orders), handled, seconds, {k: after[k] - before[k] for k in before}, handled == len(orders))
+    missing = burst_missing(sc, orders)
+    if missing:
+        say(f"{sc.name}: {missing}")
+    cpu = {k: after[k] - before[k] for k in before}
+    return Burst(len(orders), handled, seconds, cpu, handled == len(orders), missing)
+
+
+def burst_missing(sc: Scenario, orders: list[dict[str, Any]]) -> str:
+    """What a burst's orders should have left and did not: each of their lines written, no dead letter, and at
+    least one outbound event an order on Kafka (a fulfillment request, a notice or a status). Empty if none: a
+    worker that loses what it should write is not measured as a fast one."""
+    lines = sum(len(order["lines"]) for order in orders)
+    written = sc.count("SELECT count(*) FROM order_line")
+    dead = sc.count("SELECT count(*) FROM dead_letter")
+    published = watermark_total(sc.stack, [sc.topics[t] for t in OUTBOUND])()
+    problems = [
+        *([f"{written} of {lines} order lines written"] if written != lines else []),
+        *([f"{dead} messages dead-lettered"] if dead else []),
+        *([f"{published} outbound events for {len(orders)} orders"] if published < len(orders) else []),
+    ]
+    return "; ".join(problems)
 
 
 def partial_note(b: Burst) -> str:
-    return "" if b.complete else f"(partial: {b.handled} of {b.orders} orders within the limit)"
+    notes = [] if b.complete else [f"{b.handled} of {b.orders} orders within the limit"]
+    notes += [b.missing] if b.missing else []
+    return f"(partial: {'; '.join(notes)})" if notes else ""
 
 
 def run_pipe(stack: Stack, args: argparse.Namespace) -> None:
