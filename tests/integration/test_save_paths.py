@@ -19,6 +19,7 @@ from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
 from worker.service import handlers
 from worker.service.book import Book
+from worker.service.ports import StoreRefused
 
 SHOP = ShopPolicy()
 # What a save writes, without what the server stamps (now(), sequences, the random queue versions).
@@ -169,6 +170,32 @@ def test_an_event_that_fails_to_encode_ahead_of_its_copy_fails_the_save_and_leav
             book.save()
         assert "_copy_end" in [entry.name for entry in failed.traceback]
         assert conn.execute("SELECT count(*) FROM customer_order WHERE order_id = 'O-07'").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_a_copy_the_server_refuses_while_rows_made_ahead_fail_too_is_the_server_s_refusal(
+    deployment: Deployment,
+) -> None:
+    """The orders' COPY is refused (here a check added for the test) while an event made ahead during its end fails
+    to encode: the server's refusal is what the save raises (a deadlock is retried; the encoding alone would be
+    taken for a message's fault), from the encoding's failure; the connection then serves the next statement."""
+
+    def failing(event: OutboundEvent) -> tuple[str, bytes, bytes]:
+        if event.order_id == "O-07":
+            raise ValueError("cannot encode O-07's event")
+        return serialize(event)
+
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unit_of_work, "ARRAY_ROWS", 0)
+        patch.setattr(unit_of_work, "_AHEAD_SLICE", 1_000_000)  # every row made at the first COPY's end
+        with pytest.raises(StoreRefused, match="CheckViolation") as refused, conn.transaction(force_rollback=True):
+            conn.execute("ALTER TABLE customer_order ADD CONSTRAINT not_o_03 CHECK (order_id <> 'O-03')")
+            book = Book(PostgresStore(conn, failing, "dlq"))
+            orders(book)
+            book.save()
+        assert isinstance(refused.value.__cause__, psycopg.errors.CheckViolation)
+        assert isinstance(refused.value.__cause__.__cause__, ValueError)
+        assert conn.execute("SELECT count(*) FROM customer_order").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)

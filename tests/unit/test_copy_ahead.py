@@ -10,6 +10,7 @@ from worker.adapters.postgres import unit_of_work
 from worker.adapters.postgres.unit_of_work import _make_ahead, _Rows
 
 ROWS = [(n, f"row {n}") for n in range(100)]
+SLICE = unit_of_work._AHEAD_SLICE
 
 
 def answers(*busy: bool) -> Callable[[], bool]:
@@ -32,14 +33,24 @@ def test_rows_are_made_while_the_server_is_busy_then_each_comes_once_in_its_orde
 
     rows = _Rows(source())
     assert not rows.make_ahead(answers(True, True))  # three slices: looked after each, done after the third
-    assert made_rows == list(range(3 * unit_of_work._AHEAD_SLICE))
+    assert made_rows == list(range(3 * SLICE))
     assert made(rows) == ROWS
     assert made(rows) == []  # a COPY's rows are taken once
 
 
 def test_all_rows_made_ahead_are_told() -> None:
-    rows = _Rows(ROWS)
+    rows = _Rows(iter(ROWS))
     assert rows.make_ahead(lambda: True)
+    assert rows.make_ahead(lambda: True)  # and stay made
+    assert made(rows) == ROWS
+
+
+def test_rows_given_as_a_list_are_made_already_without_a_look_at_the_server() -> None:
+    def never() -> bool:
+        raise AssertionError("the server was asked")
+
+    rows = _Rows(ROWS)
+    assert rows.make_ahead(never)
     assert made(rows) == ROWS
 
 
@@ -48,16 +59,24 @@ def test_no_more_than_ahead_rows_are_held(monkeypatch: pytest.MonkeyPatch) -> No
     source = iter(ROWS)
     rows = _Rows(source)
     assert not rows.make_ahead(lambda: True)
-    assert next(source) == ROWS[2 * unit_of_work._AHEAD_SLICE]  # two slices made: the second passed the bound
-    rows = _Rows(ROWS)
-    assert not rows.make_ahead(lambda: True)
-    assert made(rows) == ROWS
+    assert next(source) == ROWS[40]  # 40 made, not a row more
+    assert not rows.make_ahead(lambda: True)  # full: nothing more is made
+    assert next(source) == ROWS[41]
+    assert made(rows) == ROWS[:40] + ROWS[42:]  # (the two rows taken above are not the COPY's any more)
 
 
 def test_the_copies_after_are_made_in_their_order_until_the_server_is_done() -> None:
-    first, second, third = _Rows(ROWS[:10]), _Rows(ROWS[10:80]), _Rows(ROWS[80:])
+    first, second, third = _Rows(iter(ROWS[:10])), _Rows(iter(ROWS[10:80])), _Rows(iter(ROWS[80:]))
     _make_ahead([first, second, third], answers(True))  # the first whole; the second's two slices, then done
     assert first._made == ROWS[:10]
-    assert second._made == ROWS[10 : 10 + 2 * unit_of_work._AHEAD_SLICE]
+    assert second._made == ROWS[10 : 10 + 2 * SLICE]
     assert third._made == []
     assert [*made(first), *made(second), *made(third)] == ROWS
+
+
+def test_a_full_copy_keeps_the_copies_after_it_for_their_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(unit_of_work, "AHEAD_ROWS", 40)
+    first, second = _Rows(iter(ROWS[:60])), _Rows(iter(ROWS[60:]))
+    _make_ahead([first, second], lambda: True)
+    assert len(first._made) == 40 and second._made == []
+    assert [*made(first), *made(second)] == ROWS

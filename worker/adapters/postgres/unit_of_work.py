@@ -706,33 +706,39 @@ def _run(conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> None:
 
 
 # Rows made ahead of their COPY are held until it: at most this many a COPY (a deep receipt's step has tens of
-# thousands of events to encode), each made as it is copied beyond that.
+# thousands of events to encode), each made as it is copied beyond that; the COPYs after one that holds as many wait
+# for their own turn.
 AHEAD_ROWS = 5_000
 _AHEAD_SLICE = 32  # rows made between two looks at whether the server is still busy
 
 
 class _Rows:
-    """A COPY's rows: some made ahead (`make_ahead`), then the rest as the COPY takes them."""
+    """A COPY's rows: some made ahead (`make_ahead`), then the rest as the COPY takes them. Rows given as a list are
+    made already."""
 
     def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
-        self._made: list[Sequence[Any]] = []
-        self._rest = iter(rows)
+        self._made: list[Sequence[Any]] = rows if isinstance(rows, list) else []
+        self._rest: Iterator[Sequence[Any]] | None = None if isinstance(rows, list) else iter(rows)
 
     def make_ahead(self, busy: Callable[[], bool]) -> bool:
-        """Make rows while `busy()`, up to AHEAD_ROWS; True if all are made."""
-        while len(self._made) < AHEAD_ROWS:
-            some = list(itertools.islice(self._rest, _AHEAD_SLICE))
-            self._made += some
-            if len(some) < _AHEAD_SLICE:
-                return True
-            if not busy():
+        """Make rows while `busy()`, up to AHEAD_ROWS in all; True if all are made."""
+        while self._rest is not None:
+            room = AHEAD_ROWS - len(self._made)
+            if room <= 0:
                 return False
-        return False
+            some = list(itertools.islice(self._rest, min(room, _AHEAD_SLICE)))
+            self._made += some
+            if len(some) < min(room, _AHEAD_SLICE):
+                self._rest = None
+            elif not busy():
+                return False
+        return True
 
     def __iter__(self) -> Iterator[Sequence[Any]]:
-        made, self._made = self._made, []
+        made, rest, self._made, self._rest = self._made, self._rest, [], None
         yield from made
-        yield from self._rest
+        if rest is not None:
+            yield from rest
 
 
 def _make_ahead(later: Sequence[_Rows], busy: Callable[[], bool]) -> None:
@@ -745,11 +751,11 @@ Meanwhile = Callable[[Callable[[], bool]], None]  # given `busy()`: True while t
 
 
 class _MeanwhileWriter(psycopg.copy.LibpqWriter):
-    """A COPY's writer that sends each block of rows as soon as it is formatted (nothing is left in a buffer), and
-    once it has sent the end, calls `meanwhile` before it waits for the server's answer."""
+    """A COPY's writer that, once it has sent the end (and every row before it), calls `meanwhile` before it waits for
+    the server's answer."""
 
     def __init__(self, cursor: psycopg.Cursor[Any], meanwhile: Meanwhile) -> None:
-        super().__init__(cursor, flush_threshold=0)
+        super().__init__(cursor)
         self._meanwhile = meanwhile
 
     def finish(self, exc: BaseException | None = None) -> None:
@@ -763,7 +769,9 @@ class _MeanwhileWriter(psycopg.copy.LibpqWriter):
 def _copy_end(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str) -> PQGen[PGresult]:
     """psycopg's `copy_end` (psycopg.generators of 3.3, which pyproject pins), with `meanwhile` called between
     sending the end and waiting for the answer. A failure of `meanwhile` is raised once the answer has been read, so
-    that the connection is left ready for the rollback."""
+    that the connection is left ready for the rollback; if the server refused the COPY too, its error is raised (a
+    deadlock is retried, where a failure of the rows made ahead would be taken for a message's fault), from that
+    failure. An interruption (Ctrl-C) during `meanwhile` waits for the answer too."""
 
     def busy() -> bool:
         pgconn.consume_input()
@@ -784,10 +792,10 @@ def _copy_end(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str
         failed = exc
     results: list[PGresult] = yield from fetch_many(pgconn)
     (result,) = results
+    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(result, encoding=encoding) from failed
     if failed is not None:
         raise failed
-    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        raise psycopg.errors.error_from_result(result, encoding=encoding)
     return result
 
 
