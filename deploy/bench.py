@@ -611,9 +611,12 @@ def run_hot_sku(stack: Stack, args: argparse.Namespace) -> None:
         before = sc.cpu()
         handled, seconds = send_orders(sc, prod, values, args.limit)
         cpu = {k: v - before[k] for k, v in sc.cpu().items()}
-        b = Burst(len(orders), handled, seconds, cpu, handled == len(orders))
+        drained = wait_until(sc.outbox_drained, args.limit / 2)
+        missing = burst_missing(sc, orders) if drained else f"the outbox not drained within {args.limit / 2:.0f}s"
+        if missing:
+            say(f"{sc.name}: {missing}")
+        b = Burst(len(orders), handled, seconds, cpu, handled == len(orders), missing)
         figure("hot_sku_orders_per_s", b.rate, partial_note(b))
-        wait_until(sc.outbox_drained, args.limit / 2)
         demand = int(one(sc.conn, "SELECT coalesce(sum(quantity), 0) FROM order_line"))
         pieces = 10
         receipts = [
