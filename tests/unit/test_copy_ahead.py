@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.adapters.postgres import unit_of_work
 from worker.adapters.postgres.unit_of_work import _make_ahead, _Rows
@@ -80,3 +82,30 @@ def test_a_full_copy_keeps_the_copies_after_it_for_their_turn(monkeypatch: pytes
     _make_ahead([first, second], lambda: True)
     assert len(first._made) == 40 and second._made == []
     assert [*made(first), *made(second)] == ROWS
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=150), min_size=1, max_size=4),
+    listed=st.lists(st.booleans(), min_size=4, max_size=4),
+    looks=st.lists(st.booleans(), max_size=40),
+    bound=st.integers(min_value=0, max_value=120),
+    between=st.integers(min_value=1, max_value=40),
+    ends=st.integers(min_value=0, max_value=4),
+)
+def test_whatever_is_made_ahead_each_copy_takes_its_rows_once_in_order(
+    sizes: list[int], listed: list[bool], looks: list[bool], bound: int, between: int, ends: int
+) -> None:
+    """Any number of COPYs, their rows given as lists or made as they come, any answers of the server, any bound
+    and slice, made ahead at the ends of any number of the COPYs before: each COPY takes its own rows, each once,
+    in their order, and no more than the bound of a COPY's rows made from a source is ever held ahead."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unit_of_work, "AHEAD_ROWS", bound)
+        patch.setattr(unit_of_work, "_AHEAD_SLICE", between)
+        sources = [[(copy, n) for n in range(size)] for copy, size in enumerate(sizes)]
+        copies = [_Rows(rows if listed[i] else iter(rows)) for i, rows in enumerate(sources)]
+        answers = iter(looks)
+        for end in range(min(ends, len(copies))):
+            _make_ahead(copies[end + 1 :], lambda: next(answers, False))
+            for i, rows in enumerate(copies):
+                assert listed[i] or len(rows._made) <= bound
+        assert [made(rows) for rows in copies] == sources
