@@ -58,13 +58,12 @@ def test_rows_given_as_a_list_are_made_already_without_a_look_at_the_server() ->
 
 def test_no_more_than_ahead_rows_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(unit_of_work, "AHEAD_ROWS", 40)
-    source = iter(ROWS)
-    rows = _Rows(source)
+    rows = _Rows(iter(ROWS))
     assert not rows.make_ahead(lambda: True)
-    assert next(source) == ROWS[40]  # 40 made, not a row more
+    assert rows._made == ROWS[:40]
     assert not rows.make_ahead(lambda: True)  # full: nothing more is made
-    assert next(source) == ROWS[41]
-    assert made(rows) == ROWS[:40] + ROWS[42:]  # (the two rows taken above are not the COPY's any more)
+    assert rows._made == ROWS[:40]
+    assert made(rows) == ROWS
 
 
 def test_the_copies_after_are_made_in_their_order_until_the_server_is_done() -> None:
@@ -74,6 +73,14 @@ def test_the_copies_after_are_made_in_their_order_until_the_server_is_done() -> 
     assert second._made == ROWS[10 : 10 + 2 * SLICE]
     assert third._made == []
     assert [*made(first), *made(second), *made(third)] == ROWS
+
+
+def test_a_copy_of_exactly_ahead_rows_is_all_made_and_the_next_is_made_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(unit_of_work, "AHEAD_ROWS", 40)
+    first, second = _Rows(iter(ROWS[:40])), _Rows(iter(ROWS[40:]))
+    _make_ahead([first, second], lambda: True)
+    assert first._made == ROWS[:40] and second._made == ROWS[40:80]
+    assert [*made(first), *made(second)] == ROWS
 
 
 def test_a_full_copy_keeps_the_copies_after_it_for_their_turn(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -730,6 +730,12 @@ class _Rows:
             self._made += some
             if len(some) < min(room, _AHEAD_SLICE):
                 self._rest = None
+            elif len(self._made) == AHEAD_ROWS:  # full: all made if none follows (a deep receipt's step's 5,000)
+                following = next(self._rest, None)
+                if following is not None:
+                    self._rest = itertools.chain((following,), self._rest)
+                    return False
+                self._rest = None
             elif not busy():
                 return False
         return True
