@@ -199,6 +199,44 @@ def test_a_copy_the_server_refuses_while_rows_made_ahead_fail_too_is_the_server_
 
 
 @pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_the_rows_of_a_later_copy_are_made_while_the_server_runs_a_long_statement(deployment: Deployment) -> None:
+    """A deep receipt's step updates its lines from their stage in a statement of its own: while the server runs it
+    (here a sleep), the rows of the COPY after it are made; the COPY then writes each of them once, in order."""
+    asked: list[bool] = []
+    make_ahead = unit_of_work._make_ahead
+
+    def watched(later: Any, busy: Callable[[], bool]) -> None:
+        asked.append(busy())
+        make_ahead(later, busy)
+
+    made: list[int] = []
+
+    def rows() -> Any:
+        for n in range(100):
+            made.append(n)
+            yield (n,)
+
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unit_of_work, "_make_ahead", watched)
+        with conn.transaction(force_rollback=True):
+            conn.execute("CREATE TEMP TABLE copied (n int4) ON COMMIT DROP")
+            sleep = unit_of_work._Long("SELECT pg_sleep(0.3)")
+            unit_of_work._run(conn, [sleep, unit_of_work._Copy("copied", (("n", "int4"),), rows())])
+            assert asked[0] is True and len(made) == 100  # all made while the server slept
+            assert conn.execute("SELECT n FROM copied").fetchall() == [(n,) for n in range(100)]
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
+def test_a_long_statement_the_server_refuses_raises_its_error_and_leaves_the_connection_fit(
+    deployment: Deployment,
+) -> None:
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            unit_of_work._run(conn, [unit_of_work._Long("SELECT 1 / 0")])
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("deployment", [1], indirect=True)
 def test_a_receipt_saved_in_steps_writes_what_one_save_writes(deployment: Deployment) -> None:
     """A deep receipt's steps each go through the stages (here every set does): a stage filled by an earlier
     step of the same transaction is emptied first, or its rows are applied again. O-3's line is filled in part

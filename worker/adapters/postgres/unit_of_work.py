@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 import psycopg.copy
 from psycopg.abc import PQGen
-from psycopg.generators import fetch_many
+from psycopg.generators import fetch_many, send
 from psycopg.pq.abc import PGresult
 from psycopg.waiting import Wait
 from psycopg_pool import ConnectionPool
@@ -434,7 +434,7 @@ class PostgresStore:
                 *self._emptied("line_change"),
                 _Copy("line_change", _CHANGE_COLUMNS, changed),
                 ("ANALYZE line_change", ()),
-                (_LINE_UPDATE_STAGED, ()),
+                _Long(_LINE_UPDATE_STAGED),
             ]
         elif changed:
             steps.append((_LINE_UPDATE_ARRAYS, _arrays(changed)))
@@ -636,7 +636,15 @@ class _Copy:
     instead: Callable[[], Sequence[_Step]] | None = None
 
 
-_Step = tuple[str, Sequence[Any]] | _Copy
+@dataclass(frozen=True, slots=True)
+class _Long:
+    """A statement without parameters that keeps the server busy a while (a deep receipt's step updating 5,000 lines
+    from their stage): sent alone, and the rows of the COPYs after it are made while the server runs it."""
+
+    query: str
+
+
+_Step = tuple[str, Sequence[Any]] | _Copy | _Long
 
 
 def _columns(table: str, columns: Columns, *, typed: bool = False) -> str:
@@ -686,9 +694,9 @@ def _run(conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> None:
     """The steps in order: each run of statements in one pipeline (one round trip), each COPY on its own.
 
     While the server takes in a COPY's rows (inserts them, then checks their foreign keys: in a burst of orders, 16%
-    of the consume thread's time went to waiting for that), the rows of the COPYs after it are made, in their
-    order, for as long as the server is busy (`_Rows.make_ahead`): the events encoded for the outbox, say, while
-    the server checks the new lines' orders."""
+    of the consume thread's time went to waiting for that), or runs a `_Long` statement, the rows of the COPYs after
+    it are made, in their order, for as long as the server is busy (`_Rows.make_ahead`): the events encoded for the
+    outbox, say, while the server checks the new lines' orders."""
     later = [_Rows(s.rows) for s in steps if isinstance(s, _Copy)]
     statements: list[tuple[str, Sequence[Any]]] = []
     for step in [*steps, None]:
@@ -700,7 +708,9 @@ def _run(conn: psycopg.Connection[Any], steps: Sequence[_Step]) -> None:
                 for query, params in statements:
                     conn.execute(query, params)
             statements = []
-        if step is not None:
+        if isinstance(step, _Long):
+            _execute(conn, step.query, meanwhile=functools.partial(_make_ahead, later))
+        elif step is not None:
             rows = later.pop(0)
             _copy(conn, dataclasses.replace(step, rows=rows), meanwhile=functools.partial(_make_ahead, later))
 
@@ -774,15 +784,7 @@ class _MeanwhileWriter(psycopg.copy.LibpqWriter):
 
 def _copy_end(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str) -> PQGen[PGresult]:
     """psycopg's `copy_end` (psycopg.generators of 3.3, which pyproject pins), with `meanwhile` called between
-    sending the end and waiting for the answer. A failure of `meanwhile` is raised once the answer has been read, so
-    that the connection is left ready for the rollback; if the server refused the COPY too, its error is raised (a
-    deadlock is retried, where a failure of the rows made ahead would be taken for a message's fault), from that
-    failure. An interruption (Ctrl-C) during `meanwhile` waits for the answer too."""
-
-    def busy() -> bool:
-        pgconn.consume_input()
-        return bool(pgconn.is_busy())
-
+    sending the end and waiting for the answer (`_answer`)."""
     while pgconn.put_copy_end(None) == 0:
         while not (yield Wait.W):
             continue
@@ -791,18 +793,45 @@ def _copy_end(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str
             continue
         if pgconn.flush() == 0:
             break
+    (result,) = yield from _answer(pgconn, meanwhile, encoding)
+    return result
+
+
+def _execute(conn: psycopg.Connection[Any], query: str, *, meanwhile: Meanwhile) -> None:
+    """`query` (no parameters) sent, then `meanwhile` called before waiting for the answer (`_answer`)."""
+
+    def executed() -> PQGen[list[PGresult]]:
+        conn.pgconn.send_query(query.encode())
+        yield from send(conn.pgconn)
+        return (yield from _answer(conn.pgconn, meanwhile, conn.info.encoding))
+
+    with conn.lock:
+        conn.wait(executed())
+
+
+def _answer(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str) -> PQGen[list[PGresult]]:
+    """With a command sent: `meanwhile(busy)` called (`busy()`: the answer has not come yet), then the answer read.
+    A failure of `meanwhile` is raised once the answer has been read, so that the connection is left ready for the
+    rollback; if the server refused the command too, its error is raised (a deadlock is retried, where a failure of
+    the rows made ahead would be taken for a message's fault), from that failure. An interruption (Ctrl-C) during
+    `meanwhile` waits for the answer too."""
+
+    def busy() -> bool:
+        pgconn.consume_input()
+        return bool(pgconn.is_busy())
+
     failed: BaseException | None = None
     try:
         meanwhile(busy)
-    except BaseException as exc:  # raised below, once the COPY's answer is read
+    except BaseException as exc:  # raised below, once the answer is read
         failed = exc
     results: list[PGresult] = yield from fetch_many(pgconn)
-    (result,) = results
-    if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        raise psycopg.errors.error_from_result(result, encoding=encoding) from failed
+    for result in results:
+        if result.status not in (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK):
+            raise psycopg.errors.error_from_result(result, encoding=encoding) from failed
     if failed is not None:
         raise failed
-    return result
+    return results
 
 
 class _UuidTextBinaryDumper(psycopg.adapt.Dumper):
