@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -149,6 +150,21 @@ def test_rows_made_ahead_of_their_copy_are_the_rows_written(deployment: Deployme
                 assert written(conn, 0, orders) == as_arrays, (most, between)
 
 
+def failing_on_o_07(event: OutboundEvent) -> tuple[str, bytes, bytes]:
+    if event.order_id == "O-07":
+        raise ValueError("cannot encode O-07's event")
+    return serialize(event)
+
+
+@contextlib.contextmanager
+def all_made_at_the_first_copy() -> Iterator[None]:
+    """Every set by COPY, and every row of the later COPYs made at the end of the first."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(unit_of_work, "ARRAY_ROWS", 0)
+        patch.setattr(unit_of_work, "_AHEAD_SLICE", 1_000_000)
+        yield
+
+
 @pytest.mark.parametrize("deployment", [1], indirect=True)
 def test_an_event_that_fails_to_encode_ahead_of_its_copy_fails_the_save_and_leaves_the_connection_fit(
     deployment: Deployment,
@@ -156,16 +172,9 @@ def test_an_event_that_fails_to_encode_ahead_of_its_copy_fails_the_save_and_leav
     """An event made ahead, while the server takes in the orders' COPY, fails to encode: the save fails with that
     error, once the COPY's answer is read, and the connection rolls back and serves the next statement."""
 
-    def failing(event: OutboundEvent) -> tuple[str, bytes, bytes]:
-        if event.order_id == "O-07":
-            raise ValueError("cannot encode O-07's event")
-        return serialize(event)
-
-    with psycopg.connect(deployment.database_url, autocommit=True) as conn, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(unit_of_work, "ARRAY_ROWS", 0)
-        patch.setattr(unit_of_work, "_AHEAD_SLICE", 1_000_000)  # every row made at the first COPY's end
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, all_made_at_the_first_copy():
         with pytest.raises(ValueError, match="O-07") as failed, conn.transaction():
-            book = Book(PostgresStore(conn, failing, "dlq"))
+            book = Book(PostgresStore(conn, failing_on_o_07, "dlq"))
             orders(book)
             book.save()
         assert "_copy_end" in [entry.name for entry in failed.traceback]
@@ -180,17 +189,10 @@ def test_a_copy_the_server_refuses_while_rows_made_ahead_fail_too_is_the_server_
     to encode: the server's refusal is what the save raises (a deadlock is retried; the encoding alone would be
     taken for a message's fault), from the encoding's failure; the connection then serves the next statement."""
 
-    def failing(event: OutboundEvent) -> tuple[str, bytes, bytes]:
-        if event.order_id == "O-07":
-            raise ValueError("cannot encode O-07's event")
-        return serialize(event)
-
-    with psycopg.connect(deployment.database_url, autocommit=True) as conn, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(unit_of_work, "ARRAY_ROWS", 0)
-        patch.setattr(unit_of_work, "_AHEAD_SLICE", 1_000_000)  # every row made at the first COPY's end
+    with psycopg.connect(deployment.database_url, autocommit=True) as conn, all_made_at_the_first_copy():
         with pytest.raises(StoreRefused, match="CheckViolation") as refused, conn.transaction(force_rollback=True):
             conn.execute("ALTER TABLE customer_order ADD CONSTRAINT not_o_03 CHECK (order_id <> 'O-03')")
-            book = Book(PostgresStore(conn, failing, "dlq"))
+            book = Book(PostgresStore(conn, failing_on_o_07, "dlq"))
             orders(book)
             book.save()
         assert isinstance(refused.value.__cause__, psycopg.errors.CheckViolation)
