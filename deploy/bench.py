@@ -455,18 +455,23 @@ def burst(
     handled, seconds = send_orders(sc, prod, values, limit_s)
     drained = wait_until(sc.outbox_drained, limit_s / 2)
     after = sc.cpu()
-    missing = burst_missing(sc, orders) if drained else f"the outbox not drained within {limit_s / 2:.0f}s"
-    if missing:
-        say(f"{sc.name}: {missing}")
     cpu = {k: after[k] - before[k] for k in before}
+    missing = burst_missing(sc, orders, drained, limit_s / 2)
     return Burst(len(orders), handled, seconds, cpu, handled == len(orders), missing)
 
 
-def burst_missing(sc: Scenario, orders: list[dict[str, Any]]) -> str:
-    """What a burst's orders should have left once the outbox is drained, and did not: each of their lines written,
-    no dead letter, on Kafka a status for each line and a fulfillment request or a notice for each order (more for
-    the lines that later receipts or orders fill). Empty if none: a worker that loses what it should write is not
-    measured as a fast one."""
+def burst_missing(sc: Scenario, orders: list[dict[str, Any]], drained: bool, waited_s: float) -> str:
+    """What a burst's orders should have left once the outbox is drained (within `waited_s`), and did not: each of
+    their lines written, no dead letter, on Kafka a status for each line and a fulfillment request or a notice for
+    each order (more for the lines that later receipts or orders fill); said, and returned (empty if nothing is
+    missing): a worker that loses what it should write is not measured as a fast one."""
+    missing = _missing(sc, orders) if drained else f"the outbox not drained within {waited_s:.0f}s"
+    if missing:
+        say(f"{sc.name}: {missing}")
+    return missing
+
+
+def _missing(sc: Scenario, orders: list[dict[str, Any]]) -> str:
     lines = sum(len(order["lines"]) for order in orders)
     written = sc.count("SELECT count(*) FROM order_line")
     dead = sc.count("SELECT count(*) FROM dead_letter")
@@ -612,9 +617,7 @@ def run_hot_sku(stack: Stack, args: argparse.Namespace) -> None:
         handled, seconds = send_orders(sc, prod, values, args.limit)
         cpu = {k: v - before[k] for k, v in sc.cpu().items()}
         drained = wait_until(sc.outbox_drained, args.limit / 2)
-        missing = burst_missing(sc, orders) if drained else f"the outbox not drained within {args.limit / 2:.0f}s"
-        if missing:
-            say(f"{sc.name}: {missing}")
+        missing = burst_missing(sc, orders, drained, args.limit / 2)
         b = Burst(len(orders), handled, seconds, cpu, handled == len(orders), missing)
         figure("hot_sku_orders_per_s", b.rate, partial_note(b))
         demand = int(one(sc.conn, "SELECT coalesce(sum(quantity), 0) FROM order_line"))

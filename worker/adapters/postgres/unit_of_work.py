@@ -728,18 +728,22 @@ class _Rows:
     made already."""
 
     def __init__(self, rows: Iterable[Sequence[Any]]) -> None:
-        self._made: list[Sequence[Any]] = rows if isinstance(rows, list) else []
-        self._rest: Iterator[Sequence[Any]] | None = None if isinstance(rows, list) else iter(rows)
+        self._made: list[Sequence[Any]] = []
+        self._rest: Iterator[Sequence[Any]] | None = None
+        if isinstance(rows, list):
+            self._made = rows
+        else:
+            self._rest = iter(rows)
 
     def make_ahead(self, busy: Callable[[], bool]) -> bool:
         """Make rows while `busy()`, up to AHEAD_ROWS in all; True if all are made."""
         while self._rest is not None:
-            room = AHEAD_ROWS - len(self._made)
-            if room <= 0:
+            wanted = min(AHEAD_ROWS - len(self._made), _AHEAD_SLICE)
+            if wanted <= 0:
                 return False
-            some = list(itertools.islice(self._rest, min(room, _AHEAD_SLICE)))
+            some = list(itertools.islice(self._rest, wanted))
             self._made += some
-            if len(some) < min(room, _AHEAD_SLICE):
+            if len(some) < wanted:
                 self._rest = None
             elif len(self._made) == AHEAD_ROWS:  # full: all made if none follows (a deep receipt's step's 5,000)
                 following = next(self._rest, None)
@@ -789,29 +793,20 @@ def _copy_end(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str
     while pgconn.put_copy_end(None) == 0:
         while not (yield Wait.W):
             continue
-    while True:
-        while not (yield Wait.W):
-            continue
-        if pgconn.flush() == 0:
-            break
     (result,) = yield from _answer(pgconn, meanwhile, encoding)
     return result
 
 
 def _execute(conn: psycopg.Connection[Any], query: str, *, meanwhile: Meanwhile) -> None:
     """`query` (no parameters) sent, then `meanwhile` called before waiting for the answer (`_answer`)."""
-
-    def executed() -> PQGen[list[PGresult]]:
-        conn.pgconn.send_query(query.encode())
-        yield from send(conn.pgconn)
-        return (yield from _answer(conn.pgconn, meanwhile, conn.info.encoding))
-
     with conn.lock:
-        conn.wait(executed())
+        conn.pgconn.send_query(query.encode())
+        conn.wait(_answer(conn.pgconn, meanwhile, conn.info.encoding))
 
 
 def _answer(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str) -> PQGen[list[PGresult]]:
-    """With a command sent: `meanwhile(busy)` called (`busy()`: the answer has not come yet), then the answer read.
+    """With a command queued: sent (psycopg's `send`), `meanwhile(busy)` called (`busy()`: the answer has not come
+    yet), then the answer read.
     A failure of `meanwhile` is raised once the answer has been read, so that the connection is left ready for the
     rollback; if the server refused the command too, its error is raised (a deadlock is retried, where a failure of
     the rows made ahead would be taken for a message's fault), from that failure. An interruption (Ctrl-C) during
@@ -821,6 +816,7 @@ def _answer(pgconn: psycopg.pq.abc.PGconn, meanwhile: Meanwhile, encoding: str) 
         pgconn.consume_input()
         return bool(pgconn.is_busy())
 
+    yield from send(pgconn)
     failed: BaseException | None = None
     try:
         meanwhile(busy)
