@@ -65,6 +65,13 @@ class FakeState:
     receipts: set[str] = field(default_factory=set)
     dispatched: set[str] = field(default_factory=set)
 
+    def copy(self) -> FakeState:
+        """A copy for a transaction to work on: each container copied, not what it holds, which is immutable (frozen
+        dataclasses, tuples, strings), except the lists of `pending`, which a save appends to."""
+        copied = FakeState(**{f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        copied.pending = {order_id: list(waiting) for order_id, waiting in self.pending.items()}
+        return copied
+
 
 class MemoryStore:
     """The Store port over a FakeState: loads copy out of the dicts, a save writes into them."""
@@ -348,7 +355,7 @@ class FakeUnitOfWorkFactory:
         self.transactions += 1
         if self.unavailable:
             raise StoreUnavailable("connection refused")
-        working = copy.deepcopy(self.state)
+        working = self.state.copy()
         uow = _Refusing(working, self.refuse)
         yield uow
         uow.save()
