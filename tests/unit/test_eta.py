@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as dt
 from typing import Any
@@ -175,9 +174,9 @@ def swept_both_ways() -> tuple[dt.datetime, int, FakeUnitOfWork, FakeUnitOfWorkF
     a store of the same backlog not swept yet)."""
     state = backlog(30)
     as_of = NOW + dt.timedelta(days=7)
-    whole = FakeUnitOfWork(copy.deepcopy(state))
+    whole = FakeUnitOfWork(state.copy())
     sweep(whole, SHOP, as_of)
-    return as_of, len(state.outbox), whole, FakeUnitOfWorkFactory(copy.deepcopy(state))
+    return as_of, len(state.outbox), whole, FakeUnitOfWorkFactory(state.copy())
 
 
 def test_a_sweep_in_bounded_transactions_sends_what_one_transaction_sends() -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -64,7 +63,7 @@ def client(state: FakeState) -> TestClient:
 
 
 def test_a_cart_gets_the_promise_of_the_real_handler_as_json(client: TestClient, state: FakeState) -> None:
-    before = copy.deepcopy(state)
+    before = state.copy()
     cart = {
         "customer_id": "C9",
         "customer_tier": "STANDARD",
@@ -82,7 +81,7 @@ def test_a_cart_gets_the_promise_of_the_real_handler_as_json(client: TestClient,
             None,
             (CartLine("a", "LAMP", 5), CartLine("2", "DESK", 1)),
         ),
-        MemoryStore(copy.deepcopy(before)),
+        MemoryStore(before.copy()),
         SHOP,
         NOW,
     )
