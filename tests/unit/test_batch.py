@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests import factories
-from tests.unit.fakes import FakeUnitOfWorkFactory
+from tests.unit.fakes import FakeUnitOfWorkFactory, apply
 from worker.adapters.avro import AvroCodec
 from worker.domain.events import FulfillmentRequested
 from worker.domain.policy import ShopPolicy
@@ -145,3 +145,18 @@ def test_an_order_larger_than_the_transaction_budget_is_a_transaction_alone() ->
     messages = [message(0, "orders", factories.order("O-BIG", "2026-01-01", [(f"S{n}", 1) for n in range(9)]))]
     results = run(factory, messages, lines_per_transaction=4)
     assert [r.outcome for r in results] == [Outcome.PROCESSED] and factory.transactions == 1
+
+
+def test_a_transaction_of_the_fake_that_fails_leaves_its_state_as_it_was() -> None:
+    """The fake's transactions are isolated as the database's: what one that fails wrote is not kept, in the lists of
+    its state either (a second cancellation of an order not seen yet is added to the first's, as it waits)."""
+    factory = FakeUnitOfWorkFactory()
+    with factory() as uow:
+        apply(factories.command(factories.cancellation("O-1", "L1")), uow, ShopPolicy(), NOW)
+    waiting = list(factory.state.pending["O-1"])
+    with pytest.raises(RuntimeError), factory() as uow:
+        apply(factories.command(factories.cancellation("O-1", "L2")), uow, ShopPolicy(), NOW)
+        uow.flush()
+        raise RuntimeError("the transaction fails after writing")
+    assert len(waiting) == 1
+    assert factory.state.pending["O-1"] == waiting
