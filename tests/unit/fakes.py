@@ -68,9 +68,8 @@ class FakeState:
     def copy(self) -> FakeState:
         """A copy for a transaction to work on: each container copied, not what it holds, which is immutable (frozen
         dataclasses, tuples, strings), except the lists of `pending`, which a save appends to."""
-        copied = FakeState(**{f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self)})
-        copied.pending = {order_id: list(waiting) for order_id, waiting in self.pending.items()}
-        return copied
+        containers = {f.name: copy.copy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "pending"}
+        return FakeState(**containers, pending={order_id: list(waiting) for order_id, waiting in self.pending.items()})
 
 
 class MemoryStore:
