@@ -39,8 +39,10 @@ def test_worker_retries_through_a_database_outage(
         own_postgres.stop()
         world.produce("inventory-received", factories.receipt("R-1", SKU, 4))
         world.produce("order-created", factories.order("O-3", "2026-04-03", [(SKU, 1)]))
-        wait_for("two failed attempts", lambda: worker.log().count('"database_unavailable"') >= 2)
-        assert worker.metric("backorder_database_retries_total") >= 2
+        # An attempt waits up to 10 s for a connection (the pool's timeout): one that failed, and the worker is
+        # still there, is enough; the catching up below is the attempt after it.
+        wait_for("a failed attempt", lambda: worker.log().count('"database_unavailable"') >= 1)
+        assert worker.metric("backorder_database_retries_total") >= 1
         assert worker.metric("backorder_events_consumed_total") == 2
         assert worker.proc.poll() is None
 

@@ -14,7 +14,7 @@ from tests import factories
 from tests.integration.conftest import Deployment, wait_for
 from worker.adapters.avro import AvroCodec
 
-BOUND_S = 10.0
+BOUND_S = 5.0
 
 
 @pytest.fixture
