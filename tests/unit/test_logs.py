@@ -75,7 +75,7 @@ def test_auto_on_a_terminal_is_the_console_renderer(monkeypatch: pytest.MonkeyPa
 def test_json_lines_when_no_terminal_or_asked_for(monkeypatch: pytest.MonkeyPatch, fmt: LogFormat) -> None:
     first, second = (json.loads(line) for line in logged(monkeypatch, fmt, terminal=fmt == "json").splitlines())
     assert first["event"] == "allocated" and first["units"] == 50 and first["level"] == "info"
-    assert first["sku"] == "WIDGET-PRO-BLUE" and "timestamp" in first
+    assert first["sku"] == "WIDGET-PRO-BLUE" and first["logger"] == "worker.demo" and "timestamp" in first
     assert (second["event"], second["logger"], second["level"]) == ("pool is slow", "psycopg.pool", "warning")
 
 
