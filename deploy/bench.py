@@ -160,6 +160,7 @@ class Stack:
     endpoints: localstack.Endpoints
     postmaster_pid: int
     kafka_pid: int | None
+    log_level: str = "INFO"  # the workers' BACKORDER_LOG_LEVEL
 
     def url(self, database: str) -> str:
         parts = urllib.parse.urlsplit(self.endpoints.database_url)
@@ -200,7 +201,7 @@ class Scenario:
             **stack.endpoints.environ(),
             "DATABASE_URL": self.url,
             "BACKORDER_GROUP_ID": f"bench-{self.tag}",
-            "BACKORDER_LOG_LEVEL": "WARNING",
+            "BACKORDER_LOG_LEVEL": stack.log_level,
             **{f"BACKORDER_TOPIC_{key.upper()}": topic for key, topic in self.topics.items()},
             **settings,
         }
@@ -1072,6 +1073,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--promise-seconds", type=float, help="for how long, measured (60)")
     parser.add_argument("--promise-warmup", type=float, help="at the same rate before, not measured (10)")
     parser.add_argument("--limit", type=float, help="bound on each wait, seconds (240)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the workers' BACKORDER_LOG_LEVEL (INFO, the worker's default: a record for each order decided)",
+    )
     args = parser.parse_args(argv)
     full = {
         "orders": 20_000,
@@ -1127,7 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
             stat = _stat(backend)  # while the backend lives: its parent is the postmaster
         assert stat is not None
         port = int(endpoints.kafka_bootstrap_servers.rsplit(":", 1)[1])
-        stack = Stack(endpoints, postmaster_pid=stat[0], kafka_pid=pid_listening_on(port))
+        stack = Stack(endpoints, postmaster_pid=stat[0], kafka_pid=pid_listening_on(port), log_level=args.log_level)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         say(
             f"commit {commit.stdout.strip() or '?'}, {os.cpu_count()} CPUs, PostgreSQL "
@@ -1139,7 +1146,8 @@ def main(argv: list[str] | None = None) -> int:
             f"deep_lines={args.deep_lines}, latency {args.latency_rate:.0f}/s for {args.latency_seconds:.0f}s, "
             f"relay_events={args.relay_events}, scrape_lines={args.scrape_lines}, limit {args.limit:.0f}s per wait"
         )
-        say(f"load average at start: {loadavg()}; worker logs in {LOG_PATH}")
+        LOG_PATH.write_bytes(b"")  # this run's only: at INFO a full run writes tens of MB
+        say(f"load average at start: {loadavg()}; worker logs (at {args.log_level}) in {LOG_PATH}")
         naive = throughput = None
         for name in args.only:
             try:
