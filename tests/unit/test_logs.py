@@ -117,3 +117,14 @@ def test_a_record_below_the_level_is_dropped_before_any_work_is_spent_on_it(monk
     log.info("backordered", order_id="O-1")
     log.warning("consumer_error", code=1)
     assert seen == ["consumer_error"]
+
+
+def test_a_record_that_cannot_be_written_does_not_fail_the_code_that_logs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As with the standard library's records: logging reports it on stderr and the caller goes on."""
+    stderr = Stderr(False)
+    monkeypatch.setattr("sys.stderr", stderr)
+    configure_logging("INFO", "json")
+    stderr.close()
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # what would report it writes to the closed stream too
+    structlog.get_logger("worker.demo").info("allocated", sku="WIDGET-PRO-BLUE", units=50)
+    logging.getLogger("psycopg.pool").warning("pool is slow")

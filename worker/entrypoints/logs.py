@@ -38,6 +38,8 @@ class _Lines:
         try:
             handler.stream.write(message + "\n")
             handler.stream.flush()
+        except Exception:  # as in `logging`: a record that cannot be written (stderr closed) does not fail its caller
+            handler.handleError(logging.makeLogRecord({"msg": message}))
         finally:
             handler.release()
 
