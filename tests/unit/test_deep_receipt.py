@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests import examples, factories
@@ -117,6 +117,20 @@ def comparable(state: FakeState) -> dict[str, Any]:
     mode=st.sampled_from(ShipCompleteMode),
     scope=st.sampled_from(ShipCompleteScope),
     restock=st.one_of(st.none(), st.integers(1, 30)),
+)
+# Found by Hypothesis: O-01's units run out before its third line, whose date the restock then settles; announced in
+# its step, the order was told no date for that line, one step told 2026-02-13.
+@example(
+    orders=[
+        ([("SKU-A", 1)], None, "STANDARD"),
+        ([("SKU-A", 1)] * 3, None, "STANDARD"),
+        ([("SKU-A", 1)], None, "STANDARD"),
+    ],
+    units=3,
+    fills=1,
+    mode=ShipCompleteMode.HOLD,
+    scope=ShipCompleteScope.LINE,
+    restock=1,
 )
 def test_a_receipt_written_in_steps_leaves_what_one_step_leaves(
     orders: Orders, units: int, fills: int, mode: ShipCompleteMode, scope: ShipCompleteScope, restock: int | None

@@ -317,9 +317,9 @@ def _give_in_steps(
     the receipt's plan, numbered from 1, and committed before any is given: every step is then left to a
     transaction of its own. Otherwise the first step is given and announced here, the rest left to transactions of
     their own: `plan`'s steps are each taken as they are given (as `decided`, if given, else as their lines are now).
-    An order whose line got units and still waits is announced once that line's date is settled, with the queue's
-    after the receipt: from the step that gives one, every step is given in this transaction, then the queue is
-    dated."""
+    An order given units that still has a line of the SKU waiting (the one filled in part, or another the units
+    ran out before) is announced once that line's date is settled, with the queue's after the receipt: from the
+    step that gives one, every step is given in this transaction, then the queue is dated."""
     cause, sku = _receipt_cause(command), command.receipt.sku
     if not plan and decided is not None and len(decided) > 1:
         # Not the order a fill leaves waiting (the last, whose units run out): promised part of what it wants, its
@@ -346,13 +346,9 @@ def _give_in_steps(
             else:
                 fills = _give(uow, _as_planned(step, uow, shop, now), cause, shop, now)
             states = _by_order(uow.order_lines({f.backorder.order_id for f in fills}))
-            filled = {(f.backorder.order_id, f.backorder.line_id) for f in fills}
-            dating = {
-                line.order_id
-                for lines in states.values()
-                for line in lines
-                if line.waiting and (line.order_id, line.line_id) in filled
-            }
+            # A line of the SKU that still waits, filled in part or not at all (its order's other lines took the
+            # last units), is dated anew after the receipt, and its order's announcement carries that date.
+            dating = {line.order_id for lines in states.values() for line in lines if line.waiting and line.sku == sku}
             unannounced += [f for f in fills if f.backorder.order_id in dating]
             settled = [f for f in fills if f.backorder.order_id not in dating]
             uow.emit(_announce_fills(cause, command.event_id, settled, states, uow, shop, now))
