@@ -128,3 +128,22 @@ def test_a_record_that_cannot_be_written_does_not_fail_the_code_that_logs_it(mon
     monkeypatch.setattr(logging, "raiseExceptions", False)  # what would report it writes to the closed stream too
     structlog.get_logger("worker.demo").info("allocated", sku="WIDGET-PRO-BLUE", units=50)
     logging.getLogger("psycopg.pool").warning("pool is slow")
+
+
+def test_the_level_of_a_records_logging_logger_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The promise server quiets the rules' records (its decisions are what-ifs) through `logging`'s logger
+    `worker.service`, as an operator may quiet any of the worker's loggers."""
+    stderr = Stderr(False)
+    monkeypatch.setattr("sys.stderr", stderr)
+    configure_logging("INFO", "json")
+    quiet = logging.getLogger("worker.service")
+    before = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        structlog.get_logger("worker.service.handlers").info("allocated", sku="WIDGET-PRO-BLUE", units=50)
+        structlog.get_logger("worker.service.handlers").warning("sweep_failed")
+        structlog.get_logger("worker.adapters.relay").info("outbox_published", rows=2)
+    finally:
+        quiet.setLevel(before)
+    events = [json.loads(line)["event"] for line in stderr.getvalue().splitlines()]
+    assert events == ["sweep_failed", "outbox_published"]
