@@ -160,7 +160,7 @@ class Stack:
     endpoints: localstack.Endpoints
     postmaster_pid: int
     kafka_pid: int | None
-    log_level: str = "INFO"  # the workers' BACKORDER_LOG_LEVEL
+    log_level: str  # the workers' BACKORDER_LOG_LEVEL (--log-level)
 
     def url(self, database: str) -> str:
         parts = urllib.parse.urlsplit(self.endpoints.database_url)

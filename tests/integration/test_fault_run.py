@@ -177,7 +177,7 @@ class Progress:
 class Fault:
     kind: str
     at_s: float
-    stalled_partitions: int  # those watched; none: nothing waited, nothing timed
+    watched_partitions: int  # none: nothing waited, nothing timed
     recovery_s: float | None = None
 
 
@@ -325,7 +325,7 @@ def test_fault_run(
         world.close()
 
     kills = [f.recovery_s for f in faults if f.kind == "sigkill" and f.recovery_s is not None]
-    timed = [f for f in faults if f.stalled_partitions]
+    timed = [f for f in faults if f.watched_partitions]
     with capsys.disabled():  # the figures are shown by `make test` too, not only with -s
         print(
             f"\nfault run ({'soak' if SOAK else 'short'}): {len(plan.events)} inbound events "
@@ -335,9 +335,9 @@ def test_fault_run(
         print(f"faults injected: {len(faults)} {dict(Counter(f.kind for f in faults))}")
         for f in faults:
             recovered = "NOT recovered" if f.recovery_s is None else f"progress after {f.recovery_s:.1f}s"
-            if not f.stalled_partitions:
+            if not f.watched_partitions:
                 recovered = "nothing waiting, not timed"
-            print(f"  t={f.at_s:6.1f}s {f.kind:28s} {f.stalled_partitions} partitions watched, {recovered}")
+            print(f"  t={f.at_s:6.1f}s {f.kind:28s} {f.watched_partitions} partitions watched, {recovered}")
         if kills:
             print(f"SIGKILL recovery: median {statistics.median(kills):.1f}s, max {max(kills):.1f}s over {len(kills)}")
         print(

@@ -11,7 +11,6 @@ import sys
 from typing import Literal, TextIO
 
 import structlog
-from structlog.types import EventDict
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -23,20 +22,24 @@ def chosen_format(fmt: LogFormat, stderr_is_terminal: bool) -> Literal["json", "
     return fmt
 
 
-_LEVELS = {name.lower(): level for name, level in logging.getLevelNamesMapping().items()} | {"exception": logging.ERROR}
-
-
 class _Lines:
     """structlog's last step: each rendered record is written as one line to the standard library handler's stream,
     under that handler's lock, so the worker's records and the libraries' never interleave. The worker's records do
     not go through `logging` (a record made, copied and formatted again: 35-39 us a line, 20% of the worker's CPU at
-    INFO in a burst; see the README's Logs section), but the level of their `logging` logger still holds
-    (`_within_its_level`): `logging.getLogger("worker.service").setLevel(...)` quiets the rules' records as before."""
+    INFO in a burst; see the README's Logs section), but the level of their `logging` logger still holds (structlog's
+    `filter_by_level` reads it here): `logging.getLogger("worker.service").setLevel(...)` quiets the rules' records."""
 
     def __init__(self, name: str, handler: logging.StreamHandler[TextIO]) -> None:
         self.name = name  # what `add_logger_name` reads
         self._handler = handler
-        self.stdlib = logging.getLogger(name)
+        self._stdlib = logging.getLogger(name)
+
+    @property
+    def disabled(self) -> bool:
+        return self._stdlib.disabled
+
+    def getEffectiveLevel(self) -> int:  # what `filter_by_level` calls
+        return self._stdlib.getEffectiveLevel()
 
     def msg(self, message: str) -> None:
         handler = self._handler
@@ -50,14 +53,6 @@ class _Lines:
             handler.release()
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
-
-
-def _within_its_level(logger: _Lines, method_name: str, event_dict: EventDict) -> EventDict:
-    """Drops a record below the level of its name's `logging` logger (the global level is checked before any
-    processor runs: `make_filtering_bound_logger`)."""
-    if not logger.stdlib.isEnabledFor(_LEVELS.get(method_name, logging.INFO)):
-        raise structlog.DropEvent
-    return event_dict
 
 
 def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
@@ -77,7 +72,7 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=terminal)  # no escape codes in a file
     handler: logging.StreamHandler[TextIO] = logging.StreamHandler(sys.stderr)
     structlog.configure(
-        processors=[_within_its_level, *shared, renderer],
+        processors=[structlog.stdlib.filter_by_level, *shared, renderer],
         # A call below the level returns at once, before any processor runs and before its event dict is
         # made: at WARNING, the info records of a burst (one per backordered order) had cost 5% of the
         # worker's CPU, and with stdlib's bound logger and `filter_by_level` still 3.4 us a call (0.9 now).
