@@ -34,8 +34,10 @@ lock: ## re-resolve requirements.lock (image) and requirements-test.lock (make) 
 run: $(STAMP) ## start Kafka, PostgreSQL and the worker, play a demo scenario; Ctrl-C stops everything
 	$(PY) deploy/demo.py
 
+# Two processes: the integration tests one after another in one (they share one broker and one server, and
+# wait on them much of the time), the unit tests in the other.
 test: lint typecheck ## lint, type-check, then every test against a real Kafka and PostgreSQL it starts
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 unit: $(STAMP) ## only the tests that need no services
 	$(PY) -m pytest tests/unit

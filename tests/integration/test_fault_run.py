@@ -28,6 +28,7 @@ import psycopg
 import pytest
 
 from tests import factories
+from tests.conftest import Figures
 from tests.integration.conftest import RECORD_OF, Deployment, WorkerProcess, wait_for
 from tests.integration.scenario import Sampler, TrackingProducer, group_lag, loadavg, read_topic, soak
 from worker.adapters.avro import AvroCodec
@@ -185,7 +186,7 @@ def test_fault_run(
     own_stack: tuple[localstack.KafkaBroker, localstack.PostgresServer],
     codec: AvroCodec,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    figures: Figures,
 ) -> None:
     broker, postgres = own_stack
     rng = random.Random(SEED)
@@ -326,26 +327,28 @@ def test_fault_run(
 
     kills = [f.recovery_s for f in faults if f.kind == "sigkill" and f.recovery_s is not None]
     timed = [f for f in faults if f.watched_partitions]
-    with capsys.disabled():  # the figures are shown by `make test` too, not only with -s
-        print(
-            f"\nfault run ({'soak' if SOAK else 'short'}): {len(plan.events)} inbound events "
-            f"({len(plan.orders)} orders, {len(plan.receipts)} receipts, {len(plan.cancellations)} cancellations) "
-            f"over {SKUS} SKUs; drained after {drained_s:.0f}s; load {loadavg()}"
+    lines = [
+        f"fault run ({'soak' if SOAK else 'short'}): {len(plan.events)} inbound events "
+        f"({len(plan.orders)} orders, {len(plan.receipts)} receipts, {len(plan.cancellations)} cancellations) "
+        f"over {SKUS} SKUs; drained after {drained_s:.0f}s; load {loadavg()}",
+        f"faults injected: {len(faults)} {dict(Counter(f.kind for f in faults))}",
+    ]
+    for f in faults:
+        recovered = "NOT recovered" if f.recovery_s is None else f"progress after {f.recovery_s:.1f}s"
+        if not f.watched_partitions:
+            recovered = "nothing waiting, not timed"
+        lines.append(f"  t={f.at_s:6.1f}s {f.kind:28s} {f.watched_partitions} partitions watched, {recovered}")
+    if kills:
+        lines.append(
+            f"SIGKILL recovery: median {statistics.median(kills):.1f}s, max {max(kills):.1f}s over {len(kills)}"
         )
-        print(f"faults injected: {len(faults)} {dict(Counter(f.kind for f in faults))}")
-        for f in faults:
-            recovered = "NOT recovered" if f.recovery_s is None else f"progress after {f.recovery_s:.1f}s"
-            if not f.watched_partitions:
-                recovered = "nothing waiting, not timed"
-            print(f"  t={f.at_s:6.1f}s {f.kind:28s} {f.watched_partitions} partitions watched, {recovered}")
-        if kills:
-            print(f"SIGKILL recovery: median {statistics.median(kills):.1f}s, max {max(kills):.1f}s over {len(kills)}")
-        print(
-            f"outbound: {outcome['outbound']} messages, {outcome['duplicates']} duplicates by event_id "
-            f"({outcome['conflicts']} with different content); units received {outcome['received']}, "
-            f"allocated {outcome['allocated']}, reserved {outcome['reserved']}, available {outcome['available']}"
-        )
-        print(f"receipts given in steps through a plan: {planned} (resumed by the receipt again: {resumed})")
+    lines.append(
+        f"outbound: {outcome['outbound']} messages, {outcome['duplicates']} duplicates by event_id "
+        f"({outcome['conflicts']} with different content); units received {outcome['received']}, "
+        f"allocated {outcome['allocated']}, reserved {outcome['reserved']}, available {outcome['available']}"
+    )
+    lines.append(f"receipts given in steps through a plan: {planned} (resumed by the receipt again: {resumed})")
+    figures(*lines)
 
     assert all(f.recovery_s is not None for f in timed), "a fault after which a partition never moved again"
     assert kills, "no SIGKILL recovery measured"

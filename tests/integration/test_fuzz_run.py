@@ -20,11 +20,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from tests import factories
+from tests.conftest import Figures
 from tests.integration.conftest import DLQ_HEADERS, RECORD_OF, ROOT, Deployment, wait_for
 from tests.integration.scenario import Landed, Sampler, Seen, TrackingProducer, loadavg, read_topic, rss_mib, soak
 from worker.adapters.avro import AvroCodec
@@ -346,7 +346,7 @@ ENUM_FIELDS: dict[str, dict[str, tuple[Any, Any]]] = {
 # ------------------------------------------------------------------------------------------ the run
 
 
-def test_fuzz_run(deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fuzz_run(deployment: Deployment, figures: Figures) -> None:
     codec = deployment.codec
     tag = uuid.uuid4().hex[:6]
     hostile = Hostile(codec, tag)
@@ -472,17 +472,15 @@ def test_fuzz_run(deployment: Deployment, capsys: pytest.CaptureFixture[str]) ->
             healthy = response.status == 200
 
     problems = check_dead_letters(dead, expected, bad, digests, deployment)
-    with capsys.disabled():  # the figures are shown by `make test` too, not only with -s
-        print(
-            f"\nfuzz run ({'soak' if SOAK else 'short'}): {len(bad)} hostile messages "
-            f"{dict(Counter(bad.values()))}, {valid_sent['events']} valid events "
-            f"({valid_sent['same_again']} sent twice); {len(dead)} dead letters "
-            f"{dict(Counter(b''.join(m.header_values('dlq.error.class')).decode() for m in dead))}; "
-            f"sent in {sent_s:.0f}s, all handled after {handled_s:.0f}s; worker peak RSS {peak['rss']:.0f} MiB "
-            f"(limit {limit_mib:.0f} MiB); load {loadavg()}"
-        )
-        for problem in problems[:15]:
-            print(f"  {problem}")
+    figures(
+        f"fuzz run ({'soak' if SOAK else 'short'}): {len(bad)} hostile messages "
+        f"{dict(Counter(bad.values()))}, {valid_sent['events']} valid events "
+        f"({valid_sent['same_again']} sent twice); {len(dead)} dead letters "
+        f"{dict(Counter(b''.join(m.header_values('dlq.error.class')).decode() for m in dead))}; "
+        f"sent in {sent_s:.0f}s, all handled after {handled_s:.0f}s; worker peak RSS {peak['rss']:.0f} MiB "
+        f"(limit {limit_mib:.0f} MiB); load {loadavg()}",
+        *(f"  {problem}" for problem in problems[:15]),
+    )
 
     assert alive, f"the worker exited with {worker.proc.returncode}"
     assert healthy
