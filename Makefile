@@ -35,7 +35,7 @@ run: $(STAMP) ## start Kafka, PostgreSQL and the worker, play a demo scenario; C
 	$(PY) deploy/demo.py
 
 # Two processes: the integration tests one after another in one (they share one broker and one server, and
-# wait on them much of the time), the unit tests in the other.
+# wait on them much of the time); the fault run (a broker and a server of its own) and the unit tests in the other.
 test: lint typecheck ## lint, type-check, then every test against a real Kafka and PostgreSQL it starts
 	$(PY) -m pytest -n 2
 

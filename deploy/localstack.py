@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -129,6 +130,23 @@ def _cache_dir() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _cache_lock(name: str) -> Iterator[None]:
+    """One process at a time fetches `name` into the cache: `make test`'s two processes may each start a broker
+    on a machine that has none yet, and two Mavens writing one ~/.m2 and one classpath file at once may fail."""
+    with open(_cache_dir() / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # let go when the file is closed
+        yield
+
+
+def _cached_classpath(cached: Path) -> str | None:
+    if cached.exists():
+        classpath = cached.read_text().strip()
+        if classpath and all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
+            return classpath
+    return None
+
+
 def kafka_classpath() -> str:
     """The broker's runtime classpath, resolved by Maven once and cached by the pom's content.
 
@@ -136,10 +154,15 @@ def kafka_classpath() -> str:
     """
     digest = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()[:16]
     cached = _cache_dir() / f"kafka-classpath-{digest}.txt"
-    if cached.exists():
-        classpath = cached.read_text().strip()
-        if classpath and all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
+    if (classpath := _cached_classpath(cached)) is not None:
+        return classpath
+    with _cache_lock("kafka-classpath"):
+        if (classpath := _cached_classpath(cached)) is not None:  # another process resolved it meanwhile
             return classpath
+        return _resolve_kafka_classpath(cached)
+
+
+def _resolve_kafka_classpath(cached: Path) -> str:
     if shutil.which("mvn") is None:
         raise StackError("Maven (mvn) is needed to fetch the Kafka broker; install it or set KAFKA_BOOTSTRAP_SERVERS")
     out = cached.with_suffix(".tmp")

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import pytest
 from hypothesis import settings
-from xdist.scheduler import LoadScopeScheduling
 
 from tests import PROFILE
 
@@ -24,21 +23,24 @@ settings.load_profile(PROFILE)
 ON_THEIR_OWN_STACK = ("tests/integration/test_fault_run.py::",)
 
 
-class IntegrationTestsTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no type hints
-    """The integration tests, one after another, in one process (they share one broker and one server, which each
-    process would otherwise start its own of); the fault run (its own) and each unit test wherever a process is
-    free: in the other one.
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's: absent with `-p no:xdist`
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `-n` (and no `--dist` other than its default): the integration tests one after another in one process
+    (they share one broker and one server, which each process would otherwise start its own of); the fault run (its
+    own) and each unit test wherever a process is free: in the other one.
 
     (pytest-xdist's `--dist loadgroup` would do it with a mark, but with pytest 9 its groups are ignored: it
     renames a test's `_nodeid`, which pytest no longer reads.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
 
-    def _split_scope(self, nodeid: str) -> str:
-        if nodeid.startswith("tests/integration/") and not nodeid.startswith(ON_THEIR_OWN_STACK):
-            return "tests/integration"
-        return nodeid
+    class IntegrationTestsTogether(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no type hints
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/integration/") and not nodeid.startswith(ON_THEIR_OWN_STACK):
+                return "tests/integration"
+            return nodeid
 
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> IntegrationTestsTogether:
     return IntegrationTestsTogether(config, log)
 
 

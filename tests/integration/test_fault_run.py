@@ -5,7 +5,7 @@ published twice with different content.
 About 100 s in `make test` (60 s of traffic); 10 minutes of traffic under `make soak` (BACKORDER_SOAK=1). It runs
 its own Kafka broker and PostgreSQL (it kills them), on 127.0.0.1 like everything else. The workers run with their
 own consumer defaults (session timeout; the group protocol `auto`, which takes KIP-848 on this broker), not the
-shorter ones of the other tests, so the recovery times it prints are what an operator would see.
+shorter ones of the other tests, so the recovery times it reports are what an operator would see.
 """
 
 from __future__ import annotations
