@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -86,6 +87,17 @@ def stack() -> Iterator[localstack.Endpoints]:
 @pytest.fixture(scope="session")
 def codec() -> AvroCodec:
     return AvroCodec.from_directory()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[localstack.KafkaBroker]:
+    """A Kafka broker this test may stop or freeze."""
+    with tempfile.TemporaryDirectory(prefix="backorder-kafka-") as workdir:
+        broker = localstack.KafkaBroker(Path(workdir) / "kafka", heap="512m")
+        broker.start()
+        yield broker
+        broker.thaw()
+        broker.stop()
 
 
 @dataclass(frozen=True)

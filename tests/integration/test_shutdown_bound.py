@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import localstack
@@ -15,17 +13,6 @@ from tests.integration.conftest import Deployment, wait_for
 from worker.adapters.avro import AvroCodec
 
 BOUND_S = 5.0
-
-
-@pytest.fixture
-def own_broker() -> Iterator[localstack.KafkaBroker]:
-    """A Kafka broker this test may stop."""
-    with tempfile.TemporaryDirectory(prefix="backorder-kafka-") as workdir:
-        broker = localstack.KafkaBroker(Path(workdir) / "kafka", heap="512m")
-        broker.start()
-        yield broker
-        broker.thaw()
-        broker.stop()
 
 
 @pytest.mark.parametrize("outage", ["stopped", "frozen"])

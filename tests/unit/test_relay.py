@@ -46,6 +46,7 @@ class FakeProducer:
         self.raise_on: dict[bytes, KafkaError] = {}  # value -> what produce() raises for it
         self.raise_on_topic: dict[str, KafkaError] = {}  # topic -> what produce() raises for its rows
         self.queued: list[tuple[str, bytes, Callable[[KafkaError | None, Any], None]]] = []
+        self.unanswered: set[bytes] = set()  # values flush() leaves queued, unanswered
         self.sent: list[bytes] = []
 
     def produce(self, topic: str, *, key: Any, value: bytes, on_delivery: Any, headers: Any = None) -> None:
@@ -58,16 +59,24 @@ class FakeProducer:
         self.queued.append((topic, value, on_delivery))
 
     def flush(self, _timeout: float) -> int:
+        """Answers what is queued, but for the values in `unanswered` (Kafka away for them): those stay queued."""
+        left = []
         for topic, value, on_delivery in self.queued:
+            if value in self.unanswered:
+                left.append((topic, value, on_delivery))
+                continue
             err = self.answers.get(value)
             if err is None:
                 self.sent.append(value)
             on_delivery(err, FakeMessage(topic))
-        self.queued = []
-        return 0
+        self.queued = left
+        return len(left)
 
     def poll(self, _timeout: float) -> int:
         return 0
+
+    def __len__(self) -> int:
+        return len(self.queued)
 
 
 def relay(producer: FakeProducer) -> OutboxRelay:
@@ -264,6 +273,36 @@ def test_a_round_kafka_takes_nothing_of_is_retried_with_backoff(monkeypatch: pyt
 
     assert len(outbox.rows) == 2  # nothing parked, nothing lost
     assert 3 <= len(outbox.reads) <= 6  # 0.05, 0.1, 0.2, 0.4 s apart, not every 1 ms interval
+
+
+def test_rows_kafka_has_not_answered_are_not_handed_over_again_while_the_producer_holds_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Their messages stay queued in order (none times out) and are sent once Kafka answers: before any row after
+    them, each once; the round after deletes their rows."""
+    store = FakeOutbox([row(1, b"a"), row(2, b"b"), row(3, b"c")])
+    store.install(monkeypatch)
+    producer = FakeProducer()
+    producer.unanswered = {b"b", b"c"}
+    relay = OutboxRelay(
+        cast(ConnectionPool, FakePool()),
+        cast(Producer, producer),
+        batch_size=100,
+        interval_s=1,
+        delivery_timeout_s=1,
+        retention=Retention(*(dt.timedelta(days=1),) * 4),
+    )
+
+    assert relay.publish_once() == 1
+    assert [r.outbox_id for r in store.rows] == [2, 3] and len(producer.queued) == 2
+    store.rows.append(row(4, b"d"))
+    assert relay.publish_once() == 0  # Kafka still away: nothing read, nothing handed over again
+    assert store.reads == [3] and len(producer.queued) == 2
+
+    producer.unanswered.clear()  # Kafka answers
+    assert relay.publish_once() == 1  # the round's own row: d
+    assert producer.sent == [b"a", b"b", b"c", b"d"]  # in order, each once
+    assert store.rows == [] and store.reads == [3, 1]  # b and c deleted before the round read the outbox
 
 
 def test_a_relay_that_does_not_get_the_lock_waits_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:

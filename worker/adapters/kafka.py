@@ -77,9 +77,11 @@ def producer_config(settings: Settings) -> KafkaConfig:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
-        # Every message gets a final delivery report within the relay's wait, so the relay knows
-        # exactly which outbox rows Kafka has.
-        "message.timeout.ms": int(settings.relay_delivery_timeout_seconds * 1000),
+        # No message times out: librdkafka would drop it and send the messages queued behind it once Kafka
+        # answers again, and sent again by a later round it would come after them (an order's events out of
+        # order). What Kafka has not answered when a round's wait ends stays queued, in order; the relay hands
+        # the producer nothing more until it is answered (OutboxRelay.publish_once).
+        "message.timeout.ms": 0,
         # Memory: the producer's queue holds copies of what the relay hands it (default 1 GiB); when it is
         # full, produce() says so and the relay waits for deliveries to drain it.
         "queue.buffering.max.kbytes": PRODUCER_QUEUE_MAX_KBYTES,

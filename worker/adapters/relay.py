@@ -8,10 +8,11 @@ again after restart, with the same event ids, which consumers deduplicate.
 A row Kafka refuses for good because of what it is (too large, an invalid record) is parked: stamped
 `failed_at` with the error, counted, never retried, and it blocks nothing behind it. Rows acknowledged
 in a round are deleted whatever else happened in it, so they are never sent twice because of a
-neighbour. Every other failure is the environment's (the broker down, a message timed out, a missing
-ACL, an outbound topic not created yet): it leaves the rows to a later round, is counted as a publish
-failure and logged, and a round in which Kafka took nothing is retried with backoff. Parking those
-would silently drop every event of the topic until someone noticed.
+neighbour. Every other failure is the environment's (a missing ACL, an outbound topic not created yet):
+it leaves the rows to a later round, is counted as a publish failure and logged, and a round in which
+Kafka took nothing is retried with backoff. Parking those would silently drop every event of the topic
+until someone noticed. A broker that does not answer leaves the round's messages queued in the producer,
+in order (none times out), and no round begins until they are answered (`publish_once`).
 
 A round reads at most `batch_size` rows and stops at `batch_bytes` of keys and values (the row that
 crosses it included), which bounds what it holds in Python and in the producer's queue.
@@ -94,6 +95,28 @@ class Round:
         self.failed[topic, name] = self.failed.get((topic, name), 0) + rows
 
 
+class _Answers:
+    """Where the delivery reports of a round's messages go: the round's result, or, for the messages the producer
+    still held when the round ended (Kafka did not answer within its wait), a result of their own, which the next
+    round takes (`OutboxRelay._held`)."""
+
+    def __init__(self) -> None:
+        self.result = Round()
+
+    def report(self, row: outbox.OutboxRow, err: KafkaError | None, msg: Message) -> None:
+        result = self.result
+        if err is None:
+            result.delivered.append(row.outbox_id)
+            topic = msg.topic() or row.topic
+            result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
+            return
+        reason = refusal_reason(err)
+        if reason is None:
+            result.fail(row.topic, err)
+        else:
+            result.refused[row.outbox_id] = (row.topic, reason, err.str())
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -120,23 +143,48 @@ class OutboxRelay:
         self._on_published = on_published
         self._on_refused = on_refused
         self._last_purge = 0.0
+        # A round whose messages the producer still held when it ended, and where their answers go: its rows are
+        # handed over again only once the producer has none left (see `publish_once`).
+        self._held: tuple[Sequence[outbox.OutboxRow], _Answers] | None = None
         self.wake = threading.Event()
 
     def publish_once(self) -> int:
-        """Publish one batch of pending rows; returns how many Kafka acknowledged."""
-        rows: list[outbox.OutboxRow] = []
+        """Publish one batch of pending rows; returns how many Kafka acknowledged.
+
+        A message never times out in the producer (`message.timeout.ms` 0, see `kafka.producer_config`): one that
+        did would leave a gap that later messages of its partition fill, and sent again it would come after them, an
+        order's events out of order. So the messages of a round that Kafka has not answered when the round's wait
+        ends stay with the producer, which sends them, in order, once Kafka answers; until then no round begins
+        (their rows would be handed over twice), and the round that follows deletes the rows answered late."""
+        rows: Sequence[outbox.OutboxRow] = []
         result = Round()
         self._full = self._stalled = False  # a round that does not get the lock waits its interval
+        held = self._held
+        if held is not None and self._producer.flush(self._delivery_timeout_s + 5):  # delivery reports run in here
+            self._stalled = True  # still unanswered: nothing more is handed over
+            return 0
         with self._pool.connection() as conn:
             with conn.transaction():
-                if not outbox.try_lock_relay(conn):
-                    return 0
-                rows = outbox.unpublished(conn, self._batch_size, self._batch_bytes)
+                if held is not None:
+                    self._settle(conn, held[1].result)  # the rows answered late
+                locked = outbox.try_lock_relay(conn)
+                if locked:
+                    rows = outbox.unpublished(conn, self._batch_size, self._batch_bytes)
                 if rows:
-                    result = self.publish(rows)
-                    outbox.remove_published(conn, result.delivered)
-                    outbox.park(conn, {i: f"{reason}: {error}" for i, (_, reason, error) in result.refused.items()})
-            self._purge(conn)
+                    answers = self._publish(rows)
+                    result = answers.result
+                    if result.not_acknowledged and len(self._producer):
+                        answers.result = Round()  # the answers still to come: a later round settles them
+                        self._held = (rows, answers)
+                    self._settle(conn, result)
+            if held is not None and self._held is held:
+                self._held = None  # settled (committed)
+            if locked:
+                self._purge(conn)
+        if held is not None:
+            self._report(held[0], held[1].result)
+        if not locked:
+            return 0
         self._report(rows, result)
         read_bytes = sum(len(row.key or b"") + len(row.value or b"") for row in rows)
         self._full = len(rows) >= self._batch_size or read_bytes >= self._batch_bytes
@@ -145,22 +193,19 @@ class OutboxRelay:
             raise result.producer_error
         return len(result.delivered)
 
+    @staticmethod
+    def _settle(conn: Any, result: Round) -> None:
+        outbox.remove_published(conn, result.delivered)
+        outbox.park(conn, {i: f"{reason}: {error}" for i, (_, reason, error) in result.refused.items()})
+
     def publish(self, rows: Sequence[outbox.OutboxRow]) -> Round:
         """Hand `rows` to the producer and wait for Kafka's answers (up to the delivery timeout)."""
-        result = Round()
+        return self._publish(rows).result
 
-        def report(row: outbox.OutboxRow, err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                result.delivered.append(row.outbox_id)
-                topic = msg.topic() or row.topic
-                result.per_topic[topic] = result.per_topic.get(topic, 0) + 1
-                return
-            reason = refusal_reason(err)
-            if reason is None:
-                result.fail(row.topic, err)
-            else:
-                result.refused[row.outbox_id] = (row.topic, reason, err.str())
-
+    def _publish(self, rows: Sequence[outbox.OutboxRow]) -> _Answers:
+        answers = _Answers()
+        result = answers.result
+        report = answers.report
         held: set[str] = set()  # topics whose rows wait for a later round from here on, to keep their order
         for row in rows:
             if row.topic in held:
@@ -181,7 +226,7 @@ class OutboxRelay:
                     result.refused[row.outbox_id] = (row.topic, reason, err.str())
         pending = self._producer.flush(self._delivery_timeout_s + 5)  # delivery reports run in here
         result.not_acknowledged += pending
-        return result
+        return answers
 
     def _produce(
         self, row: outbox.OutboxRow, report: Callable[[outbox.OutboxRow, KafkaError | None, Message], None]
