@@ -78,6 +78,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+# Outbox rows the relay has still to publish (none parked).
+UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[localstack.Endpoints]:
     with localstack.local_stack() as endpoints:

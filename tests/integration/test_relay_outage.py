@@ -13,13 +13,12 @@ import localstack
 import psycopg
 
 from tests import factories
-from tests.integration.conftest import Deployment, wait_for
+from tests.integration.conftest import UNPUBLISHED, Deployment, wait_for
 from worker.adapters.avro import AvroCodec
 
 ORDERS = 30
 STEPS = 3  # statuses an order, written one after the other: quantity_allocated 1, 2, 3
 ROUND_WAIT_S = 1.0 + 5  # BACKORDER_RELAY_DELIVERY_TIMEOUT_SECONDS below, and the 5 s a round adds
-UNPUBLISHED = "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
 
 
 def test_events_kafka_does_not_answer_for_a_while_are_published_once_each_and_in_order(

@@ -9,7 +9,7 @@ import localstack
 import pytest
 
 from tests import factories
-from tests.integration.conftest import Deployment, wait_for
+from tests.integration.conftest import UNPUBLISHED, Deployment, wait_for
 from worker.adapters.avro import AvroCodec
 
 BOUND_S = 5.0
@@ -36,7 +36,7 @@ def test_sigterm_with_the_broker_down_exits_within_the_bound(
         wait_for("the second order", lambda: worker.metric("backorder_events_consumed_total") == 2)
         # Its events are written with it, and the relay deletes them once Kafka has them.
         recorded = "SELECT 1 FROM customer_order WHERE order_id = 'SD-2'"
-        wait_for("its events published", lambda: world.query(recorded) and world.query(unpublished) == [(0,)])
+        wait_for("its events published", lambda: world.query(recorded) and world.query(UNPUBLISHED) == [(0,)])
 
         if outage == "stopped":
             own_broker.stop()
@@ -61,7 +61,7 @@ def test_sigterm_with_the_broker_down_exits_within_the_bound(
         # Behind SD-2 on its partition: once it is recorded, SD-2 was consumed again (or committed before).
         world.produce("order-created", factories.order("SD-3", "2026-04-01", [("SD-SKU", 1)]), key="SD-2")
         wait_for("the third order", lambda: world.query("SELECT 1 FROM customer_order WHERE order_id = 'SD-3'"))
-        wait_for("the outbox empty", lambda: world.query(unpublished) == [(0,)])
+        wait_for("the outbox empty", lambda: world.query(UNPUBLISHED) == [(0,)])
         consumed_again = again.metric("backorder_events_consumed_total")
         print(f"consumed again after the restart: {consumed_again:.0f} events (SD-3 included)")
         if outage == "stopped":  # a frozen broker may still apply the commit it received before SIGSTOP
@@ -80,6 +80,3 @@ def test_sigterm_with_the_broker_down_exits_within_the_bound(
         again.terminate()
     finally:
         world.close()
-
-
-unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"

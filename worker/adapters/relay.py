@@ -98,7 +98,7 @@ class Round:
 class _Answers:
     """Where the delivery reports of a round's messages go: the round's result, or, for the messages the producer
     still held when the round ended (Kafka did not answer within its wait), a result of their own, which the next
-    round takes (`OutboxRelay._held`)."""
+    round takes (`OutboxRelay._unanswered`)."""
 
     def __init__(self) -> None:
         self.result = Round()
@@ -143,9 +143,9 @@ class OutboxRelay:
         self._on_published = on_published
         self._on_refused = on_refused
         self._last_purge = 0.0
-        # A round whose messages the producer still held when it ended, and where their answers go: its rows are
-        # handed over again only once the producer has none left (see `publish_once`).
-        self._held: tuple[Sequence[outbox.OutboxRow], _Answers] | None = None
+        # A round whose messages the producer still held unanswered when it ended, and where their answers go: no
+        # round begins until the producer has none left (see `publish_once`).
+        self._unanswered: tuple[Sequence[outbox.OutboxRow], _Answers] | None = None
         self.wake = threading.Event()
 
     def publish_once(self) -> int:
@@ -159,14 +159,15 @@ class OutboxRelay:
         rows: Sequence[outbox.OutboxRow] = []
         result = Round()
         self._full = self._stalled = False  # a round that does not get the lock waits its interval
-        held = self._held
-        if held is not None and self._producer.flush(self._delivery_timeout_s + 5):  # delivery reports run in here
+        unanswered = self._unanswered
+        if unanswered is not None and self._producer.flush(self._delivery_timeout_s + 5):  # delivery reports run here
             self._stalled = True  # still unanswered: nothing more is handed over
             return 0
+        late = None if unanswered is None else (unanswered[0], unanswered[1].result)
         with self._pool.connection() as conn:
             with conn.transaction():
-                if held is not None:
-                    self._settle(conn, held[1].result)  # the rows answered late
+                if late is not None:
+                    self._settle(conn, late[1])  # the rows answered late
                 locked = outbox.try_lock_relay(conn)
                 if locked:
                     rows = outbox.unpublished(conn, self._batch_size, self._batch_bytes)
@@ -175,14 +176,14 @@ class OutboxRelay:
                     result = answers.result
                     if result.not_acknowledged and len(self._producer):
                         answers.result = Round()  # the answers still to come: a later round settles them
-                        self._held = (rows, answers)
+                        self._unanswered = (rows, answers)
                     self._settle(conn, result)
-            if held is not None and self._held is held:
-                self._held = None  # settled (committed)
+            if unanswered is not None and self._unanswered is unanswered:
+                self._unanswered = None  # settled (committed)
             if locked:
                 self._purge(conn)
-        if held is not None:
-            self._report(held[0], held[1].result)
+        if late is not None:
+            self._report(*late)
         if not locked:
             return 0
         self._report(rows, result)
