@@ -42,6 +42,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from worker import compiled
 from worker.adapters.avro import AvroCodec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1124,6 +1125,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def rules_compiled() -> bool:
+    """Whether the workers started here (`python -m worker` in ROOT) run the rules compiled."""
+    return all(compiled.extensions(ROOT / "worker" / name) for name in compiled.SOURCES)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     began = time.monotonic()
@@ -1140,6 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
             f"commit {commit.stdout.strip() or '?'}, {os.cpu_count()} CPUs, PostgreSQL "
             + ", ".join(f"{k}={v}" for k, v in settings.items())
             + f", Kafka broker pid {stack.kafka_pid}, postmaster pid {stack.postmaster_pid}"
+            + f', rules {"compiled" if rules_compiled() else "interpreted"} (README, "Compiled rules")'
         )
         say(
             f"sizes: {', '.join(f'{k}={getattr(args, k)}' for k in ('orders', 'naive_orders', 'hot_orders'))}, "

@@ -16,11 +16,12 @@ from psycopg_pool import ConnectionPool
 from tests import factories
 from tests.integration.conftest import Deployment, wait_for
 from tests.unit.test_batch import CODEC, NOW, TOPICS, message
-from tests.unit.test_deep_receipt import decisions_counted
+from tests.unit.test_deep_receipt import LogRecorder
 from worker.adapters.postgres.read import PostgresReadModel, state_figures
 from worker.adapters.postgres.unit_of_work import PostgresUnitOfWorkFactory
 from worker.domain.events import OutboundEvent
 from worker.domain.policy import ShopPolicy
+from worker.service import handlers
 from worker.service.batch import handle_batch
 from worker.service.book import Book
 from worker.service.handlers import Outcome
@@ -89,7 +90,8 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
             for i in range(12)
         ]
         assert set(run(factory, placing)) == {Outcome.PROCESSED}
-        decisions = decisions_counted(monkeypatch)
+        recorded = LogRecorder()
+        monkeypatch.setattr(handlers, "log", recorded)
         factory.seen.clear()
 
         assert run(factory, [message(12, "receipts", factories.receipt("R-1", "SKU-A", 12))]) == [Outcome.PROCESSED]
@@ -113,7 +115,9 @@ def test_each_step_of_a_deep_receipt_commits_alone(deployment: Deployment, monke
     assert factory.reported[-4:] == [(12, 0, 0), (12, 0, 12), (7, 0, 7), (2, 0, 2)]  # the lines while they wait
     # The queue view: no line the plan promises units to (the next units would go past them).
     assert factory.queued[-5:] == [(12, 0, 0), (0, 12, 12), (0, 7, 7), (0, 2, 2), (0, 0, 0)]
-    assert decisions == [12]  # the steps decided once: each transaction found the version the one before left
+    # The steps decided once: each transaction found the version the one before left.
+    assert [r["lines"] for r in recorded.fields("allocated")] == [12]
+    assert recorded.fields("receipt_plan_given_as_lines_are") == []
 
 
 STEPPED = 3_000  # waiting lines; in steps of 10, 300 transactions (1.6 s here, unstopped) to stop in the middle of

@@ -25,6 +25,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, MutableMapp
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from worker.domain.allocation import Fill
 from worker.domain.eta import DatedQueue, Eta, ExpectedReceipt
 from worker.domain.events import OutboundEvent
@@ -80,6 +82,8 @@ class Seeds(Protocol):
         """The SKU's queue dated, where its lines hold those very dates."""
 
 
+# Compiled (README, "Compiled rules"), the class stays open to the tests' in-memory repository, which is one.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Book:
     """The UnitOfWork of one transaction, in memory over a Store. `seeds`: what was worked out before of the
     SKUs' queues as the store holds them."""
@@ -243,7 +247,9 @@ class Book:
         self._held.clear()
         self._forget()
 
-    flush = save
+    def flush(self) -> None:
+        """`save`, by the name the UnitOfWork port gives it."""
+        self.save()
 
     # ------------------------------------------------------------------------- locks and loading
 
