@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mypy_extensions import mypyc_attr
+
 from worker.domain.model import Backorder, LineStatus, SplitPreference
 from worker.domain.priority import Priority, PriorityRules, in_priority_order
 
@@ -29,6 +31,7 @@ class ShipCompleteMode(StrEnum):
     FILL = "fill"
 
 
+@mypyc_attr(acyclic=True)  # a frozen value, never in a cycle: compiled, not tracked (README, "Compiled rules")
 @dataclass(frozen=True, slots=True)
 class Fill:
     """Units given to one waiting line by one allocation, and what that means for the line."""
