@@ -395,8 +395,12 @@ def main() -> int:
         port = int(env["BACKORDER_METRICS_PORT"])
         say(f"Kafka at {endpoints.kafka_bootstrap_servers}")
         localstack.prepare_worker(env)
+        # At DEBUG, so that each order's steps show in its log (`backordered`, `allocated`, `shipped`).
+        worker_env = {**env, "BACKORDER_LOG_LEVEL": os.environ.get("BACKORDER_LOG_LEVEL", "DEBUG")}
         # Its own session: Ctrl-C reaches only this script, which stops the worker and then the stack in order.
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, cwd=ROOT, start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], env=worker_env, cwd=ROOT, start_new_session=True
+        )
         try:
             wait_metrics(port, worker)
             say(f"worker running; metrics at http://127.0.0.1:{port}/metrics")

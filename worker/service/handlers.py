@@ -150,7 +150,7 @@ def place_order(command: PlaceOrder, uow: UnitOfWork, shop: ShopPolicy, now: dt.
         else:
             why = None if expected else "expected ship date unknown: no restock is scheduled yet"
         uow.tell_eta(order.order_id, expected)
-        log.info(
+        log.debug(
             "backordered",
             order_id=order.order_id,
             lines=len(waiting),
@@ -481,7 +481,7 @@ def dispatch_shipment(command: DispatchShipment, uow: UnitOfWork, shop: ShopPoli
             estimated_delivery=command.estimated_delivery,
         )
     )
-    log.info("shipped", order_id=command.order_id, shipment_id=command.shipment_id, units=sum(shipped.values()))
+    log.debug("shipped", order_id=command.order_id, shipment_id=command.shipment_id, units=sum(shipped.values()))
     uow.emit(events)
     return Outcome.PROCESSED
 
@@ -943,7 +943,7 @@ def _decide_fills(
             queue = [line for line in queue if line.order_id not in leaving_out]
         allocation = allocate(queue, units, rules=shop.priority, mode=shop.ship_complete_mode, now=now)
         if allocation.fills:
-            log.info(
+            log.debug(
                 "allocated",
                 sku=sku,
                 cause=cause,
