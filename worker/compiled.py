@@ -4,7 +4,8 @@ what their sources say.
 `deploy/compile.py` builds each module of `SOURCES` into a C extension module beside its source (Python imports
 the extension first) and writes the digest of each source it compiled into `MANIFEST`. A source changed since
 then would leave the extension, not the code as it reads, to run: importing the worker refuses that (`check`).
-Without the extensions the same modules run interpreted, about a fifth slower.
+Without the extensions the same modules run interpreted: a burst then handles about a quarter fewer orders a
+second (docs/performance-log.md, the eighteenth round).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent
-# The rules and the unit of work in memory: the consume thread's own Python (not `domain/events.py`, whose
-# records are made from the classes' annotations, which compiled classes do not keep).
+# The rules and the unit of work in memory: the consume thread's own Python. Not `domain/events.py`: its records
+# are made from the classes' annotations, which compiled classes keep without arguments, and compiled with that
+# worked around, a burst gained nothing (the eighteenth round of docs/performance-log.md).
 SOURCES = (
     "domain/allocation.py",
     "domain/eta.py",
