@@ -1127,7 +1127,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def rules_compiled() -> bool:
     """Whether the workers started here (`python -m worker` in ROOT) run the rules compiled."""
-    return all(compiled.extensions(ROOT / "worker" / name) for name in compiled.SOURCES)
+    return compiled.built(ROOT / "worker") == list(compiled.SOURCES)
 
 
 def main(argv: list[str] | None = None) -> int:

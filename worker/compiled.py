@@ -42,9 +42,9 @@ def extensions(source: Path) -> list[Path]:
     return [built for suffix in EXTENSION_SUFFIXES if (built := source.with_suffix(suffix)).exists()]
 
 
-def built() -> list[str]:
-    """The sources that run compiled."""
-    return [name for name in SOURCES if extensions(PACKAGE / name)]
+def built(package: Path = PACKAGE) -> list[str]:
+    """The sources that run compiled (of the package in `package`: this one unless told)."""
+    return [name for name in SOURCES if extensions(package / name)]
 
 
 def stale() -> list[str]:

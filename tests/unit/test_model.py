@@ -25,8 +25,8 @@ def test_a_copy_with_changes_is_what_replace_makes(
 ) -> None:
     changes = {name: getattr(other, name) for name in names}
     copy = line._with(**changes)
-    assert copy == dataclasses.replace(line, **changes)
     replaced = dataclasses.replace(line, **changes)
+    assert copy == replaced
     # Field by field, of the same type too (`==` alone takes 1 for True). Not `is`: compiled (README, "Compiled
     # rules"), an int field is held unboxed and boxed anew as it is read.
     assert all(
