@@ -24,6 +24,7 @@ from mypy_extensions import mypyc_attr
 
 from worker.domain.model import Backorder, LineStatus, SplitPreference
 from worker.domain.priority import Priority, PriorityRules, in_priority_order
+from worker.domain.values import interpreted_inits
 
 
 class ShipCompleteMode(StrEnum):
@@ -40,6 +41,19 @@ class Fill:
     quantity: int
     priority: Priority
     holds_complete: bool = False  # complete, but held until the rest of its order can ship too
+
+    def __init__(
+        self,
+        backorder: Backorder,
+        quantity: int,
+        priority: Priority,
+        holds_complete: bool = False,
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.backorder = backorder  # type: ignore[misc]
+        self.quantity = quantity  # type: ignore[misc]
+        self.priority = priority  # type: ignore[misc]
+        self.holds_complete = holds_complete  # type: ignore[misc]
 
     @property
     def completes(self) -> bool:
@@ -118,3 +132,6 @@ def allocate(
         fills.append(Fill(line, take, why))
         left -= take
     return Allocation(tuple(fills), left)
+
+
+interpreted_inits(__file__, Fill)

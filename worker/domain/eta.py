@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from worker.domain.model import Backorder
 from worker.domain.priority import LineKey, ServingOrder
+from worker.domain.values import interpreted_inits
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,25 @@ class Supply:
     today: dt.date
     rules: EtaRules
     release: dt.date | None = None  # a pre-order product's release (see `not_before_release`)
+
+    def __init__(
+        self,
+        receipts: tuple[ExpectedReceipt, ...],
+        on_hand: int,
+        margins: tuple[tuple[str, int], ...],
+        lead_time_days: int | None,
+        today: dt.date,
+        rules: EtaRules,
+        release: dt.date | None = None,
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.receipts = receipts  # type: ignore[misc]
+        self.on_hand = on_hand  # type: ignore[misc]
+        self.margins = margins  # type: ignore[misc]
+        self.lead_time_days = lead_time_days  # type: ignore[misc]
+        self.today = today  # type: ignore[misc]
+        self.rules = rules  # type: ignore[misc]
+        self.release = release  # type: ignore[misc]
 
     @classmethod
     def of(
@@ -255,3 +275,6 @@ def is_news(told: dt.date | None, new: dt.date | None, rules: EtaRules) -> bool:
     if (new - told).days > rules.later_by_days:
         return True
     return new < told and new.isocalendar()[:2] < told.isocalendar()[:2]
+
+
+interpreted_inits(__file__, Supply)

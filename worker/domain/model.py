@@ -6,11 +6,12 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib.machinery import EXTENSION_SUFFIXES
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from mypy_extensions import mypyc_attr
+
+from worker.domain.values import compiled, interpreted_inits
 
 if TYPE_CHECKING:
     from worker.domain.allocation import Fill
@@ -86,6 +87,21 @@ class OrderLine:
     quantity: int
     unit_price_minor: int
 
+    def __init__(
+        self,
+        line_id: str,
+        sku: str,
+        product_name: str,
+        quantity: int,
+        unit_price_minor: int,
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.line_id = line_id  # type: ignore[misc]
+        self.sku = sku  # type: ignore[misc]
+        self.product_name = product_name  # type: ignore[misc]
+        self.quantity = quantity  # type: ignore[misc]
+        self.unit_price_minor = unit_price_minor  # type: ignore[misc]
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -98,6 +114,29 @@ class Order:
     currency: str
     placed_at: dt.datetime
     lines: tuple[OrderLine, ...]
+
+    def __init__(
+        self,
+        order_id: str,
+        customer_id: str,
+        customer_tier: CustomerTier,
+        shipping_service: ShippingService,
+        need_by: dt.date | None,
+        split_preference: SplitPreference | None,
+        currency: str,
+        placed_at: dt.datetime,
+        lines: tuple[OrderLine, ...],
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.order_id = order_id  # type: ignore[misc]
+        self.customer_id = customer_id  # type: ignore[misc]
+        self.customer_tier = customer_tier  # type: ignore[misc]
+        self.shipping_service = shipping_service  # type: ignore[misc]
+        self.need_by = need_by  # type: ignore[misc]
+        self.split_preference = split_preference  # type: ignore[misc]
+        self.currency = currency  # type: ignore[misc]
+        self.placed_at = placed_at  # type: ignore[misc]
+        self.lines = lines  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +199,47 @@ class Backorder:
     # (its age, for promotion past the starvation limit, counts from then).
     waits_from: dt.datetime | None = None
 
+    def __init__(
+        self,
+        order_id: str,
+        line_id: str,
+        sku: str,
+        product_name: str,
+        customer_id: str,
+        customer_tier: CustomerTier,
+        shipping_service: ShippingService,
+        need_by: dt.date | None,
+        order_units: int,
+        split: SplitPreference,
+        placed_at: dt.datetime,
+        quantity: int,
+        allocated: int = 0,
+        reserved: int = 0,
+        unit_price_minor: int = 0,
+        rejected: int = 0,
+        cancelled: int = 0,
+        waits_from: dt.datetime | None = None,
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.order_id = order_id  # type: ignore[misc]
+        self.line_id = line_id  # type: ignore[misc]
+        self.sku = sku  # type: ignore[misc]
+        self.product_name = product_name  # type: ignore[misc]
+        self.customer_id = customer_id  # type: ignore[misc]
+        self.customer_tier = customer_tier  # type: ignore[misc]
+        self.shipping_service = shipping_service  # type: ignore[misc]
+        self.need_by = need_by  # type: ignore[misc]
+        self.order_units = order_units  # type: ignore[misc]
+        self.split = split  # type: ignore[misc]
+        self.placed_at = placed_at  # type: ignore[misc]
+        self.quantity = quantity  # type: ignore[misc]
+        self.allocated = allocated  # type: ignore[misc]
+        self.reserved = reserved  # type: ignore[misc]
+        self.unit_price_minor = unit_price_minor  # type: ignore[misc]
+        self.rejected = rejected  # type: ignore[misc]
+        self.cancelled = cancelled  # type: ignore[misc]
+        self.waits_from = waits_from  # type: ignore[misc]
+
     @property
     def open_quantity(self) -> int:
         return self.quantity - self.allocated - self.reserved
@@ -220,6 +300,63 @@ class OrderLineState:
     backordered: bool = False  # it waited for stock when its order was placed
     filled_at: dt.datetime | None = None  # when every unit it wants was set aside for it
     shipped_at: dt.datetime | None = None  # when its last unit shipped
+
+    def __init__(
+        self,
+        order_id: str,
+        line_id: str,
+        sku: str,
+        product_name: str,
+        customer_id: str,
+        customer_tier: CustomerTier,
+        shipping_service: ShippingService,
+        need_by: dt.date | None,
+        order_units: int,
+        split: SplitPreference,
+        placed_at: dt.datetime,
+        unit_price_minor: int,
+        ordered: int,
+        allocated: int,
+        reserved: int,
+        rejected: int,
+        cancelled: int,
+        status: LineStatus,
+        reason: str | None = None,
+        expected_ship_date: dt.date | None = None,
+        shipped: int = 0,
+        cancel_reason: CancelReason | None = None,
+        eta_basis: str | None = None,
+        backordered: bool = False,
+        filled_at: dt.datetime | None = None,
+        shipped_at: dt.datetime | None = None,
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.order_id = order_id  # type: ignore[misc]
+        self.line_id = line_id  # type: ignore[misc]
+        self.sku = sku  # type: ignore[misc]
+        self.product_name = product_name  # type: ignore[misc]
+        self.customer_id = customer_id  # type: ignore[misc]
+        self.customer_tier = customer_tier  # type: ignore[misc]
+        self.shipping_service = shipping_service  # type: ignore[misc]
+        self.need_by = need_by  # type: ignore[misc]
+        self.order_units = order_units  # type: ignore[misc]
+        self.split = split  # type: ignore[misc]
+        self.placed_at = placed_at  # type: ignore[misc]
+        self.unit_price_minor = unit_price_minor  # type: ignore[misc]
+        self.ordered = ordered  # type: ignore[misc]
+        self.allocated = allocated  # type: ignore[misc]
+        self.reserved = reserved  # type: ignore[misc]
+        self.rejected = rejected  # type: ignore[misc]
+        self.cancelled = cancelled  # type: ignore[misc]
+        self.status = status  # type: ignore[misc]
+        self.reason = reason  # type: ignore[misc]
+        self.expected_ship_date = expected_ship_date  # type: ignore[misc]
+        self.shipped = shipped  # type: ignore[misc]
+        self.cancel_reason = cancel_reason  # type: ignore[misc]
+        self.eta_basis = eta_basis  # type: ignore[misc]
+        self.backordered = backordered  # type: ignore[misc]
+        self.filled_at = filled_at  # type: ignore[misc]
+        self.shipped_at = shipped_at  # type: ignore[misc]
 
     @property
     def wanted(self) -> int:
@@ -365,9 +502,11 @@ def _line_by_init(values: list[Any]) -> OrderLineState:
 
 
 # Compiled, this module is an extension module (README, "Compiled rules").
-COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
+COMPILED = compiled(__file__)
 if COMPILED:
     _line_of = _line_by_init
 else:
     _LINE_SLOTS = tuple(getattr(OrderLineState, name).__set__ for name in LINE_FIELDS)
     _line_of = _line_by_slots
+
+interpreted_inits(__file__, OrderLine, Order, Backorder, OrderLineState)

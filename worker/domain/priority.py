@@ -22,6 +22,7 @@ from functools import cached_property
 from mypy_extensions import mypyc_attr
 
 from worker.domain.model import Backorder, CustomerTier, ShippingService
+from worker.domain.values import interpreted_inits
 
 
 class Criterion(StrEnum):
@@ -55,6 +56,19 @@ class Priority:
     criterion: str  # a Criterion value, or "starved"
     why: str  # e.g. "need_by 2026-02-10 within 3 days"
     age: dt.timedelta  # how long the line has waited
+
+    def __init__(
+        self,
+        rank: int,
+        criterion: str,
+        why: str,
+        age: dt.timedelta,
+    ) -> None:
+        # Written out, not left to `dataclasses`: compiled, a native `__init__` (worker/domain/values.py).
+        self.rank = rank  # type: ignore[misc]
+        self.criterion = criterion  # type: ignore[misc]
+        self.why = why  # type: ignore[misc]
+        self.age = age  # type: ignore[misc]
 
     @property
     def waited(self) -> str:
@@ -242,3 +256,6 @@ def rank(queue: Iterable[Backorder], rules: PriorityRules, now: dt.datetime) -> 
         tuple(key for key, _, _ in ranked),
         {(line.order_id, line.line_id): key for key, line, _ in ranked},
     )
+
+
+interpreted_inits(__file__, Priority)
