@@ -20,7 +20,6 @@ crosses it included), which bounds what it holds in Python and in the producer's
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import threading
 import time
@@ -265,9 +264,9 @@ class OutboxRelay:
             if len(result.delivered) < len(rows):
                 delivered = set(result.delivered)
                 acked = [row for row in rows if row.outbox_id in delivered]
-            acknowledged = dt.datetime.now(dt.UTC)
-            delays = [(acknowledged - row.created_at).total_seconds() for row in acked]
-            latencies = [(acknowledged - row.source_time).total_seconds() for row in acked if row.source_time]
+            acknowledged = time.time()
+            delays = [acknowledged - row.created_s for row in acked]
+            latencies = [acknowledged - row.source_s for row in acked if row.source_s is not None]
             self._on_published(result.per_topic, result.not_acknowledged, delays, latencies)
 
     # Called as each purge statement ends (set by `run` to its `on_round`): a long purge is progress, not a stall.
