@@ -15,12 +15,13 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent
-# The rules and the unit of work in memory: the consume thread's own Python. Not `domain/events.py`: its records
-# are made from the classes' annotations, which compiled classes keep without arguments, and compiled with that
-# worked around, a burst gained nothing (the eighteenth round of docs/performance-log.md).
+# The rules, their events and the unit of work in memory: the consume thread's own Python. (The events' records are
+# made from their classes' annotations, which compiled classes keep without arguments: `adapters/avro.py` looks at
+# such a field's value instead.)
 SOURCES = (
     "domain/allocation.py",
     "domain/eta.py",
+    "domain/events.py",
     "domain/model.py",
     "domain/policy.py",
     "domain/priority.py",

@@ -255,26 +255,39 @@ _RECORDERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
 
 
 def _recorder(kind: type) -> Callable[[Any], dict[str, Any]]:
+    """The fields are told apart by their annotations. A class compiled with mypyc (README, "Compiled rules") keeps
+    them without their arguments: a tuple as `tuple`, whatever it holds, and a union as `type`. Such a tuple's
+    items are each looked at (a record or not), and such a union's value (an enum that is not a str or not)."""
     hints = typing.get_type_hints(kind)
     names = tuple(f.name for f in dataclasses.fields(kind))
     values = operator.attrgetter(*names)
-    tuples = [name for name in names if typing.get_origin(hints[name]) is tuple]
-    # the tuples of records (the others are written as lists of what they hold)
-    nested = tuple(name for name in tuples if dataclasses.is_dataclass(typing.get_args(hints[name])[0]))
+    tuples = [name for name in names if hints[name] is tuple or typing.get_origin(hints[name]) is tuple]
+    items = {name: typing.get_args(hints[name])[:1] for name in tuples}  # () when not told
+    nested = tuple(name for name in tuples if items[name] and dataclasses.is_dataclass(items[name][0]))
+    untold = tuple(name for name in tuples if not items[name])
     enums = tuple(
         name
         for name in names
         if name not in tuples and any(_plain_enum(t) for t in (hints[name], *typing.get_args(hints[name])))
     )
-    if not tuples and not enums:
+    unions = tuple(name for name in names if hints[name] is type)  # compiled: what it holds is told by its value
+    if not tuples and not enums and not unions:
         return lambda event: dict(zip(names, values(event), strict=True))
 
     def make(event: Any) -> dict[str, Any]:
         record = dict(zip(names, values(event), strict=True))
         for name in tuples:
-            record[name] = [to_record(item) for item in record[name]] if name in nested else list(record[name])
+            if name in nested:
+                record[name] = [to_record(item) for item in record[name]]
+            elif name in untold:
+                record[name] = [to_record(item) if dataclasses.is_dataclass(item) else item for item in record[name]]
+            else:
+                record[name] = list(record[name])
         for name in enums:
             if record[name] is not None:
+                record[name] = record[name].value
+        for name in unions:
+            if isinstance(record[name], Enum) and not isinstance(record[name], str):
                 record[name] = record[name].value
         return record
 
