@@ -117,3 +117,15 @@ class Painted:
 def test_an_enum_that_is_not_a_str_becomes_its_value() -> None:
     assert to_record(Painted(Colour.RED, Colour.RED)) == {"colour": "R", "shade": "R"}
     assert to_record(Painted(None, Colour.RED)) == {"colour": None, "shade": "R"}
+
+
+def test_the_fields_of_a_compiled_class_are_told_by_their_values() -> None:
+    """A class compiled with mypyc keeps its annotations without their arguments: a tuple as `tuple`, whatever it
+    holds, and a union as `type` (as this class has them). Its tuples' records and its unions' enums are found by
+    looking at the values."""
+    as_compiled = dataclasses.make_dataclass(
+        "AsCompiled", [("lines", tuple), ("names", tuple), ("colour", type), ("none", type)], frozen=True
+    )
+    record = to_record(as_compiled((Painted(None, Colour.RED),), ("a", "b"), Colour.RED, None))
+    assert record == {"lines": [{"colour": None, "shade": "R"}], "names": ["a", "b"], "colour": "R", "none": None}
+    assert type(record["names"]) is list
