@@ -96,8 +96,8 @@ class OutboxRow(NamedTuple):
     value: bytes | None
     headers: list[tuple[str, bytes]]
     # When the row was written, and when the inbound event that caused it was, if one did: seconds since the epoch.
-    # Read as numbers, not timestamps: a round's delays are differences of them (a timestamp made and subtracted cost
-    # the relay about 1 us a row, twice).
+    # Read as numbers, not timestamps: a round's delays are differences of them (a timestamp loaded and subtracted
+    # took 0.4 us, a number 0.12; twice a row).
     created_s: float
     source_s: float | None
 
