@@ -18,7 +18,7 @@ import json
 import operator
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
@@ -261,37 +261,45 @@ def _recorder(kind: type) -> Callable[[Any], dict[str, Any]]:
     hints = typing.get_type_hints(kind)
     names = tuple(f.name for f in dataclasses.fields(kind))
     values = operator.attrgetter(*names)
-    tuples = [name for name in names if hints[name] is tuple or typing.get_origin(hints[name]) is tuple]
-    items = {name: typing.get_args(hints[name])[:1] for name in tuples}  # () when not told
-    nested = tuple(name for name in tuples if items[name] and dataclasses.is_dataclass(items[name][0]))
-    untold = tuple(name for name in tuples if not items[name])
-    enums = tuple(
-        name
-        for name in names
-        if name not in tuples and any(_plain_enum(t) for t in (hints[name], *typing.get_args(hints[name])))
-    )
-    unions = tuple(name for name in names if hints[name] is type)  # compiled: what it holds is told by its value
-    if not tuples and not enums and not unions:
+    converters: list[tuple[str, Callable[[Any], Any]]] = []  # the fields written otherwise than as they are held
+    for name in names:
+        hint = hints[name]
+        if hint is tuple or typing.get_origin(hint) is tuple:
+            items = typing.get_args(hint)[:1]  # () when not told
+            if not items:
+                converters.append((name, _records_or_values))
+            else:
+                converters.append((name, _records if dataclasses.is_dataclass(items[0]) else list))
+        elif any(_plain_enum(t) for t in (hint, *typing.get_args(hint))):
+            converters.append((name, _enum_value))
+        elif hint is type:  # compiled: what the union holds is told by its value
+            converters.append((name, _plain_enum_value))
+    if not converters:
         return lambda event: dict(zip(names, values(event), strict=True))
 
     def make(event: Any) -> dict[str, Any]:
         record = dict(zip(names, values(event), strict=True))
-        for name in tuples:
-            if name in nested:
-                record[name] = [to_record(item) for item in record[name]]
-            elif name in untold:
-                record[name] = [to_record(item) if dataclasses.is_dataclass(item) else item for item in record[name]]
-            else:
-                record[name] = list(record[name])
-        for name in enums:
-            if record[name] is not None:
-                record[name] = record[name].value
-        for name in unions:
-            if isinstance(record[name], Enum) and not isinstance(record[name], str):
-                record[name] = record[name].value
+        for name, convert in converters:
+            record[name] = convert(record[name])
         return record
 
     return make
+
+
+def _records(items: Iterable[Any]) -> list[dict[str, Any]]:
+    return [to_record(item) for item in items]
+
+
+def _records_or_values(items: Iterable[Any]) -> list[Any]:
+    return [to_record(item) if dataclasses.is_dataclass(item) else item for item in items]
+
+
+def _enum_value(value: Enum | None) -> Any:
+    return None if value is None else value.value
+
+
+def _plain_enum_value(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) and not isinstance(value, str) else value
 
 
 def _plain_enum(hint: object) -> bool:
